@@ -1,0 +1,7 @@
+"""jaxskill: find the skill neurons of Qwen1.5 language models in JAX/Flax."""
+
+from jaxskill.model import (PRESETS, CheckpointError, ConfigError, QwenConfig, Qwen2LM, export_hf,
+                            greedy_generate, load_model, load_tokenizer, neuron_activations,
+                            save_converted)
+
+__version__ = "0.1.0"

@@ -1,0 +1,343 @@
+"""HF Qwen1.5 checkpoints <-> jaxskill params, without torch.
+
+One explicit table maps HF tensor names to param paths; every tensor is checked against the shape
+the model expects (from `jax.eval_shape`), every expected tensor must be found, and every tensor
+found must be expected. Errors name the file, the tensor and the value.
+
+Safetensors files are read through `np.memmap` (a tensor is only read when it is converted) and
+written by a small writer here, because numpy's `safetensors` binding has no bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from jaxskill.model.config import QwenConfig
+from jaxskill.model.modules import Qwen2LM
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be loaded; the message names the file and tensor."""
+
+
+_ST_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json",
+                   "chat_template.jinja")
+
+
+# --- safetensors ----------------------------------------------------------------------------
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+  """name -> read-only memory-mapped array (nothing is read from disk until used)."""
+  path = Path(path)
+  try:
+    with open(path, "rb") as f:
+      raw = f.read(8)
+      if len(raw) < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+      (n,) = struct.unpack("<Q", raw)
+      header = json.loads(f.read(n))
+  except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+    raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+  size = path.stat().st_size
+  base = 8 + n
+  out = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    dtype = _ST_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+      raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {info.get('dtype')!r}")
+    begin, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end - begin != int(np.prod(shape)) * dtype.itemsize or base + end > size:
+      raise CheckpointError(f"{path}: tensor '{name}' {info['dtype']}{list(shape)} has "
+                            f"inconsistent offsets {info['data_offsets']} (file truncated?)")
+    out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=shape)
+  return out
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+  offset = 0
+  arrays = {}
+  for name, array in tensors.items():
+    array = np.ascontiguousarray(array)
+    if array.dtype not in _ST_NAMES:
+      raise TypeError(f"cannot write tensor '{name}' of dtype {array.dtype} to safetensors")
+    header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+    arrays[name] = array
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # the format asks for an 8-byte aligned data section
+  tmp = Path(str(path) + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for array in arrays.values():
+      f.write(array.tobytes())
+  os.replace(tmp, path)  # a reader never sees a half-written file
+
+
+def _hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
+  """All tensors of a single-file or sharded (index.json) safetensors checkpoint."""
+  single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+  if index.exists():
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{index}: no valid 'weight_map' ({e})") from None
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+      if not (hf_dir / shard).exists():
+        raise CheckpointError(f"{index}: shard '{shard}' is listed but missing from {hf_dir}")
+      for name, array in read_safetensors(hf_dir / shard).items():
+        if weight_map.get(name) != shard:
+          raise CheckpointError(f"{hf_dir / shard}: tensor '{name}' is not listed for this shard "
+                                f"in {index.name}")
+        tensors[name] = array
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+      raise CheckpointError(f"{index}: tensor(s) {missing[:5]} listed but not found in the shards")
+    return tensors
+  if single.exists():
+    return read_safetensors(single)
+  if list(hf_dir.glob("*.bin")) or list(hf_dir.glob("*.pt")):
+    raise CheckpointError(f"{hf_dir}: only PyTorch pickle weights found; jaxskill reads "
+                          "safetensors (re-save with save_pretrained(safe_serialization=True))")
+  raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+# --- the name table -------------------------------------------------------------------------
+
+# HF name (with {i} for the layer) -> (param path, transpose). Dense kernels are `[in, out]`,
+# torch Linear weights `[out, in]`.
+_LAYER_TABLE = {
+    "model.layers.{i}.input_layernorm.weight": ("input_layernorm/weight", False),
+    "model.layers.{i}.post_attention_layernorm.weight": ("post_attention_layernorm/weight", False),
+    "model.layers.{i}.self_attn.q_proj.weight": ("self_attn/q_proj/kernel", True),
+    "model.layers.{i}.self_attn.q_proj.bias": ("self_attn/q_proj/bias", False),
+    "model.layers.{i}.self_attn.k_proj.weight": ("self_attn/k_proj/kernel", True),
+    "model.layers.{i}.self_attn.k_proj.bias": ("self_attn/k_proj/bias", False),
+    "model.layers.{i}.self_attn.v_proj.weight": ("self_attn/v_proj/kernel", True),
+    "model.layers.{i}.self_attn.v_proj.bias": ("self_attn/v_proj/bias", False),
+    "model.layers.{i}.self_attn.o_proj.weight": ("self_attn/o_proj/kernel", True),
+    "model.layers.{i}.mlp.gate_proj.weight": ("mlp/gate_proj/kernel", True),
+    "model.layers.{i}.mlp.up_proj.weight": ("mlp/up_proj/kernel", True),
+    "model.layers.{i}.mlp.down_proj.weight": ("mlp/down_proj/kernel", True),
+}
+_TOP_TABLE = {
+    "model.embed_tokens.weight": ("embed_tokens/embedding", False),
+    "model.norm.weight": ("norm/weight", False),
+    "lm_head.weight": ("lm_head/kernel", True),
+}
+
+
+def abstract_params(config: QwenConfig, dtype=jnp.float32) -> dict:
+  """The param tree as ShapeDtypeStructs; no memory is allocated."""
+  model = Qwen2LM(config, dtype=dtype, param_dtype=dtype)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+  return shapes["params"]
+
+
+def _get(tree: dict, path: str):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: str, value) -> None:
+  *parents, last = path.split("/")
+  for key in parents:
+    tree = tree.setdefault(key, {})
+  tree[last] = value
+
+
+def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
+  """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy)."""
+  hf_dir = Path(hf_dir)
+  tensors = _hf_tensors(hf_dir)
+  expected = abstract_params(config, dtype)
+  np_dtype = np.dtype(dtype)
+  L = config.num_hidden_layers
+  layer_re = re.compile(r"model\.layers\.(\d+)\.(.+)")
+  tied = config.tie_word_embeddings
+
+  def where(name):
+    return f"{hf_dir}: tensor '{name}'"
+
+  def fetch(name, transpose, want_shape):
+    array = tensors[name]
+    shape = array.shape[::-1] if transpose else array.shape
+    if tuple(shape) != tuple(want_shape):
+      hf_shape = tuple(want_shape[::-1]) if transpose else tuple(want_shape)
+      raise CheckpointError(f"{where(name)} has shape {list(array.shape)}, the config asks for "
+                            f"{list(hf_shape)}")
+    array = np.asarray(array)
+    return (array.T if transpose else array).astype(np_dtype)
+
+  seen = set()
+  for name in tensors:
+    m = layer_re.fullmatch(name)
+    if m:
+      key = f"model.layers.{{i}}.{m.group(2)}"
+      if key not in _LAYER_TABLE:
+        raise CheckpointError(f"{where(name)} is not part of a Qwen2 layer (unknown name)")
+      if int(m.group(1)) >= L:
+        raise CheckpointError(f"{where(name)} is for layer {m.group(1)} but config "
+                              f"num_hidden_layers={L}")
+    elif name not in _TOP_TABLE:
+      if not name.endswith("rotary_emb.inv_freq"):  # old exports persisted this buffer
+        raise CheckpointError(f"{where(name)} is unexpected for a Qwen2 model")
+
+  params: dict = {}
+  for hf_name, (path, transpose) in _TOP_TABLE.items():
+    if hf_name == "lm_head.weight" and tied:
+      continue  # tied: the head is the embedding; an lm_head copy in the file is not used
+    if hf_name not in tensors:
+      hint = (" (config says tie_word_embeddings=false; is the checkpoint tied?)"
+              if hf_name == "lm_head.weight" else "")
+      raise CheckpointError(f"{hf_dir}: missing tensor '{hf_name}'{hint}")
+    _set(params, path, fetch(hf_name, transpose, _get(expected, path).shape))
+    seen.add(hf_name)
+  for template, (path, transpose) in _LAYER_TABLE.items():
+    want = _get(expected, "layers/" + path).shape[1:]
+    per_layer = []
+    for i in range(L):
+      name = template.format(i=i)
+      if name not in tensors:
+        raise CheckpointError(f"{hf_dir}: missing tensor '{name}'")
+      per_layer.append(fetch(name, transpose, want))
+    _set(params, "layers/" + path, np.stack(per_layer))
+  return params
+
+
+def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[str, np.ndarray]:
+  """The inverse of `params_from_hf`: HF tensor names -> numpy arrays (torch layout)."""
+  out = {}
+  cast = (lambda a: np.asarray(a).astype(np.dtype(dtype))) if dtype else np.asarray
+  for hf_name, (path, transpose) in _TOP_TABLE.items():
+    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+      continue
+    array = cast(_get(params, path))
+    out[hf_name] = array.T if transpose else array
+  for template, (path, transpose) in _LAYER_TABLE.items():
+    stacked = cast(_get(params, "layers/" + path))
+    for i in range(config.num_hidden_layers):
+      out[template.format(i=i)] = stacked[i].T if transpose else stacked[i]
+  return out
+
+
+# --- directories ----------------------------------------------------------------------------
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+  """A local directory, or a hub id (`Qwen/Qwen1.5-0.5B`) already in the local HF cache."""
+  p = Path(path).expanduser()
+  if p.is_dir():
+    return p
+  if p.exists():
+    raise CheckpointError(f"{p}: is a file; give the checkpoint directory")
+  name = str(path)
+  if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
+    try:
+      from huggingface_hub import snapshot_download
+      return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - any cache miss becomes one clear message
+      raise CheckpointError(
+          f"'{name}' is not a local directory and is not in the local Hugging Face cache "
+          f"({type(e).__name__}); download it where a network exists "
+          f"(huggingface-cli download {name}) or pass its directory") from None
+  raise CheckpointError(f"{name}: no such directory")
+
+
+def is_converted(model_dir: Path) -> bool:
+  return (model_dir / "jaxskill.json").exists()
+
+
+def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
+                   tokenizer_dir: str | Path | None = None) -> Path:
+  """Writes params with orbax plus config and tokenizer files, for a fast reload."""
+  import orbax.checkpoint as ocp
+  out_dir = Path(out_dir).absolute()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if (out_dir / "params").exists():
+    shutil.rmtree(out_dir / "params")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(out_dir / "params", jax.tree.map(jnp.asarray, params))
+  (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+  _copy_tokenizer(tokenizer_dir, out_dir)
+  dtype = str(jax.tree.leaves(params)[0].dtype)
+  # Written last: a directory without it is an interrupted conversion, not a converted model.
+  (out_dir / "jaxskill.json").write_text(json.dumps({"format": 1, "dtype": dtype}))
+  return out_dir
+
+
+def load_converted(model_dir: Path, config: QwenConfig, dtype) -> dict:
+  import orbax.checkpoint as ocp
+  target = abstract_params(config, dtype)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(model_dir.absolute() / "params", target)
+
+
+def export_hf(out_dir: str | Path, params: dict, config: QwenConfig,
+              tokenizer_dir: str | Path | None = None, dtype=None) -> Path:
+  """Writes an HF directory (`config.json`, `model.safetensors`) that transformers loads."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tensors = params_to_hf_tensors(params, config, dtype)
+  hf_config = config.to_hf_dict()
+  hf_config["torch_dtype"] = str(next(iter(tensors.values())).dtype)
+  write_safetensors(out_dir / "model.safetensors", tensors)
+  (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
+  _copy_tokenizer(tokenizer_dir, out_dir)
+  return out_dir
+
+
+def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
+  if src is None or Path(src).resolve() == dst.resolve():
+    return
+  for name in TOKENIZER_FILES:
+    if (Path(src) / name).exists():
+      shutil.copy(Path(src) / name, dst / name)
+
+
+def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = False):
+  """`(model, params)` from an HF Qwen1.5 directory, a converted one, or a cached hub id.
+
+  `dtype` is both the param and the compute dtype (float32 or bfloat16).
+  """
+  model_dir = resolve_model_dir(path)
+  if not (model_dir / "config.json").exists():
+    raise CheckpointError(f"{model_dir}: no config.json")
+  config = QwenConfig.from_json_file(model_dir / "config.json")
+  if is_converted(model_dir):
+    params = load_converted(model_dir, config, dtype)
+  else:
+    params = jax.tree.map(jnp.asarray, params_from_hf(model_dir, config, dtype))
+  return Qwen2LM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """The `transformers.AutoTokenizer` saved beside the weights."""
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(str(resolve_model_dir(path)))

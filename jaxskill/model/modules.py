@@ -1,0 +1,212 @@
+"""Qwen1.5 (HF `Qwen2ForCausalLM`) as a pure-functional Flax linen model.
+
+Letters in einsum strings and shape comments: b batch, t query position, s key position,
+n query heads, k key/value heads, g query heads per key/value head (n = k * g), d head dim,
+h hidden, i intermediate (neurons), v vocab, p captured positions, l layers.
+
+The block, as in METHOD.md section 1:
+  x   = x + o_proj(attn(rmsnorm1(x)))
+  a   = silu(gate_proj(u)) * up_proj(u),   u = rmsnorm2(x)     <- the "neurons", sown
+  out = x + down_proj(a)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxskill.model.config import QwenConfig
+
+Array = jax.Array
+Dtype = Any
+
+# The sow contract: activations land at intermediates/layers/mlp/<NEURONS>, stacked over layers.
+NEURONS = "neurons"
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps) in float32, cast back to x's dtype, then times the weight."""
+  eps: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_cos_sin(position_ids: Array, head_dim: int, theta: float, dtype: Dtype):
+  """cos, sin `[b, t, d]` for half-split RoPE; frequencies in float32 as in HF."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = position_ids[..., None].astype(jnp.float32) * inv_freq  # [b, t, d/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """x `[b, t, heads, d]`; rotate_half(x) = concat(-x2, x1) (half split, not interleaved)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+  config: QwenConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    """x `[b, t, h]`, mask bool `[b, t, s]` (True = may attend) -> `[b, t, h]`."""
+    c = self.config
+    b, t, _ = x.shape
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense(c.num_attention_heads * c.head_dim, name="q_proj")(x)
+    k = dense(c.num_key_value_heads * c.head_dim, name="k_proj")(x)
+    v = dense(c.num_key_value_heads * c.head_dim, name="v_proj")(x)
+    q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
+    k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
+    v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    # Query head n = k * g + j reads key/value head k, as HF's repeat_kv does.
+    q = q.reshape(b, t, c.num_key_value_heads, c.num_kv_groups, c.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (c.head_dim ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32),
+                       jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)
+    return dense(c.hidden_size, use_bias=False, name="o_proj")(out)
+
+
+class MLP(nn.Module):
+  config: QwenConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, capture_positions: Array | None) -> Array:
+    """x `[b, t, h]`; capture_positions int `[b, p]` or None -> `[b, t, h]`.
+
+    Sows the neuron activations `a[b, p, i]` gathered at capture_positions, so that what is
+    kept grows with p, not t. When `intermediates` is not mutable nothing is gathered.
+    """
+    c = self.config
+    dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    a = nn.silu(dense(c.intermediate_size, name="gate_proj")(x)) * dense(
+        c.intermediate_size, name="up_proj")(x)  # [b, t, i]
+    if capture_positions is not None and self.is_mutable_collection("intermediates"):
+      self.sow("intermediates", NEURONS,
+               jnp.take_along_axis(a, capture_positions[:, :, None], axis=1))  # [b, p, i]
+    return dense(c.hidden_size, name="down_proj")(a)
+
+
+class DecoderLayer(nn.Module):
+  config: QwenConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, capture_positions):
+    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(RMSNorm, c.rms_norm_eps, param_dtype=self.param_dtype)
+    x = x + Attention(c, **kw, name="self_attn")(norm(name="input_layernorm")(x), cos, sin, mask)
+    x = x + MLP(c, **kw, name="mlp")(norm(name="post_attention_layernorm")(x), capture_positions)
+    return x, None
+
+
+class Qwen2LM(nn.Module):
+  """Qwen1.5 causal LM. Params follow HF names; layer params are stacked `[l, ...]` by nn.scan.
+
+  Attributes:
+    config: the architecture.
+    dtype: compute dtype (float32 or bfloat16); softmax and RMSNorm statistics stay float32.
+    param_dtype: dtype the params are created in (conversion casts to it).
+    remat: rematerialise each layer in the backward pass (memory for compute, for training).
+  """
+  config: QwenConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    c = self.config
+    self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+    layer = nn.remat(DecoderLayer, prevent_cse=False) if self.remat else DecoderLayer
+    self.layers = nn.scan(
+        layer,
+        variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 4,
+        length=c.num_hidden_layers,
+    )(c, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.norm = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype)
+    if not c.tie_word_embeddings:
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+
+  def embed(self, input_ids: Array) -> Array:
+    """int `[b, t]` -> `[b, t, h]`: the input embeddings, for building `inputs_embeds`."""
+    return self.embed_tokens(input_ids)
+
+  def __call__(
+      self,
+      input_ids: Array | None = None,
+      attention_mask: Array | None = None,
+      position_ids: Array | None = None,
+      *,
+      inputs_embeds: Array | None = None,
+      capture_positions: Array | None = None,
+      logits_positions: Array | None = None,
+  ) -> Array:
+    """Logits, float32.
+
+    Args:
+      input_ids: int `[b, t]`; or give `inputs_embeds` `[b, t, h]` instead.
+      attention_mask: `[b, t]`, 1 for real tokens, 0 for padding (left or right). Default all 1.
+      position_ids: int `[b, t]`. Default `cumsum(attention_mask) - 1`, so a left-padded row gets
+        the same positions as the unpadded one (HF `generate` does the same).
+      capture_positions: int `[b, p]`; with `mutable=["intermediates"]` the neuron activations
+        at these positions are sown (read them with `neuron_activations`).
+      logits_positions: int `[b, q]`; if given, logits only there: `[b, q, v]` instead of
+        `[b, t, v]`, which skips most of the LM head when only a few positions matter.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("give exactly one of input_ids and inputs_embeds")
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+    b, t, _ = x.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    attention_mask = attention_mask.astype(bool)
+    if position_ids is None:
+      position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, self.dtype)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & attention_mask[:, None, :]  # [b, t, s]
+    x, _ = self.layers(x, cos, sin, mask, capture_positions)
+    x = self.norm(x)
+    if logits_positions is not None:
+      x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
+    if self.config.tie_word_embeddings:
+      logits = self.embed_tokens.attend(x)
+    else:
+      logits = self.lm_head(x)
+    return logits.astype(jnp.float32)
+
+
+def neuron_activations(variables: dict) -> Array:
+  """The sown activations as `[b, l, p, i]` from the `variables` returned by a capturing apply."""
+  try:
+    stacked = variables["intermediates"]["layers"]["mlp"][NEURONS]
+  except KeyError:
+    raise KeyError(
+        "no neuron activations in these variables: call model.apply(..., capture_positions=pos, "
+        "mutable=['intermediates']) and pass the returned variables") from None
+  (acts,) = stacked  # sow keeps a tuple; one call per layer -> one entry, stacked [l, b, p, i]
+  return jnp.swapaxes(acts, 0, 1)
