@@ -196,8 +196,9 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
     array = np.asarray(array)
     return (array.T if transpose else array).astype(np_dtype)
 
-  seen = set()
   for name in tensors:
+    if name.endswith(".rotary_emb.inv_freq"):  # a buffer that old exports persisted
+      continue
     m = layer_re.fullmatch(name)
     if m:
       key = f"model.layers.{{i}}.{m.group(2)}"
@@ -207,8 +208,7 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
         raise CheckpointError(f"{where(name)} is for layer {m.group(1)} but config "
                               f"num_hidden_layers={L}")
     elif name not in _TOP_TABLE:
-      if not name.endswith("rotary_emb.inv_freq"):  # old exports persisted this buffer
-        raise CheckpointError(f"{where(name)} is unexpected for a Qwen2 model")
+      raise CheckpointError(f"{where(name)} is unexpected for a Qwen2 model")
 
   params: dict = {}
   for hf_name, (path, transpose) in _TOP_TABLE.items():
@@ -219,7 +219,6 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
               if hf_name == "lm_head.weight" else "")
       raise CheckpointError(f"{hf_dir}: missing tensor '{hf_name}'{hint}")
     _set(params, path, fetch(hf_name, transpose, _get(expected, path).shape))
-    seen.add(hf_name)
   for template, (path, transpose) in _LAYER_TABLE.items():
     want = _get(expected, "layers/" + path).shape[1:]
     per_layer = []
@@ -280,6 +279,8 @@ def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
   import orbax.checkpoint as ocp
   out_dir = Path(out_dir).absolute()
   out_dir.mkdir(parents=True, exist_ok=True)
+  # The marker goes first and comes back last, so an interrupted re-conversion never looks done.
+  (out_dir / "jaxskill.json").unlink(missing_ok=True)
   if (out_dir / "params").exists():
     shutil.rmtree(out_dir / "params")
   with ocp.StandardCheckpointer() as ckptr:
@@ -295,8 +296,22 @@ def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
 def load_converted(model_dir: Path, config: QwenConfig, dtype) -> dict:
   import orbax.checkpoint as ocp
   target = abstract_params(config, dtype)
+  path = model_dir.absolute() / "params"
+  if not path.is_dir():
+    raise CheckpointError(f"{model_dir}: has jaxskill.json but no params/ (interrupted "
+                          "conversion?); convert again")
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(model_dir.absolute() / "params", target)
+    saved = ckptr.metadata(path)
+    saved = getattr(saved, "item_metadata", saved)  # orbax versions differ in the wrapper
+    want = {"/".join(str(getattr(k, "key", k)) for k in kp): x.shape
+            for kp, x in jax.tree_util.tree_leaves_with_path(target)}
+    have = {"/".join(str(getattr(k, "key", k)) for k in kp): tuple(x.shape)
+            for kp, x in jax.tree_util.tree_leaves_with_path(saved)}
+    for name in sorted(set(want) | set(have)):
+      if want.get(name) != have.get(name):
+        raise CheckpointError(f"{path}: param '{name}' has shape {have.get(name)}, "
+                              f"{model_dir / 'config.json'} asks for {want.get(name)}")
+    return ckptr.restore(path, target)
 
 
 def export_hf(out_dir: str | Path, params: dict, config: QwenConfig,

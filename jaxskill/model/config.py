@@ -124,7 +124,8 @@ class QwenConfig:
       if name not in d:
         fail(f"required field '{name}' is missing")
     kwargs = {name: d[name] for name in _REQUIRED}
-    kwargs["num_key_value_heads"] = d.get("num_key_value_heads") or d["num_attention_heads"]
+    kv_heads = d.get("num_key_value_heads")
+    kwargs["num_key_value_heads"] = d["num_attention_heads"] if kv_heads is None else kv_heads
     try:
       return cls(
           **kwargs,

@@ -56,6 +56,29 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
   return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+class Linear(nn.Module):
+  """`x @ kernel + bias` with params named as nn.Dense's, accumulated and biased in float32.
+
+  Asking XLA for a float32 result lets bfloat16 inputs use the CPU's bf16 dot instructions
+  (about 2.5x faster than a bf16-output dot on AVX512-BF16 here) and rounds only once.
+  """
+  features: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  out_dtype: Dtype | None = None  # default: dtype
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                        self.param_dtype)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                preferred_element_type=jnp.float32)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    return y.astype(self.out_dtype or self.dtype)
+
+
 class Attention(nn.Module):
   config: QwenConfig
   dtype: Dtype = jnp.float32
@@ -66,20 +89,21 @@ class Attention(nn.Module):
     """x `[b, t, h]`, mask bool `[b, t, s]` (True = may attend) -> `[b, t, h]`."""
     c = self.config
     b, t, _ = x.shape
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-    q = dense(c.num_attention_heads * c.head_dim, name="q_proj")(x)
-    k = dense(c.num_key_value_heads * c.head_dim, name="k_proj")(x)
-    v = dense(c.num_key_value_heads * c.head_dim, name="v_proj")(x)
+    dense = functools.partial(Linear, dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense(c.num_attention_heads * c.head_dim, use_bias=True, name="q_proj")(x)
+    k = dense(c.num_key_value_heads * c.head_dim, use_bias=True, name="k_proj")(x)
+    v = dense(c.num_key_value_heads * c.head_dim, use_bias=True, name="v_proj")(x)
     q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
     k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
     v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     # Query head n = k * g + j reads key/value head k, as HF's repeat_kv does.
     q = q.reshape(b, t, c.num_key_value_heads, c.num_kv_groups, c.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (c.head_dim ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32),
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores * (c.head_dim ** -0.5),
                        jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = out.astype(self.dtype).reshape(b, t, -1)
     return dense(c.hidden_size, use_bias=False, name="o_proj")(out)
 
 
@@ -96,8 +120,7 @@ class MLP(nn.Module):
     kept grows with p, not t. When `intermediates` is not mutable nothing is gathered.
     """
     c = self.config
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+    dense = functools.partial(Linear, dtype=self.dtype, param_dtype=self.param_dtype)
     a = nn.silu(dense(c.intermediate_size, name="gate_proj")(x)) * dense(
         c.intermediate_size, name="up_proj")(x)  # [b, t, i]
     if capture_positions is not None and self.is_mutable_collection("intermediates"):
@@ -148,8 +171,8 @@ class Qwen2LM(nn.Module):
     )(c, dtype=self.dtype, param_dtype=self.param_dtype)
     self.norm = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype)
     if not c.tie_word_embeddings:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+      self.lm_head = Linear(c.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                            out_dtype=jnp.float32)
 
   def embed(self, input_ids: Array) -> Array:
     """int `[b, t]` -> `[b, t, h]`: the input embeddings, for building `inputs_embeds`."""
@@ -194,10 +217,9 @@ class Qwen2LM(nn.Module):
     if logits_positions is not None:
       x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
     if self.config.tie_word_embeddings:
-      logits = self.embed_tokens.attend(x)
-    else:
-      logits = self.lm_head(x)
-    return logits.astype(jnp.float32)
+      table = self.embed_tokens.embedding.astype(self.dtype)
+      return jnp.einsum("bth,vh->btv", x, table, preferred_element_type=jnp.float32)
+    return self.lm_head(x)
 
 
 def neuron_activations(variables: dict) -> Array:
