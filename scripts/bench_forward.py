@@ -4,7 +4,9 @@ Both sides run a Qwen1.5-0.5B-shaped model with random weights (no download), th
 sequence length, in the same process on the same machine. PyTorch reads the neuron activations
 with forward hooks on `mlp.down_proj` (its input, gathered at the same positions); jaxskill sows
 them. Both compute logits at the same positions: all positions (`--logits all`) or the captured
-ones only (`--logits captured`; HF through `logits_to_keep`).
+ones only (`--logits captured`; HF through `logits_to_keep`), unless `--torch-logits` says
+otherwise (`--logits captured --torch-logits all` compares jaxskill's capture call with the plain
+HF forward that hook-based capture code usually runs).
 
   python scripts/bench_forward.py [--batch 4] [--seq 128] [--capture 4] [--iters 5]
 """
@@ -34,8 +36,9 @@ def time_calls(fn, iters):
   return statistics.median(times)
 
 
-def bench_jax(config, ids, capture, logits_mode, iters):
-  model = jaxskill.Qwen2LM(config)
+def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
+  dtype = jnp.dtype(dtype)
+  model = jaxskill.Qwen2LM(config, dtype=dtype, param_dtype=dtype, scan_unroll=unroll)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), ids[:, :8])["params"]
   logits_pos = capture if logits_mode == "captured" else None
 
@@ -56,7 +59,7 @@ def bench_jax(config, ids, capture, logits_mode, iters):
               logits_shape=list(logits.shape))
 
 
-def bench_torch(config, ids, capture, logits_mode, iters, threads):
+def bench_torch(config, ids, capture, logits_mode, iters, threads, dtype):
   import torch
   from transformers import Qwen2Config, Qwen2ForCausalLM
   torch.set_num_threads(threads)
@@ -64,7 +67,7 @@ def bench_torch(config, ids, capture, logits_mode, iters, threads):
                              if k not in ("architectures", "model_type")},
                           attn_implementation="eager")
   torch.manual_seed(0)
-  model = Qwen2ForCausalLM(hf_config).eval()
+  model = Qwen2ForCausalLM(hf_config).eval().to(getattr(torch, dtype))
   ids_t = torch.tensor(np.asarray(ids))
   cap = torch.tensor(np.asarray(capture))
   captured = []
@@ -96,6 +99,25 @@ def bench_torch(config, ids, capture, logits_mode, iters, threads):
               logits_shape=list(logits.shape), threads=threads, torch=torch.__version__)
 
 
+def forward_flops(config, batch, seq, logits_rows):
+  """Matmul FLOPs of one forward pass (2 per multiply-add; elementwise work not counted)."""
+  c = config
+  per_token = 2 * (c.hidden_size * c.head_dim * (c.num_attention_heads + 2 * c.num_key_value_heads)
+                   + c.num_attention_heads * c.head_dim * c.hidden_size
+                   + 3 * c.hidden_size * c.intermediate_size)
+  attention = 2 * 2 * seq * seq * c.num_attention_heads * c.head_dim  # scores and mix, per row
+  layers = c.num_hidden_layers * (batch * seq * per_token + batch * attention)
+  return layers + 2 * logits_rows * c.hidden_size * c.vocab_size
+
+
+def matmul_peak(dtype, n=2048, iters=5):
+  """Measured GFLOP/s of one large jitted matmul: the ceiling any forward pass here can reach."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  jax.block_until_ready(f(a, a))
+  return 2 * n ** 3 / time_calls(lambda: jax.block_until_ready(f(a, a)), iters) / 1e9
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
@@ -103,7 +125,12 @@ def main(argv=None):
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--capture", type=int, default=4, help="captured positions per row")
   ap.add_argument("--logits", choices=["all", "captured"], default="all")
+  ap.add_argument("--torch-logits", choices=["all", "captured"], default=None,
+                  help="PyTorch's logits (default: as --logits; 'all' is HF's default forward)")
   ap.add_argument("--iters", type=int, default=5)
+  ap.add_argument("--scan-unroll", type=int, default=1, help="jaxskill layers per scan step")
+  ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                  help="params and compute, both sides")
   ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   ap.add_argument("--skip-torch", action="store_true")
   ap.add_argument("--json", help="append the result as one JSON line to this file")
@@ -116,23 +143,38 @@ def main(argv=None):
   capture = jnp.tile(jnp.arange(args.seq - args.capture, args.seq), (args.batch, 1))
   tokens = args.batch * args.seq
   result = dict(preset=args.preset, batch=args.batch, seq=args.seq, capture=args.capture,
-                logits=args.logits, machine=f"{platform.machine()} {os.cpu_count()} cores",
+                logits=args.logits, dtype=args.dtype, scan_unroll=args.scan_unroll, machine=f"{platform.machine()} {os.cpu_count()} cores",
                 jax=jax.__version__, device=str(jax.devices()[0]),
                 date=time.strftime("%Y-%m-%d"))
-  result["jaxskill"] = bench_jax(config, ids, capture, args.logits, args.iters)
+  logits_rows = args.batch * (args.seq if args.logits == "all" else args.capture)
+  flops = forward_flops(config, args.batch, args.seq, logits_rows)
+  result["gflop_per_step"] = flops / 1e9
+  result["matmul_peak_gflops"] = matmul_peak(jnp.dtype(args.dtype))
+  print(f"{flops / 1e9:.0f} GFLOP per step; measured {args.dtype} matmul peak "
+        f"{result['matmul_peak_gflops']:.0f} GFLOP/s", flush=True)
+  result["jaxskill"] = bench_jax(config, ids, capture, args.logits, args.iters, args.dtype,
+                                 args.scan_unroll)
   result["jaxskill"]["tokens_per_s"] = tokens / result["jaxskill"]["step_s"]
-  print(f"jaxskill: {result['jaxskill']['tokens_per_s']:.0f} tokens/s "
+  result["jaxskill"]["gflops"] = flops / 1e9 / result["jaxskill"]["step_s"]
+  print(f"jaxskill: {result['jaxskill']['tokens_per_s']:.0f} tokens/s, "
+        f"{result['jaxskill']['gflops']:.0f} GFLOP/s "
         f"(step {result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",
         flush=True)
   if not args.skip_torch:
-    result["torch"] = bench_torch(config, ids, capture, args.logits, args.iters,
-                                  args.threads or os.cpu_count())
+    torch_logits = args.torch_logits or args.logits
+    result["torch_logits"] = torch_logits
+    torch_flops = forward_flops(config, args.batch, args.seq,
+                                args.batch * (args.seq if torch_logits == "all" else args.capture))
+    result["torch"] = bench_torch(config, ids, capture, torch_logits, args.iters,
+                                  args.threads or os.cpu_count(), args.dtype)
     result["torch"]["tokens_per_s"] = tokens / result["torch"]["step_s"]
+    result["torch"]["gflops"] = torch_flops / 1e9 / result["torch"]["step_s"]
     result["ratio"] = result["jaxskill"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
-    print(f"torch:    {result['torch']['tokens_per_s']:.0f} tokens/s "
+    print(f"torch:    {result['torch']['tokens_per_s']:.0f} tokens/s, "
+          f"{result['torch']['gflops']:.0f} GFLOP/s "
           f"(step {result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
     print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
-    assert result["jaxskill"]["acts_shape"] == [result["torch"]["acts_shape"][i] for i in range(4)]
+    assert result["jaxskill"]["acts_shape"] == result["torch"]["acts_shape"]
   if args.json:
     with open(args.json, "a") as f:
       f.write(json.dumps(result) + "\n")

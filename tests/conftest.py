@@ -1,15 +1,11 @@
 """Shared fixtures: tiny random HF Qwen2 checkpoints written with `save_pretrained`."""
 
-import os
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-
-import jax  # noqa: E402
+import jax
 
 # Parity needs true float32 matmuls (GPUs default to TF32, TPUs to bf16 passes).
 jax.config.update("jax_default_matmul_precision", "highest")
 
-import pytest  # noqa: E402
+import pytest
 
 
 def make_hf_model(*, vocab=97, hidden=48, intermediate=80, layers=2, heads=6, kv_heads=6,

@@ -704,3 +704,22 @@ def test_preset_shapes_match_transformers(name):
   assert mapped == hf_shapes
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   assert total == _count_by_hand(c) == sum(p.numel() for p in hf.parameters())
+
+
+def test_published_qwen15_config_parses_to_preset():
+  """The fields of the published Qwen1.5-0.5B config.json (transformers 4.37 era) all parse."""
+  d = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+       "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 1024,
+       "initializer_range": 0.02, "intermediate_size": 2816, "max_position_embeddings": 32768,
+       "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 16,
+       "num_hidden_layers": 24, "num_key_value_heads": 16, "rms_norm_eps": 1e-06,
+       "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+       "torch_dtype": "bfloat16", "transformers_version": "4.37.0", "use_cache": True,
+       "use_sliding_window": False, "vocab_size": 151936}
+  config = jaxskill.QwenConfig.from_hf_dict(d)
+  preset = jaxskill.PRESETS["qwen1.5-0.5b"]
+  for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
+                "tie_word_embeddings"):
+    assert getattr(config, field) == getattr(preset, field), field
+  assert config.num_neurons == 24 * 2816

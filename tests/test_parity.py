@@ -151,3 +151,12 @@ def test_bfloat16_close_to_float32(hf_checkpoint):
   assert err.max() < 0.1 * max(scale, 1.0), (err.max(), scale)
   assert err.mean() < 0.02 * max(scale, 1.0)
   assert (l16.argmax(-1) == l32.argmax(-1)).mean() > 0.9
+
+
+def test_scan_unroll_does_not_change_results(hf_checkpoint):
+  _, path = hf_checkpoint(**CASES["gqa3_untied"])
+  model, params = jaxskill.load_model(path)
+  ids = jnp.asarray(_batch(8))
+  unrolled = jaxskill.Qwen2LM(model.config, scan_unroll=2)
+  np.testing.assert_allclose(np.asarray(unrolled.apply({"params": params}, ids)),
+                             np.asarray(model.apply({"params": params}, ids)), atol=1e-6, rtol=0)

@@ -151,11 +151,14 @@ class Qwen2LM(nn.Module):
     dtype: compute dtype (float32 or bfloat16); softmax and RMSNorm statistics stay float32.
     param_dtype: dtype the params are created in (conversion casts to it).
     remat: rematerialise each layer in the backward pass (memory for compute, for training).
+    scan_unroll: layers per scan iteration (1 keeps compile time flat in depth; more removes
+      the per-layer loop overhead at the price of compile time).
   """
   config: QwenConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  scan_unroll: int = 1
 
   def setup(self):
     c = self.config
@@ -168,6 +171,7 @@ class Qwen2LM(nn.Module):
         split_rngs={"params": True},
         in_axes=(nn.broadcast,) * 4,
         length=c.num_hidden_layers,
+        unroll=self.scan_unroll,
     )(c, dtype=self.dtype, param_dtype=self.param_dtype)
     self.norm = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype)
     if not c.tie_word_embeddings:
