@@ -160,3 +160,21 @@ def test_scan_unroll_does_not_change_results(hf_checkpoint):
   unrolled = jaxskill.Qwen2LM(model.config, scan_unroll=2)
   np.testing.assert_allclose(np.asarray(unrolled.apply({"params": params}, ids)),
                              np.asarray(model.apply({"params": params}, ids)), atol=1e-6, rtol=0)
+
+
+def test_remat_gives_same_values_and_gradients(hf_checkpoint):
+  """remat trades memory for compute in the backward pass; values and gradients must not move."""
+  _, path = hf_checkpoint(**CASES["gqa3_untied"])
+  model, params = jaxskill.load_model(path)
+  remat_model, _ = jaxskill.load_model(path, remat=True)
+  ids = jnp.asarray(_batch(9))
+  embeds = model.apply({"params": params}, ids, method=model.embed)
+
+  def loss(m, e):
+    return jnp.mean(m.apply({"params": params}, inputs_embeds=e) ** 2)
+
+  v0, g0 = jax.value_and_grad(lambda e: loss(model, e))(embeds)
+  v1, g1 = jax.value_and_grad(lambda e: loss(remat_model, e))(embeds)
+  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-7, rtol=1e-5)
+  assert np.abs(np.asarray(g0)).max() > 0
