@@ -193,8 +193,25 @@ def test_bad_tensors_are_refused(copy_ckpt, case):
     jaxskill.load_model(path)
   msg = str(info.value)
   assert str(path) in msg, msg
+  if not case.startswith("missing"):  # a tensor that is there is named with its file
+    assert str(path / "model.safetensors") in msg, msg
   for fragment in fragments:
     assert fragment in msg, (fragment, msg)
+
+
+def test_bad_tensor_in_a_shard_names_the_shard(hf_checkpoint, tmp_path):
+  hf, _ = hf_checkpoint(**UNTIED)
+  path = tmp_path / "sharded"
+  hf.save_pretrained(path, max_shard_size="20KB")
+  index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+  name = "model.layers.1.mlp.down_proj.weight"
+  shard = path / index[name]
+  tensors = {k: np.array(v) for k, v in read_safetensors(shard).items()}
+  tensors[name] = np.zeros(tensors[name].shape[::-1], np.float32)
+  write_safetensors(shard, tensors)
+  with pytest.raises(CheckpointError) as info:
+    jaxskill.load_model(path)
+  assert f"{shard}: tensor '{name}'" in str(info.value)
 
 
 def test_untied_config_on_tied_checkpoint(copy_ckpt):

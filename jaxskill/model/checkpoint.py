@@ -99,8 +99,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)  # a reader never sees a half-written file
 
 
-def _hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
-  """All tensors of a single-file or sharded (index.json) safetensors checkpoint."""
+def _hf_tensors(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+  """All tensors of a single-file or sharded (index.json) safetensors checkpoint, and the file
+  each one came from (for error messages)."""
   single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
   if index.exists():
     try:
@@ -119,9 +120,10 @@ def _hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
       raise CheckpointError(f"{index}: tensor(s) {missing[:5]} listed but not found in the shards")
-    return tensors
+    return tensors, {name: hf_dir / weight_map[name] for name in tensors}
   if single.exists():
-    return read_safetensors(single)
+    tensors = read_safetensors(single)
+    return tensors, dict.fromkeys(tensors, single)
   if list(hf_dir.glob("*.bin")) or list(hf_dir.glob("*.pt")):
     raise CheckpointError(f"{hf_dir}: only PyTorch pickle weights found; jaxskill reads "
                           "safetensors (re-save with save_pretrained(safe_serialization=True))")
@@ -176,7 +178,7 @@ def _set(tree: dict, path: str, value) -> None:
 def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
   """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy)."""
   hf_dir = Path(hf_dir)
-  tensors = _hf_tensors(hf_dir)
+  tensors, files = _hf_tensors(hf_dir)
   expected = abstract_params(config, dtype)
   np_dtype = np.dtype(dtype)
   L = config.num_hidden_layers
@@ -184,7 +186,7 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
   tied = config.tie_word_embeddings
 
   def where(name):
-    return f"{hf_dir}: tensor '{name}'"
+    return f"{files[name]}: tensor '{name}'"
 
   def fetch(name, transpose, want_shape):
     array = tensors[name]
