@@ -1,7 +1,10 @@
 """jaxskill: find the skill neurons of Qwen1.5 language models in JAX/Flax."""
 
-from jaxskill.model import (PRESETS, CheckpointError, ConfigError, QwenConfig, Qwen2LM, export_hf,
-                            greedy_generate, load_model, load_tokenizer, neuron_activations,
-                            save_converted)
+from jaxskill.model import (DEMO_MODEL, PRESETS, CheckpointError, ConfigError, QwenConfig, Qwen2LM,
+                            export_hf, greedy_generate, load_model, load_tokenizer,
+                            neuron_activations, save_converted)
 
 __version__ = "0.1.0"
+__all__ = ["DEMO_MODEL", "PRESETS", "CheckpointError", "ConfigError", "QwenConfig", "Qwen2LM",
+           "export_hf", "greedy_generate", "load_model", "load_tokenizer", "neuron_activations",
+           "save_converted"]

@@ -1,13 +1,13 @@
-"""`jaxskill` command line: demo, convert, export."""
+"""`jaxskill` command line: demo, convert, export, train."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
-DEMO_MODEL = Path(__file__).resolve().parent / "assets" / "demo_model"
+from jaxskill.model.checkpoint import DEMO_MODEL
+
 DEMO_PROMPTS = ("Q: What is 12 plus 7?\nA:", "Q: What is 305 minus 42?\nA:",
                 "Q: What is 6 times 8?\nA:")
 
@@ -75,6 +75,19 @@ def cmd_export(args) -> int:
   return 0
 
 
+def cmd_train(args) -> int:
+  import logging
+  from jaxskill.config import load_config
+  from jaxskill.train import train
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  config = load_config(args.config, args.overrides)
+  summary = train(config, progress=not args.no_progress)
+  print(f"run dir: {config.run_dir}")
+  print(f"best dev accuracy: {summary['best_dev_accuracy']:.4f} (steps {summary['steps']}, "
+        f"resumed from {summary['resumed_from']}, truncated inputs: {summary['truncated']})")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
@@ -93,15 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("out_dir")
   p.add_argument("--dtype", default="float32")
   p.set_defaults(func=cmd_export)
+  p = sub.add_parser("train", help="train a soft prompt: jaxskill train CONFIG [key=value ...]")
+  p.add_argument("config", help="a YAML run config (see configs/)")
+  p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_train)
   return ap
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  from jaxskill.checkpointing import CheckpointRestoreError
+  from jaxskill.config import RunConfigError
   from jaxskill.model import CheckpointError, ConfigError
+  from jaxskill.tasks import TaskError
   try:
     return args.func(args)
-  except (CheckpointError, ConfigError) as e:
+  except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError) as e:
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)
     return 2
 

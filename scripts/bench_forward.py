@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 
 import jax
@@ -25,15 +23,7 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-
-
-def time_calls(fn, iters):
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+from benchlib import run_info, time_calls, torch_model
 
 
 def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
@@ -61,13 +51,8 @@ def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
 
 def bench_torch(config, ids, capture, logits_mode, iters, threads, dtype):
   import torch
-  from transformers import Qwen2Config, Qwen2ForCausalLM
   torch.set_num_threads(threads)
-  hf_config = Qwen2Config(**{k: v for k, v in config.to_hf_dict().items()
-                             if k not in ("architectures", "model_type")},
-                          attn_implementation="eager")
-  torch.manual_seed(0)
-  model = Qwen2ForCausalLM(hf_config).eval().to(getattr(torch, dtype))
+  model = torch_model(config, dtype)
   ids_t = torch.tensor(np.asarray(ids))
   cap = torch.tensor(np.asarray(capture))
   captured = []
@@ -143,9 +128,7 @@ def main(argv=None):
   capture = jnp.tile(jnp.arange(args.seq - args.capture, args.seq), (args.batch, 1))
   tokens = args.batch * args.seq
   result = dict(preset=args.preset, batch=args.batch, seq=args.seq, capture=args.capture,
-                logits=args.logits, dtype=args.dtype, scan_unroll=args.scan_unroll, machine=f"{platform.machine()} {os.cpu_count()} cores",
-                jax=jax.__version__, device=str(jax.devices()[0]),
-                date=time.strftime("%Y-%m-%d"))
+                logits=args.logits, dtype=args.dtype, scan_unroll=args.scan_unroll, **run_info())
   logits_rows = args.batch * (args.seq if args.logits == "all" else args.capture)
   flops = forward_flops(config, args.batch, args.seq, logits_rows)
   result["gflop_per_step"] = flops / 1e9

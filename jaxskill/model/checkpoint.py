@@ -39,6 +39,9 @@ _ST_DTYPES = {
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
+# The small checkpoint shipped with the package; "demo" names it wherever a model path is asked.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "generation_config.json",
                    "chat_template.jinja")
@@ -252,7 +255,10 @@ def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[s
 # --- directories ----------------------------------------------------------------------------
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-  """A local directory, or a hub id (`Qwen/Qwen1.5-0.5B`) already in the local HF cache."""
+  """A local directory, "demo" (the shipped model), or a hub id (`Qwen/Qwen1.5-0.5B`) already in
+  the local HF cache."""
+  if str(path) == "demo":
+    return DEMO_MODEL
   p = Path(path).expanduser()
   if p.is_dir():
     return p

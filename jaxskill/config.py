@@ -1,0 +1,221 @@
+"""Run configs: YAML files of nested sections, loaded into frozen dataclasses, overridable with
+`section.key=value` on the command line (MaxText style). An unknown key or a value of the wrong
+type is an error that names it; the merged config is written to the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxskill.tasks import TaskConfig
+
+
+class RunConfigError(ValueError):
+  """A config file or override that does not fit the schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  path: str = "demo"  # a checkpoint dir, a cached hub id, or "demo" for the shipped model
+  dtype: str = "float32"  # float32 | bfloat16
+  remat: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  length: int = 8  # P, the number of soft-prompt vectors
+  init: str = "vocab"  # random | vocab | text
+  init_std: float = 0.02  # for init=random
+  init_text: str = ""  # for init=text: tokenized, repeated or cut to `length`
+  placement: str = "infix"  # infix: [input][prompt][answer]; prefix: [prompt][input][answer]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  max_length: int = 64  # tokens per sequence: input + prompt + answer, padded to this
+  truncation: str = "left"  # inputs too long lose tokens on the left | right | error
+  append_eos: bool = True  # generation: the target ends with EOS so the model learns to stop
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 200
+  batch_size: int = 16
+  lr: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  warmup_steps: int = 0
+  decay: str = "constant"  # constant | linear | cosine (to 0 at `steps`, after warmup)
+  clip_norm: float = 0.0  # global-norm clipping of the prompt gradient; 0 = off
+  eval_every: int = 50
+  log_every: int = 10
+  checkpoint_every: int = 50
+  max_to_keep: int = 3
+  async_checkpoint: bool = True
+  seed: int = 0
+  data_parallel: int = 0  # devices on the mesh's data axis; 0 = all
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  name: str = "run"
+  out_dir: str = "runs"
+  model: ModelConfig = ModelConfig()
+  prompt: PromptConfig = PromptConfig()
+  task: TaskConfig = TaskConfig()
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+
+  @property
+  def run_dir(self) -> Path:
+    return Path(self.out_dir) / self.name
+
+
+_CHOICES = {
+    ("model", "dtype"): ("float32", "bfloat16"),
+    ("prompt", "init"): ("random", "vocab", "text"),
+    ("prompt", "placement"): ("infix", "prefix"),
+    ("data", "truncation"): ("left", "right", "error"),
+    ("train", "decay"): ("constant", "linear", "cosine"),
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+  origin = typing.get_origin(tp)
+  if origin in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+      return None
+    return _coerce(value, args[0], where)
+  if origin is tuple:
+    (item, *_) = typing.get_args(tp)
+    if isinstance(value, str):
+      value = [v for v in value.split(",") if v != ""]
+    if not isinstance(value, (list, tuple)):
+      raise RunConfigError(f"{where}: expected a list, got {value!r}")
+    return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+      return value.lower() in ("true", "1", "yes")
+    raise RunConfigError(f"{where}: expected true or false, got {value!r}")
+  if tp is int:
+    if isinstance(value, bool):
+      raise RunConfigError(f"{where}: expected an integer, got {value!r}")
+    try:
+      if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+      return int(value)
+    except (TypeError, ValueError):
+      raise RunConfigError(f"{where}: expected an integer, got {value!r}") from None
+  if tp is float:
+    try:
+      return float(value)  # also "1e-3", which YAML 1.1 reads as a string
+    except (TypeError, ValueError):
+      raise RunConfigError(f"{where}: expected a number, got {value!r}") from None
+  if tp is str:
+    if isinstance(value, (dict, list)):
+      raise RunConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+  raise RunConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls, data: dict, where: str):
+  if not isinstance(data, dict):
+    raise RunConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+  hints = typing.get_type_hints(cls)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - fields)
+  if unknown:
+    raise RunConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+  kwargs = {}
+  for name, value in data.items():
+    key = f"{where}.{name}" if where else name
+    tp = hints[name]
+    if dataclasses.is_dataclass(tp):
+      kwargs[name] = _build(tp, value or {}, key)
+    else:
+      kwargs[name] = _coerce(value, tp, key)
+      section = where.rsplit(".", 1)[-1]
+      allowed = _CHOICES.get((section, name))
+      if allowed and kwargs[name] not in allowed:
+        raise RunConfigError(f"{key}: must be one of {list(allowed)}, got {kwargs[name]!r}")
+  try:
+    return cls(**kwargs)
+  except ValueError as e:  # a section's own validation
+    raise RunConfigError(f"{where or 'config'}: {e}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+  """["train.lr=1e-3", "task.digits=1,2"] -> nested dict. A key given twice is an error."""
+  nested: dict = {}
+  seen = set()
+  for item in overrides:
+    if "=" not in item:
+      raise RunConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    if key in seen:
+      raise RunConfigError(f"override {key!r} given twice")
+    seen.add(key)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.split(".")
+    node = nested
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        raise RunConfigError(f"override {key!r} conflicts with another override")
+    node[parts[-1]] = value
+  return nested
+
+
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for key, value in over.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+  data: dict = {}
+  if path is not None:
+    path = Path(path)
+    try:
+      data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+      raise RunConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+      raise RunConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+      raise RunConfigError(f"{path}: expected a mapping at the top level")
+  data = _merge(data, parse_overrides(list(overrides)))
+  try:
+    return _build(RunConfig, data, "")
+  except RunConfigError as e:
+    raise RunConfigError(f"{path or 'overrides'}: {e}") from None
+
+
+def to_dict(config) -> dict:
+  def plain(v):
+    if isinstance(v, tuple):
+      return [plain(x) for x in v]
+    return v
+  return {f.name: (to_dict(getattr(config, f.name))
+                   if dataclasses.is_dataclass(getattr(config, f.name))
+                   else plain(getattr(config, f.name)))
+          for f in dataclasses.fields(config)}
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+  Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,174 @@
+"""Examples -> fixed-shape token arrays with soft-prompt slots, and the batch stream.
+
+Every row is right-padded to `max_length`, so one compiled step serves every batch. Layout:
+  infix:  [input][prompt x P][answer]   (the prompt sees the input: METHOD.md section 3)
+  prefix: [prompt x P][input][answer]
+Classification rows stop before the answer: the logits at `answer_pos` (the last token before the
+answer) are read at the verbalizer tokens. Generation rows hold the answer tokens, and the loss is
+the next-token loss on them only (`loss_mask`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from jaxskill.tasks.base import Task, TaskError
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """One split, encoded. Arrays are numpy, one row per example (n rows, t = max_length).
+
+  input_ids, attention_mask, prompt_index: int32 `[n, t]` (prompt_index -1 off the prompt).
+  answer_pos: int32 `[n]`, the position whose next-token logits give the answer's first token.
+  label: int32 `[n]` (classification; -1 for generation).
+  targets, loss_mask: int32 `[n, t]`: the token that position t should predict, and whether it
+    counts (generation: the answer tokens; classification: all zero).
+  input_end: int32 `[n]`, one past the last input token (the last input token is input_end - 1).
+  prompt_start: int32 `[n]`, the first prompt position.
+  metadata: column name -> `[n]` array (numbers as float64; strings as object arrays).
+  n_truncated: how many inputs were cut to fit `max_length`.
+  """
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  prompt_index: np.ndarray
+  answer_pos: np.ndarray
+  label: np.ndarray
+  targets: np.ndarray
+  loss_mask: np.ndarray
+  input_end: np.ndarray
+  prompt_start: np.ndarray
+  metadata: dict
+  n_truncated: int
+
+  def __len__(self) -> int:
+    return self.input_ids.shape[0]
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The arrays a model step needs (no metadata)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name not in ("metadata", "n_truncated")}
+
+
+def verbalizer_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
+  """One token id per verbalizer word; a word that is not a single token is an error."""
+  ids = []
+  for word in words:
+    tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(tokens) != 1:
+      raise TaskError(f"verbalizer word {word!r} is {len(tokens)} tokens "
+                      f"{tokenizer.convert_ids_to_tokens(tokens)} for this tokenizer; "
+                      "classification reads one token per label")
+    ids.append(tokens[0])
+  if len(set(ids)) != len(ids):
+    raise TaskError(f"verbalizer words {words!r} map to repeated token ids {ids}")
+  return np.asarray(ids, np.int32)
+
+
+def pad_id(tokenizer) -> int:
+  for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    if tid is not None:
+      return int(tid)
+  return 0
+
+
+def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: str,
+           max_length: int, truncation: str = "left", append_eos: bool = True) -> Encoded:
+  if split not in task.splits:
+    raise TaskError(f"task '{task.name}' has no split {split!r} (has {sorted(task.splits)})")
+  examples = task.splits[split]
+  if not examples:
+    raise TaskError(f"task '{task.name}': the {split} split is empty")
+  if placement not in ("infix", "prefix"):
+    raise ValueError(f"placement must be infix or prefix, got {placement!r}")
+  n, t, P = len(examples), max_length, prompt_length
+  pad = pad_id(tokenizer)
+  out = {name: np.zeros((n, t), np.int32) for name in
+         ("input_ids", "attention_mask", "targets", "loss_mask")}
+  out["input_ids"][:] = pad
+  out["prompt_index"] = np.full((n, t), -1, np.int32)
+  answer_pos, input_end, prompt_start = (np.zeros(n, np.int32) for _ in range(3))
+  label = np.full(n, -1, np.int32)
+  eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+  n_truncated = 0
+  for i, ex in enumerate(examples):
+    inp = tokenizer(ex.input, add_special_tokens=False)["input_ids"]
+    if task.kind == "classification":
+      answer = []
+      label[i] = ex.label
+    else:
+      answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + eos
+    budget = t - P - len(answer)
+    if budget < 1:
+      raise TaskError(f"task '{task.name}' {split} example {i}: prompt ({P}) + answer "
+                      f"({len(answer)} tokens) leave no room for the input in "
+                      f"data.max_length={t}")
+    if len(inp) > budget:
+      if truncation == "error":
+        raise TaskError(f"task '{task.name}' {split} example {i}: input is {len(inp)} tokens, "
+                        f"{budget} fit (data.max_length={t}); raise max_length or set "
+                        "data.truncation=left|right")
+      inp = inp[len(inp) - budget:] if truncation == "left" else inp[:budget]
+      n_truncated += 1
+    slots = [-1] * len(inp)
+    if placement == "infix":
+      tokens = inp + [pad] * P + answer
+      index = slots + list(range(P)) + [-1] * len(answer)
+      prompt_start[i], input_end[i] = len(inp), len(inp)
+    else:
+      tokens = [pad] * P + inp + answer
+      index = list(range(P)) + slots + [-1] * len(answer)
+      prompt_start[i], input_end[i] = 0, P + len(inp)
+    before_answer = len(tokens) - len(answer) - 1
+    answer_pos[i] = before_answer
+    L = len(tokens)
+    out["input_ids"][i, :L] = tokens
+    out["attention_mask"][i, :L] = 1
+    out["prompt_index"][i, :L] = index
+    if answer:
+      out["targets"][i, before_answer:L - 1] = answer
+      out["loss_mask"][i, before_answer:L - 1] = 1
+  return Encoded(**out, answer_pos=answer_pos, label=label, input_end=input_end,
+                 prompt_start=prompt_start, metadata=_columns(examples), n_truncated=n_truncated)
+
+
+def _columns(examples) -> dict:
+  keys = sorted({k for ex in examples for k in ex.metadata})
+  cols = {}
+  for key in keys:
+    values = [ex.metadata.get(key) for ex in examples]
+    if all(isinstance(v, (int, float, bool)) for v in values):
+      cols[key] = np.asarray(values, np.float64)
+    else:
+      cols[key] = np.asarray(values, object)
+  return cols
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """The example indices of training batch `step`: a stream of seeded per-epoch permutations,
+  so the data position is the step itself and a resumed run sees the same batches."""
+  start = step * batch_size
+  idx = np.empty(batch_size, np.int64)
+  for j in range(batch_size):
+    epoch, pos = divmod(start + j, n)
+    idx[j] = np.random.default_rng([seed, epoch]).permutation(n)[pos]
+  return idx
+
+
+def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+  return {k: v[idx] for k, v in arrays.items()}
+
+
+def eval_batches(encoded: Encoded, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows."""
+  arrays = encoded.arrays()
+  n = len(encoded)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = (idx < n).astype(np.float32)
+    batch = take(arrays, np.minimum(idx, n - 1))
+    batch["valid"] = valid
+    yield batch

@@ -1,0 +1,286 @@
+"""Soft-prompt training on a frozen model: optax AdamW on the prompt pytree only.
+
+`train_step(state, params, batch) -> (state, metrics)` and `eval_step` are pure functions; `jit`,
+shardings and donation are applied by `train` (the data axis of a device mesh splits the batch;
+params and prompt are replicated). The model params enter the loss as a constant: `jax.grad`
+differentiates with respect to the prompt alone, and the optimizer state is prompt-shaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxskill import checkpointing
+from jaxskill import data as data_lib
+from jaxskill import prompt as prompt_lib
+from jaxskill.config import PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config
+from jaxskill.model import Qwen2LM, load_model, load_tokenizer
+from jaxskill.tasks import Task, build_task
+
+log = logging.getLogger("jaxskill.train")
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """AdamW (article defaults: lr 1e-3, betas 0.9/0.999, weight decay 0.01), optional warmup,
+  decay and global-norm clipping."""
+  decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+  if cfg.decay == "constant":
+    after = optax.constant_schedule(cfg.lr)
+  elif cfg.decay == "linear":
+    after = optax.linear_schedule(cfg.lr, 0.0, decay_steps)
+  else:
+    after = optax.cosine_decay_schedule(cfg.lr, decay_steps)
+  schedule = (optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), after],
+                                   [cfg.warmup_steps]) if cfg.warmup_steps else after)
+  adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
+
+
+def forward_logits(model: Qwen2LM, params, prompt, batch, kind: str):
+  """Classification: `[b, v]` at answer_pos. Generation: `[b, t, v]`."""
+  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
+  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
+  if kind == "classification":
+    return model.apply({"params": params}, inputs_embeds=embeds,
+                       attention_mask=batch["attention_mask"],
+                       logits_positions=batch["answer_pos"][:, None])[:, 0]
+  return model.apply({"params": params}, inputs_embeds=embeds,
+                     attention_mask=batch["attention_mask"])
+
+
+def per_example(logits, batch, kind: str, verbalizer: jax.Array):
+  """(loss `[b]`, correct `[b]`): cross-entropy over the verbalizer tokens, or the mean
+  next-token loss over the answer tokens with exact-match correctness."""
+  if kind == "classification":
+    scores = logits[:, verbalizer]  # [b, c]
+    logp = jax.nn.log_softmax(scores, axis=-1)
+    loss = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
+    return loss, (jnp.argmax(scores, -1) == batch["label"]).astype(jnp.float32)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_loss = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+  loss = (token_loss * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+  hit = (jnp.argmax(logits, -1) == batch["targets"]) | (mask == 0)
+  return loss, jnp.all(hit, axis=-1).astype(jnp.float32)
+
+
+def loss_fn(prompt, params, batch, *, model, kind, verbalizer):
+  params = jax.lax.stop_gradient(params)  # frozen: the model is a constant of the loss
+  loss, correct = per_example(forward_logits(model, params, prompt, batch, kind), batch, kind,
+                              verbalizer)
+  valid = batch.get("valid", jnp.ones_like(loss))
+  n = jnp.maximum(valid.sum(), 1.0)
+  return (loss * valid).sum() / n, {"loss": (loss * valid).sum() / n,
+                                    "accuracy": (correct * valid).sum() / n}
+
+
+def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer):
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  grads, metrics = grad_fn(state["prompt"], params, batch, model=model, kind=kind,
+                           verbalizer=verbalizer)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["prompt"])
+  metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+  return dict(state, prompt=optax.apply_updates(state["prompt"], updates), opt_state=opt_state,
+              step=state["step"] + 1, rng=jax.random.split(state["rng"])[0]), metrics
+
+
+def eval_step(prompt, params, batch, *, model, kind, verbalizer):
+  """Sums over the valid rows: {"loss", "correct", "n"}."""
+  loss, correct = per_example(forward_logits(model, params, prompt, batch, kind), batch, kind,
+                              verbalizer)
+  valid = batch["valid"]
+  return {"loss": (loss * valid).sum(), "correct": (correct * valid).sum(), "n": valid.sum()}
+
+
+def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prompt:
+  """The prompt is trained in float32 whatever the model's dtype (it is cast when inserted)."""
+  embedding = jnp.asarray(embedding, jnp.float32)
+  if cfg.init == "random":
+    return prompt_lib.init_random(key, cfg.length, embedding.shape[1], cfg.init_std)
+  if cfg.init == "vocab":
+    return prompt_lib.init_from_vocab(key, embedding, cfg.length)
+  ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
+  return prompt_lib.init_from_text(ids, embedding, cfg.length)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run builds from its config before training: model, data and task."""
+  model: Qwen2LM
+  params: Any
+  tokenizer: Any
+  task: Task
+  train: data_lib.Encoded
+  dev: data_lib.Encoded | None
+  verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
+
+
+def prepare(config: RunConfig) -> Setup:
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+  model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat)
+  tokenizer = load_tokenizer(config.model.path)
+  task = build_task(config.task)
+  encode = functools.partial(
+      data_lib.encode, task, tokenizer=tokenizer, prompt_length=config.prompt.length,
+      placement=config.prompt.placement, max_length=config.data.max_length,
+      truncation=config.data.truncation, append_eos=config.data.append_eos)
+  train = encode("train")
+  dev = encode("dev") if task.splits.get("dev") else None
+  verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
+                if task.kind == "classification" else np.zeros(1, np.int32))
+  return Setup(model, params, tokenizer, task, train, dev, verbalizer)
+
+
+def make_mesh(data_parallel: int) -> Mesh:
+  devices = jax.devices()
+  n = data_parallel or len(devices)
+  if n > len(devices):
+    raise RunConfigError(f"train.data_parallel={n} but only {len(devices)} devices exist")
+  return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
+  from jaxskill.config import load_config, to_dict
+  saved = run_dir / "config.yaml"
+  if not saved.exists():
+    return
+  old, new = to_dict(load_config(saved)), to_dict(config)
+  diffs = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new if isinstance(new[s], dict)
+           for k in new[s] if old[s].get(k) != new[s][k]]
+  diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
+            if not isinstance(new[k], dict) and old[k] != new[k]]
+  if diffs:
+    raise RunConfigError(f"{saved}: this run directory was made with another config ({'; '.join(diffs)})"
+                     "; use another run name (name=...) or remove the directory")
+
+
+def _evaluate(eval_fn, prompt, params, encoded, batch_size, put) -> dict:
+  totals = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+  for batch in data_lib.eval_batches(encoded, batch_size):
+    sums = eval_fn(prompt, params, put(batch))
+    for k in totals:
+      totals[k] += float(sums[k])
+  return {"loss": totals["loss"] / totals["n"], "accuracy": totals["correct"] / totals["n"]}
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+  """Drops log lines past the restored step: they will be written again, identically."""
+  if path.exists():
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(config: RunConfig, *, progress: bool = True) -> dict:
+  """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
+  `run_dir/train_summary.json`. Run dir: config.yaml, metrics.jsonl, checkpoints/,
+  prompt_final.npy, prompt_best.npy (the prompt with the best dev accuracy)."""
+  from tqdm.auto import tqdm
+  cfg = config.train
+  run_dir = config.run_dir
+  run_dir.mkdir(parents=True, exist_ok=True)
+  _check_resume_config(run_dir, config)
+  dump_config(config, run_dir / "config.yaml")
+  setup = prepare(config)
+  mesh = make_mesh(cfg.data_parallel)
+  n_data = mesh.shape["data"]
+  if cfg.batch_size % n_data:
+    raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
+                     "devices of the data axis (set train.data_parallel)")
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  put = lambda batch: jax.device_put(batch, sharded)  # noqa: E731
+  params = jax.device_put(setup.params, replicated)
+  optimizer = make_optimizer(cfg)
+  statics = dict(model=setup.model, kind=setup.task.kind,
+                 verbalizer=jnp.asarray(setup.verbalizer))
+
+  key = jax.random.PRNGKey(cfg.seed)
+  init_key, rng = jax.random.split(key)
+  prompt = init_prompt(config.prompt, init_key, setup.params["embed_tokens"]["embedding"],
+                       setup.tokenizer)
+  state = jax.device_put({
+      "prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0), "rng": rng,
+      "best_prompt": jax.tree.map(jnp.copy, prompt), "best_dev": jnp.float32(-1.0)}, replicated)
+
+  ckpt = checkpointing.manager(run_dir / "checkpoints", max_to_keep=cfg.max_to_keep,
+                               async_save=cfg.async_checkpoint)
+  restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
+  start = 0
+  if restored is not None:
+    start, state = restored
+    log.info("resuming %s from step %d", run_dir, start)
+  log_path = run_dir / "metrics.jsonl"
+  _truncate_log(log_path, start)
+
+  step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
+                    in_shardings=(replicated, replicated, sharded),
+                    out_shardings=(replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, **statics),
+                    in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+  arrays = setup.train.arrays()
+  n_train = len(setup.train)
+  bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",
+             dynamic_ncols=True)
+  t0 = time.perf_counter()
+  if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
+    dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
+    _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
+  for step in range(start, cfg.steps):
+    batch = data_lib.take(arrays, data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed))
+    state, metrics = step_fn(state, params, put(batch))
+    done = step + 1
+    if done % cfg.log_every == 0 or done == cfg.steps:
+      record = {"step": done, "split": "train",
+                **{k: float(v) for k, v in metrics.items()}}
+      _append_jsonl(log_path, record)
+      bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+    if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+      dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
+      _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
+      if dev["accuracy"] > float(state["best_dev"]):
+        state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
+                     best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
+      bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
+    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+      checkpointing.save(ckpt, done, state)
+    bar.update(1)
+  bar.close()
+  ckpt.wait_until_finished()
+  ckpt.close()
+
+  final = np.asarray(state["prompt"]["embeddings"])
+  best = np.asarray(state["best_prompt"]["embeddings"]) if float(state["best_dev"]) >= 0 else final
+  np.save(run_dir / "prompt_final.npy", final)
+  np.save(run_dir / "prompt_best.npy", best)
+  dev_log = [json.loads(line) for line in log_path.read_text().splitlines()]
+  dev_at_init = [r["accuracy"] for r in dev_log if r["split"] == "dev" and r["step"] == 0]
+  summary = {
+      "steps": cfg.steps, "resumed_from": start, "best_dev_accuracy": float(state["best_dev"]),
+      "dev_accuracy_at_init": dev_at_init[0] if dev_at_init else None,
+      "n_train": n_train, "n_dev": len(setup.dev) if setup.dev is not None else 0,
+      "truncated": {"train": setup.train.n_truncated,
+                    "dev": setup.dev.n_truncated if setup.dev is not None else 0},
+      "devices": n_data, "seconds": time.perf_counter() - t0,
+  }
+  (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+  return summary

@@ -1,0 +1,36 @@
+"""Pieces shared by the benchmark scripts: timing, the PyTorch reference model, run metadata."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+
+def time_calls(fn, iters: int) -> float:
+  """Median wall time of `iters` calls (the caller warms up first)."""
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def torch_model(config, dtype: str = "float32", seed: int = 0):
+  """HF `Qwen2ForCausalLM` (eager attention) with random weights and jaxskill's `config` shape."""
+  import torch
+  from transformers import Qwen2Config, Qwen2ForCausalLM
+  hf_config = Qwen2Config(**{k: v for k, v in config.to_hf_dict().items()
+                             if k not in ("architectures", "model_type")},
+                          attn_implementation="eager")
+  torch.manual_seed(seed)
+  return Qwen2ForCausalLM(hf_config).eval().to(getattr(torch, dtype))
+
+
+def run_info() -> dict:
+  return dict(machine=f"{platform.machine()} {os.cpu_count()} cores", jax=jax.__version__,
+              device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))

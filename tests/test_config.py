@@ -1,0 +1,63 @@
+"""Run configs: YAML + key=value overrides into frozen dataclasses; bad keys and values fail."""
+
+import dataclasses
+
+import pytest
+
+from jaxskill.config import RunConfigError, dump_config, load_config, parse_overrides
+
+
+def _write(tmp_path, text):
+  path = tmp_path / "run.yaml"
+  path.write_text(text)
+  return path
+
+
+def test_yaml_and_overrides(tmp_path):
+  path = _write(tmp_path, "name: exp\ntrain:\n  lr: 0.01\n  steps: 7\nprompt:\n  length: 4\n")
+  cfg = load_config(path, ["train.lr=1e-3", "task.digits=1,3", "model.remat=true"])
+  assert cfg.name == "exp" and cfg.train.steps == 7 and cfg.prompt.length == 4
+  assert cfg.train.lr == pytest.approx(1e-3)  # YAML 1.1 reads "1e-3" as a string: coerced
+  assert cfg.task.digits == (1, 3)
+  assert cfg.model.remat is True
+  assert cfg.train.b2 == 0.999 and cfg.train.weight_decay == 0.01  # the article's defaults
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.train.lr = 1.0
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+  cfg = load_config(None, ["train.lr=0.005", "task.operations=plus,minus", "name=x"])
+  dump_config(cfg, tmp_path / "c.yaml")
+  assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lrr=1", "train: unknown key(s) ['lrr']"),
+    ("trian.lr=1", "unknown key(s) ['trian']"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("train.steps=1.5", "train.steps: expected an integer, got 1.5"),
+    ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+    ("model.remat=maybe", "model.remat: expected true or false, got 'maybe'"),
+    ("prompt.placement=suffix", "prompt.placement: must be one of ['infix', 'prefix'], got 'suffix'"),
+    ("model.dtype=float16", "model.dtype: must be one of"),
+    ("train=3", "train: expected a mapping"),
+    ("noequals", "expected key=value"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+  with pytest.raises(RunConfigError) as info:
+    load_config(None, [override])
+  assert fragment in str(info.value)
+
+
+def test_bad_file(tmp_path):
+  with pytest.raises(RunConfigError, match="config file not found"):
+    load_config(tmp_path / "missing.yaml")
+  path = _write(tmp_path, "train:\n  batch_sise: 4\n")
+  with pytest.raises(RunConfigError) as info:
+    load_config(path)
+  assert str(path) in str(info.value) and "batch_sise" in str(info.value)
+
+
+def test_duplicate_override_is_an_error():
+  with pytest.raises(RunConfigError, match="given twice"):
+    parse_overrides(["train.lr=1", "train.lr=2"])

@@ -1,0 +1,98 @@
+"""Soft-prompt insertion and the token layout of encoded examples, checked by hand."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+import jaxskill
+from jaxskill import data as data_lib
+from jaxskill import prompt as prompt_lib
+from jaxskill.tasks.base import Example, Task, TaskError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return jaxskill.load_tokenizer("demo")
+
+
+def test_insert_prompt_by_index():
+  embeds = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+  prompt = {"embeddings": -jnp.arange(1, 7, dtype=jnp.float32).reshape(2, 3)}
+  index = jnp.array([[-1, 0, 1, -1, -1], [0, 1, -1, -1, -1]])
+  out = np.asarray(prompt_lib.insert_prompt(embeds, prompt, index))
+  want = np.asarray(embeds).copy()
+  want[0, 1], want[0, 2] = [-1, -2, -3], [-4, -5, -6]
+  want[1, 0], want[1, 1] = [-1, -2, -3], [-4, -5, -6]
+  np.testing.assert_array_equal(out, want)
+
+
+def test_prompt_inits():
+  table = jnp.arange(40, dtype=jnp.float32).reshape(10, 4)
+  p = prompt_lib.init_from_vocab(jax.random.PRNGKey(0), table, 3)["embeddings"]
+  rows = [int(r[0]) // 4 for r in np.asarray(p)]
+  assert len(set(rows)) == 3 and all(np.asarray(p)[i, 0] == rows[i] * 4 for i in range(3))
+  t = prompt_lib.init_from_text([7, 2], table, 5)["embeddings"]
+  np.testing.assert_array_equal(np.asarray(t), np.asarray(table)[[7, 2, 7, 2, 7]])
+  t = prompt_lib.init_from_text([1, 2, 3, 4], table, 2)["embeddings"]
+  np.testing.assert_array_equal(np.asarray(t), np.asarray(table)[[1, 2]])
+  r = prompt_lib.init_random(jax.random.PRNGKey(1), 2000, 4, 0.5)["embeddings"]
+  assert abs(float(jnp.std(r)) - 0.5) < 0.02
+
+
+def _ids(tokenizer, text):
+  return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_infix_generation_layout(tokenizer):
+  task = Task("t", "generation", {"train": (Example("Q: 1 plus 2?", " 3"),)})
+  enc = data_lib.encode(task, "train", tokenizer, prompt_length=2, placement="infix",
+                        max_length=16)
+  inp, ans = _ids(tokenizer, "Q: 1 plus 2?"), _ids(tokenizer, " 3") + [tokenizer.eos_token_id]
+  n = len(inp)
+  row = enc.input_ids[0]
+  assert list(row[:n]) == inp and list(row[n + 2:n + 2 + len(ans)]) == ans
+  assert list(enc.prompt_index[0, :n + 2 + len(ans)]) == [-1] * n + [0, 1] + [-1] * len(ans)
+  assert enc.attention_mask[0].sum() == n + 2 + len(ans)
+  # position p predicts token p + 1: the last prompt slot predicts the answer's first token.
+  assert enc.answer_pos[0] == n + 1
+  assert list(np.nonzero(enc.loss_mask[0])[0]) == list(range(n + 1, n + 1 + len(ans)))
+  assert list(enc.targets[0][enc.loss_mask[0] == 1]) == ans
+  assert enc.input_end[0] == n and enc.prompt_start[0] == n
+
+
+def test_prefix_classification_layout_and_truncation(tokenizer):
+  long = "Q: What is 123 plus 456 plus 789?"
+  task = Task("c", "classification", {"train": (Example("Q: 1?", " yes", 0),
+                                                Example(long, " no", 1))},
+              verbalizer=("1", "2"))
+  ids_long = _ids(tokenizer, long)
+  enc = data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
+                        max_length=10, truncation="left")
+  assert enc.n_truncated == 1
+  assert list(enc.prompt_index[1, :3]) == [0, 1, 2]
+  assert list(enc.input_ids[1, 3:10]) == ids_long[-7:]  # kept the end of the input
+  assert enc.answer_pos[1] == 9 and list(enc.label) == [0, 1]
+  assert enc.loss_mask.sum() == 0
+  right = data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
+                          max_length=10, truncation="right")
+  assert list(right.input_ids[1, 3:10]) == ids_long[:7]
+  with pytest.raises(TaskError, match="example 1: input is"):
+    data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
+                    max_length=10, truncation="error")
+
+
+def test_verbalizer_must_be_single_distinct_tokens(tokenizer):
+  assert list(data_lib.verbalizer_ids(tokenizer, ("1", "2"))) == [_ids(tokenizer, "1")[0],
+                                                                    _ids(tokenizer, "2")[0]]
+  with pytest.raises(TaskError, match="is 2 tokens"):
+    data_lib.verbalizer_ids(tokenizer, ("12", "3"))
+
+
+def test_batch_stream_is_a_sequence_of_permutations():
+  n, b = 7, 3
+  stream = np.concatenate([data_lib.batch_indices(n, b, s, seed=5) for s in range(7)])
+  for epoch in range(3):
+    assert sorted(stream[epoch * n:(epoch + 1) * n]) == list(range(n))
+  assert not np.array_equal(stream[:n], stream[n:2 * n])
+  np.testing.assert_array_equal(data_lib.batch_indices(n, b, 4, seed=5), stream[12:15])

@@ -1,0 +1,196 @@
+"""Soft-prompt training: frozen params, learning, resume after SIGKILL, corrupt checkpoints,
+1 vs 8 devices, and clear errors for bad inputs."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxskill
+from jaxskill import cli
+from jaxskill.config import TrainConfig, load_config
+from jaxskill.train import init_prompt, make_optimizer, prepare, train, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+  """A task the frozen demo model cannot do: is the first digit of "Q: a b" at least 5?"""
+  path = tmp_path_factory.mktemp("data") / "digits.jsonl"
+  rng = random.Random(0)
+  with open(path, "w") as f:
+    for _ in range(600):
+      a, b = rng.randrange(10), rng.randrange(10)
+      f.write(json.dumps({"text": f"Q: {a} {b}", "label": "1" if a >= 5 else "2",
+                          "a": a}) + "\n")
+  return path
+
+
+def _overrides(data_file, out_dir, name, **extra):
+  base = {"name": name, "out_dir": str(out_dir), "task.name": "table", "task.path": str(data_file),
+          "task.input_field": "text", "task.label_field": "label", "task.labels": "1,2",
+          "task.n_train": -1, "task.n_dev": -1, "task.n_test": -1, "train.steps": 60,
+          "train.batch_size": 16, "train.lr": 0.01, "train.eval_every": 20, "train.log_every": 5,
+          "train.checkpoint_every": 10, "data.max_length": 24, "prompt.length": 4}
+  base.update(extra)
+  return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_prompt_training_learns_a_task_the_frozen_model_fails(data_file, tmp_path):
+  config = load_config(None, _overrides(data_file, tmp_path, "learn", **{"train.steps": 150}))
+  summary = train(config, progress=False)
+  assert summary["dev_accuracy_at_init"] <= 0.7  # majority class is ~0.5
+  assert summary["best_dev_accuracy"] >= 0.95
+  log = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log if r["split"] == "dev"] == [0, 20, 40, 60, 80, 100, 120, 140, 150]
+  assert np.load(config.run_dir / "prompt_best.npy").shape == (4, 64)
+
+
+def test_model_params_frozen_and_optimizer_state_prompt_shaped(data_file, tmp_path):
+  weights = jaxskill.DEMO_MODEL / "model.safetensors"
+  digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+  config = load_config(None, _overrides(data_file, tmp_path, "frozen"))
+  setup = prepare(config)
+  params = setup.params
+  before = jax.tree.map(np.array, params)
+  optimizer = make_optimizer(TrainConfig(clip_norm=1.0, warmup_steps=2, decay="cosine", steps=5))
+  prompt = {"embeddings": jnp.ones((4, 64)) * 0.01}
+  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
+           "rng": jax.random.PRNGKey(0)}
+  step = jax.jit(lambda s, p, b: train_step(s, p, b, model=setup.model, optimizer=optimizer,
+                                            kind="classification",
+                                            verbalizer=jnp.asarray(setup.verbalizer)))
+  arrays = setup.train.arrays()
+  for i in range(5):
+    state, _ = step(state, params, {k: v[i * 16:(i + 1) * 16] for k, v in arrays.items()})
+  assert not np.array_equal(np.asarray(state["prompt"]["embeddings"]), 0.01)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
+  # The optimizer state holds prompt-shaped moments and scalar counters, nothing model-sized.
+  for leaf in jax.tree.leaves(state["opt_state"]):
+    assert leaf.shape in ((4, 64), ()), leaf.shape
+  assert sum(leaf.shape == (4, 64) for leaf in jax.tree.leaves(state["opt_state"])) == 2
+  # A full run leaves the checkpoint on disk untouched.
+  train(config, progress=False)
+  assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest
+
+
+def _run_cli(args, env=None):
+  return subprocess.Popen([sys.executable, "-m", "jaxskill.cli", "train", "--no-progress", *args],
+                          cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(data_file, tmp_path):
+  config_path = tmp_path / "cfg.yaml"
+  config_path.write_text("train:\n  steps: 400\n  checkpoint_every: 20\n  eval_every: 100\n")
+  args = _overrides(data_file, tmp_path, "killed")
+  args = [a for a in args if not a.startswith(("train.steps", "train.checkpoint_every",
+                                               "train.eval_every"))]
+  proc = _run_cli([str(config_path), *args])
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    done = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()
+            and (p / "commit_success.txt").exists()] if ckpts.exists() else []
+    if done and max(done) >= 60:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed: make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / "killed" / "prompt_final.npy").exists()
+  resumed = _run_cli([str(config_path), *args])
+  out = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, out
+  summary = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
+  assert 60 <= summary["resumed_from"] < 400
+
+  clean_args = [a.replace("name=killed", "name=clean") for a in args]
+  clean = _run_cli([str(config_path), *clean_args])
+  out = clean.communicate(timeout=300)[0]
+  assert clean.returncode == 0, out
+  a = np.load(tmp_path / "killed" / "prompt_final.npy")
+  b = np.load(tmp_path / "clean" / "prompt_final.npy")
+  assert a.tobytes() == b.tobytes()
+  # The resumed log has each step once, as the clean one.
+  log_a = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+  log_b = (tmp_path / "clean" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["step"] for x in log_a] == [json.loads(x)["step"] for x in log_b]
+
+
+def test_truncated_latest_checkpoint_is_skipped(data_file, tmp_path, caplog):
+  config = load_config(None, _overrides(data_file, tmp_path, "trunc", **{"train.max_to_keep": 5}))
+  train(config, progress=False)
+  latest = config.run_dir / "checkpoints" / "60"
+  for f in latest.rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  longer = load_config(None, _overrides(data_file, tmp_path, "trunc", **{"train.max_to_keep": 5,
+                                                                          "train.steps": 80}))
+  (config.run_dir / "config.yaml").unlink()  # the same run, asked for more steps
+  with caplog.at_level("WARNING"):
+    summary = train(longer, progress=False)
+  assert summary["resumed_from"] == 50
+  assert any("step 60" in r.getMessage() and "cannot be restored" in r.getMessage()
+             for r in caplog.records)
+  reference = load_config(None, _overrides(data_file, tmp_path, "ref", **{"train.steps": 80}))
+  train(reference, progress=False)
+  np.testing.assert_array_equal(np.load(longer.run_dir / "prompt_final.npy"),
+                                np.load(reference.run_dir / "prompt_final.npy"))
+
+
+def test_one_and_eight_devices_agree(data_file, tmp_path):
+  extra = {"train.steps": 8, "train.eval_every": 100, "train.checkpoint_every": 100}
+  one = load_config(None, _overrides(data_file, tmp_path, "one", **extra))
+  assert len(jax.devices()) == 1
+  train(one, progress=False)
+  proc = _run_cli([str(REPO / "configs" / "base.yaml"), *_overrides(data_file, tmp_path, "eight",
+                                                                      **extra)],
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                       "JAX_PLATFORMS": "cpu"})
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out
+  assert json.loads((tmp_path / "eight" / "train_summary.json").read_text())["devices"] == 8
+  a = np.load(tmp_path / "one" / "prompt_final.npy")
+  b = np.load(tmp_path / "eight" / "prompt_final.npy")
+  setup = prepare(one)
+  start = init_prompt(one.prompt, jax.random.split(jax.random.PRNGKey(0))[0],
+                      setup.params["embed_tokens"]["embedding"], setup.tokenizer)["embeddings"]
+  assert np.abs(a - np.asarray(start)).max() > 1e-3  # training moved the prompt
+  np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["missing_file", "empty", "bad_label", "unknown_key"])
+def test_bad_inputs_give_clear_errors(data_file, tmp_path, capsys, case):
+  extra = {}
+  if case == "missing_file":
+    extra["task.path"] = tmp_path / "nope.jsonl"
+    want = ["nope.jsonl"]
+  elif case == "empty":
+    extra["task.path"] = tmp_path / "empty.jsonl"
+    extra["task.path"].write_text("")
+    want = ["empty.jsonl", "empty"]
+  elif case == "bad_label":
+    extra["task.path"] = tmp_path / "bad.jsonl"
+    extra["task.path"].write_text(data_file.read_text()
+                                  + json.dumps({"text": "Q: 1 1", "label": "7"}) + "\n")
+    want = ["bad.jsonl", "'7'"]
+  else:
+    extra["train.learning_rate"] = 0.1
+    want = ["unknown key", "learning_rate"]
+  args = _overrides(data_file, tmp_path, case, **extra)
+  assert cli.main(["train", "--no-progress", str(REPO / "configs" / "base.yaml"), *args]) == 2
+  err = capsys.readouterr().err
+  for fragment in want:
+    assert fragment in err, (fragment, err)
