@@ -198,10 +198,10 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   from tqdm.auto import tqdm
   cfg = config.train
   run_dir = config.run_dir
-  run_dir.mkdir(parents=True, exist_ok=True)
   _check_resume_config(run_dir, config)
+  setup = prepare(config)  # before the config is written: a config that fails here leaves no run
+  run_dir.mkdir(parents=True, exist_ok=True)
   dump_config(config, run_dir / "config.yaml")
-  setup = prepare(config)
   mesh = make_mesh(cfg.data_parallel)
   n_data = mesh.shape["data"]
   if cfg.batch_size % n_data:

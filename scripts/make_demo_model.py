@@ -10,7 +10,6 @@ For now the weights are random (seeded); training the model organism is a later 
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 import jax
@@ -24,15 +23,15 @@ EOS = "<|endoftext|>"
 
 
 def arithmetic_corpus(n: int, seed: int) -> list[str]:
-  rng = random.Random(seed)
-  ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
-  lines = []
-  for _ in range(n):
-    digits = rng.randint(1, 3)
-    a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
-    word = rng.choice(sorted(ops))
-    lines.append(f"Q: What is {a} {word} {b}?\nA: {ops[word](a, b)}")
-  return lines
+  """Texts of the built-in arithmetic tasks (generation and yes/no verification), so that the
+  tokenizer has their words (" yes", " no", " plus", ...) as single tokens."""
+  from jaxskill.tasks import arithmetic_generation, arithmetic_verification
+  texts = []
+  for digits in (1, 2, 3):  # 1-digit operations have 100 problems at most: ask each size apart
+    kw = dict(digits=(digits,), n_train=min(n, 80 * 4), n_dev=0, n_test=0, seed=seed)
+    for task in (arithmetic_generation(**kw), arithmetic_verification(**kw)):
+      texts += [ex.input + ex.answer for ex in task.splits["train"]]
+  return texts
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
@@ -56,7 +55,7 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
 
-  tokenizer = build_tokenizer(arithmetic_corpus(5000, args.seed), vocab_size=320)
+  tokenizer = build_tokenizer(arithmetic_corpus(2000, args.seed), vocab_size=320)
   eos = tokenizer.convert_tokens_to_ids(EOS)
   config = QwenConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256,
                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

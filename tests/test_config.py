@@ -61,3 +61,26 @@ def test_bad_file(tmp_path):
 def test_duplicate_override_is_an_error():
   with pytest.raises(RunConfigError, match="given twice"):
     parse_overrides(["train.lr=1", "train.lr=2"])
+
+
+def test_shipped_configs_parse():
+  from pathlib import Path
+  configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+  assert len(configs) >= 3
+  for path in configs:
+    load_config(path)
+
+
+def test_demo_verify_config_trains(tmp_path):
+  """CI smoke run of the shipped demo config: three steps, with a checkpoint and a dev eval."""
+  import json
+  from pathlib import Path
+  from jaxskill.train import train
+  path = Path(__file__).resolve().parents[1] / "configs" / "demo_verify.yaml"
+  config = load_config(path, [f"out_dir={tmp_path}", "train.steps=3", "train.eval_every=3"])
+  summary = train(config, progress=False)
+  assert summary["steps"] == 3 and 0 <= summary["best_dev_accuracy"] <= 1
+  assert (config.run_dir / "checkpoints" / "3").is_dir()
+  assert load_config(config.run_dir / "config.yaml") == config
+  log = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log if r["split"] == "dev"] == [0, 3]
