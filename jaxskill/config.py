@@ -99,6 +99,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     (item, *_) = typing.get_args(tp)
     if isinstance(value, str):
       value = [v for v in value.split(",") if v != ""]
+    if isinstance(value, (int, float)):
+      value = [value]  # `task.digits=2` on the command line means (2,)
     if not isinstance(value, (list, tuple)):
       raise RunConfigError(f"{where}: expected a list, got {value!r}")
     return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))

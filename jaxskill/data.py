@@ -1,8 +1,11 @@
 """Examples -> fixed-shape token arrays with soft-prompt slots, and the batch stream.
 
-Every row is right-padded to `max_length`, so one compiled step serves every batch. Layout:
-  infix:  [input][prompt x P][answer]   (the prompt sees the input: METHOD.md section 3)
-  prefix: [prompt x P][input][answer]
+Every row has `max_length` tokens, so one compiled step serves every batch. Layout:
+  infix:  [pad][input][prompt x P][answer][pad]   (the prompt sees the input: METHOD.md section 3)
+  prefix: [prompt x P][input][answer][pad]
+Infix inputs are right-aligned to column W = max_length - P - answer_budget, so the prompt starts
+at column W in every row: the input columns [0, W) then do not depend on the prompt and can be
+run once without gradients (`jaxskill.train` does).
 Classification rows stop before the answer: the logits at `answer_pos` (the last token before the
 answer) are read at the verbalizer tokens. Generation rows hold the answer tokens, and the loss is
 the next-token loss on them only (`loss_mask`).
@@ -75,8 +78,24 @@ def pad_id(tokenizer) -> int:
   return 0
 
 
+def _answer_ids(task: Task, tokenizer, answer: str, append_eos: bool) -> list[int]:
+  if task.kind == "classification":
+    return []  # the answer is read from the logits before it, not fed
+  eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+  return tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
+
+
+def answer_budget(task: Task, tokenizer, append_eos: bool = True) -> int:
+  """The longest answer in tokens over all splits (0 for classification): the room every row
+  keeps after the prompt, so that all splits share one layout."""
+  return max((len(_answer_ids(task, tokenizer, ex.answer, append_eos))
+              for examples in task.splits.values() for ex in examples), default=0)
+
+
 def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: str,
-           max_length: int, truncation: str = "left", append_eos: bool = True) -> Encoded:
+           max_length: int, truncation: str = "left", append_eos: bool = True,
+           budget: int | None = None) -> Encoded:
+  """Encodes one split. `budget`: answer tokens to leave room for (default: `answer_budget`)."""
   if split not in task.splits:
     raise TaskError(f"task '{task.name}' has no split {split!r} (has {sorted(task.splits)})")
   examples = task.splits[split]
@@ -92,41 +111,44 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
   out["prompt_index"] = np.full((n, t), -1, np.int32)
   answer_pos, input_end, prompt_start = (np.zeros(n, np.int32) for _ in range(3))
   label = np.full(n, -1, np.int32)
-  eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+  if budget is None:
+    budget = answer_budget(task, tokenizer, append_eos)
+  width = t - P - budget  # room for the input
+  if width < 1:
+    raise TaskError(f"task '{task.name}': prompt ({P}) + the longest answer ({budget} tokens) "
+                    f"leave no room for the input in data.max_length={t}")
   n_truncated = 0
   for i, ex in enumerate(examples):
     inp = tokenizer(ex.input, add_special_tokens=False)["input_ids"]
+    answer = _answer_ids(task, tokenizer, ex.answer, append_eos)
     if task.kind == "classification":
-      answer = []
       label[i] = ex.label
-    else:
-      answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + eos
-    budget = t - P - len(answer)
-    if budget < 1:
-      raise TaskError(f"task '{task.name}' {split} example {i}: prompt ({P}) + answer "
-                      f"({len(answer)} tokens) leave no room for the input in "
-                      f"data.max_length={t}")
-    if len(inp) > budget:
+    if len(answer) > budget:
+      raise TaskError(f"task '{task.name}' {split} example {i}: answer is {len(answer)} tokens, "
+                      f"more than the budget {budget}")
+    if len(inp) > width:
       if truncation == "error":
         raise TaskError(f"task '{task.name}' {split} example {i}: input is {len(inp)} tokens, "
-                        f"{budget} fit (data.max_length={t}); raise max_length or set "
+                        f"{width} fit (data.max_length={t}); raise max_length or set "
                         "data.truncation=left|right")
-      inp = inp[len(inp) - budget:] if truncation == "left" else inp[:budget]
+      inp = inp[len(inp) - width:] if truncation == "left" else inp[:width]
       n_truncated += 1
-    slots = [-1] * len(inp)
     if placement == "infix":
-      tokens = inp + [pad] * P + answer
-      index = slots + list(range(P)) + [-1] * len(answer)
-      prompt_start[i], input_end[i] = len(inp), len(inp)
+      lead = width - len(inp)  # left padding: the prompt starts at column `width` in every row
+      tokens = [pad] * lead + inp + [pad] * P + answer
+      index = [-1] * width + list(range(P)) + [-1] * len(answer)
+      mask = [0] * lead + [1] * (len(tokens) - lead)
+      prompt_start[i], input_end[i] = width, width
     else:
       tokens = [pad] * P + inp + answer
-      index = list(range(P)) + slots + [-1] * len(answer)
+      index = list(range(P)) + [-1] * (len(inp) + len(answer))
+      mask = [1] * len(tokens)
       prompt_start[i], input_end[i] = 0, P + len(inp)
     before_answer = len(tokens) - len(answer) - 1
     answer_pos[i] = before_answer
     L = len(tokens)
     out["input_ids"][i, :L] = tokens
-    out["attention_mask"][i, :L] = 1
+    out["attention_mask"][i, :L] = mask
     out["prompt_index"][i, :L] = index
     if answer:
       out["targets"][i, before_answer:L - 1] = answer

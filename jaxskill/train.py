@@ -50,16 +50,33 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
 
 
-def forward_logits(model: Qwen2LM, params, prompt, batch, kind: str):
-  """Classification: `[b, v]` at answer_pos. Generation: `[b, t, v]`."""
+def forward_logits(model: Qwen2LM, params, prompt, batch, kind: str, split: int = 0):
+  """(logits, batch): classification `[b, v]` at answer_pos; generation `[b, t - split, v]`,
+  with the batch's targets and loss_mask cut to match.
+
+  split: the column where the prompt starts in every row (infix layout), or 0. Columns before
+  it cannot depend on the prompt, so they run once as a constant cache and only the rest of the
+  sequence is differentiated: the backward pass shrinks from t to t - split positions.
+  """
+  past = None
+  if split:
+    past = jax.lax.stop_gradient(model.apply(
+        {"params": params}, batch["input_ids"][:, :split],
+        attention_mask=batch["attention_mask"][:, :split], method=model.prefill))
+    batch = dict(batch, **{k: batch[k][:, split:] for k in
+                           ("input_ids", "attention_mask", "prompt_index", "targets",
+                            "loss_mask") if k in batch},
+                 answer_pos=batch["answer_pos"] - split)
   embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
   embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
   if kind == "classification":
-    return model.apply({"params": params}, inputs_embeds=embeds,
-                       attention_mask=batch["attention_mask"],
-                       logits_positions=batch["answer_pos"][:, None])[:, 0]
-  return model.apply({"params": params}, inputs_embeds=embeds,
-                     attention_mask=batch["attention_mask"])
+    logits = model.apply({"params": params}, inputs_embeds=embeds,
+                         attention_mask=batch["attention_mask"], past=past,
+                         logits_positions=batch["answer_pos"][:, None])[:, 0]
+  else:
+    logits = model.apply({"params": params}, inputs_embeds=embeds,
+                         attention_mask=batch["attention_mask"], past=past)
+  return logits, batch
 
 
 def per_example(logits, batch, kind: str, verbalizer: jax.Array):
@@ -78,30 +95,30 @@ def per_example(logits, batch, kind: str, verbalizer: jax.Array):
   return loss, jnp.all(hit, axis=-1).astype(jnp.float32)
 
 
-def loss_fn(prompt, params, batch, *, model, kind, verbalizer):
+def loss_fn(prompt, params, batch, *, model, kind, verbalizer, split=0):
   params = jax.lax.stop_gradient(params)  # frozen: the model is a constant of the loss
-  loss, correct = per_example(forward_logits(model, params, prompt, batch, kind), batch, kind,
-                              verbalizer)
+  logits, view = forward_logits(model, params, prompt, batch, kind, split)
+  loss, correct = per_example(logits, view, kind, verbalizer)
   valid = batch.get("valid", jnp.ones_like(loss))
   n = jnp.maximum(valid.sum(), 1.0)
   return (loss * valid).sum() / n, {"loss": (loss * valid).sum() / n,
                                     "accuracy": (correct * valid).sum() / n}
 
 
-def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer):
+def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer, split=0):
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state["prompt"], params, batch, model=model, kind=kind,
-                           verbalizer=verbalizer)
+                           verbalizer=verbalizer, split=split)
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["prompt"])
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
   return dict(state, prompt=optax.apply_updates(state["prompt"], updates), opt_state=opt_state,
               step=state["step"] + 1, rng=jax.random.split(state["rng"])[0]), metrics
 
 
-def eval_step(prompt, params, batch, *, model, kind, verbalizer):
+def eval_step(prompt, params, batch, *, model, kind, verbalizer, split=0):
   """Sums over the valid rows: {"loss", "correct", "n"}."""
-  loss, correct = per_example(forward_logits(model, params, prompt, batch, kind), batch, kind,
-                              verbalizer)
+  logits, view = forward_logits(model, params, prompt, batch, kind, split)
+  loss, correct = per_example(logits, view, kind, verbalizer)
   valid = batch["valid"]
   return {"loss": (loss * valid).sum(), "correct": (correct * valid).sum(), "n": valid.sum()}
 
@@ -129,6 +146,7 @@ class Setup:
   train: data_lib.Encoded
   dev: data_lib.Encoded | None
   verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
+  split: int  # the prompt's first column in every row (infix), or 0 (prefix)
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -139,12 +157,14 @@ def prepare(config: RunConfig) -> Setup:
   encode = functools.partial(
       data_lib.encode, task, tokenizer=tokenizer, prompt_length=config.prompt.length,
       placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos)
+      truncation=config.data.truncation, append_eos=config.data.append_eos,
+      budget=data_lib.answer_budget(task, tokenizer, config.data.append_eos))
   train = encode("train")
   dev = encode("dev") if task.splits.get("dev") else None
   verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
                 if task.kind == "classification" else np.zeros(1, np.int32))
-  return Setup(model, params, tokenizer, task, train, dev, verbalizer)
+  split = int(train.prompt_start[0]) if config.prompt.placement == "infix" else 0
+  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split)
 
 
 def make_mesh(data_parallel: int) -> Mesh:
@@ -212,7 +232,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   params = jax.device_put(setup.params, replicated)
   optimizer = make_optimizer(cfg)
   statics = dict(model=setup.model, kind=setup.task.kind,
-                 verbalizer=jnp.asarray(setup.verbalizer))
+                 verbalizer=jnp.asarray(setup.verbalizer), split=setup.split)
 
   key = jax.random.PRNGKey(cfg.seed)
   init_key, rng = jax.random.split(key)

@@ -5,6 +5,8 @@ requires grad; torch.optim.AdamW), same model shape, batch and sequence, same pr
 The step: embed the tokens, write P prompt vectors into the infix slots, run the frozen model,
 take the logits at the answer position only (HF: `logits_to_keep=1`, the answer position being
 the last one), cross-entropy over a 2-word verbalizer, backward to the prompt, AdamW update.
+jaxskill runs the input columns before the prompt once as a constant cache (its training default;
+`--no-split` differentiates the whole sequence as PyTorch does); the gradient is the same.
 
   python scripts/bench_train.py [--batch 4] [--seq 64] [--prompt 8] [--iters 5]
 """
@@ -36,7 +38,7 @@ def make_batch(config, b, t, p, seed=0):
           "answer_pos": np.full(b, t - 1, np.int32), "label": rng.integers(0, 2, b).astype(np.int32)}
 
 
-def bench_jax(config, batch, p, iters):
+def bench_jax(config, batch, p, iters, split):
   model = jaxskill.Qwen2LM(config)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["input_ids"][:, :8])["params"]
   optimizer = make_optimizer(TrainConfig())
@@ -45,7 +47,7 @@ def bench_jax(config, batch, p, iters):
            "rng": jax.random.PRNGKey(2)}
   step = jax.jit(lambda s, params, b: train_step(s, params, b, model=model, optimizer=optimizer,
                                                  kind="classification",
-                                                 verbalizer=jnp.array([3, 5])))
+                                                 verbalizer=jnp.array([3, 5]), split=split))
   batch = jax.tree.map(jnp.asarray, batch)
   t0 = time.perf_counter()
   compiled = step.lower(state, params, batch).compile()
@@ -100,14 +102,18 @@ def main(argv=None):
   ap.add_argument("--prompt", type=int, default=8)
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--threads", type=int, default=None)
+  ap.add_argument("--no-split", action="store_true",
+                  help="jaxskill differentiates the whole sequence (as PyTorch does) instead of "
+                       "running the input columns once as a constant cache")
   ap.add_argument("--skip-torch", action="store_true")
   ap.add_argument("--json")
   args = ap.parse_args(argv)
   config = PRESETS[args.preset]
   batch = make_batch(config, args.batch, args.seq, args.prompt)
+  split = 0 if args.no_split else args.seq - args.prompt
   result = dict(preset=args.preset, batch=args.batch, seq=args.seq, prompt=args.prompt,
-                **run_info())
-  result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters)
+                split=split, **run_info())
+  result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters, split)
   result["jaxskill"]["steps_per_s"] = 1 / result["jaxskill"]["step_s"]
   print(f"jaxskill: {result['jaxskill']['steps_per_s']:.3f} steps/s (step "
         f"{result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",

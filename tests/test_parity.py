@@ -178,3 +178,25 @@ def test_remat_gives_same_values_and_gradients(hf_checkpoint):
   np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-7, rtol=1e-5)
   assert np.abs(np.asarray(g0)).max() > 0
+
+
+@pytest.mark.parametrize("case", ["gqa3_untied", "mha_tied_theta1e4"])
+def test_prefill_then_rest_equals_one_pass(hf_checkpoint, case):
+  """A cache of the first s0 columns plus a pass over the rest gives the one-pass logits, with
+  padding on both sides (the infix training layout)."""
+  _, path = hf_checkpoint(**CASES[case])
+  model, params = jaxskill.load_model(path)
+  ids = jnp.asarray(_batch(10, b=3, t=12))
+  mask = np.ones((3, 12), np.int32)
+  mask[0, :4] = 0  # left padding inside the cached part
+  mask[1, -3:] = 0  # right padding after it
+  mask = jnp.asarray(mask)
+  full = np.asarray(model.apply({"params": params}, ids, attention_mask=mask))
+  for s0 in (1, 5, 11):
+    cache = model.apply({"params": params}, ids[:, :s0], attention_mask=mask[:, :s0],
+                        method=model.prefill)
+    assert cache["k"].shape == (2, 3, s0, model.config.num_key_value_heads, model.config.head_dim)
+    rest = np.asarray(model.apply({"params": params}, ids[:, s0:], attention_mask=mask[:, s0:],
+                                  past=cache))
+    valid = np.asarray(mask[:, s0:]).astype(bool)
+    np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=2e-5, rtol=0)

@@ -45,20 +45,28 @@ def _ids(tokenizer, text):
 
 
 def test_infix_generation_layout(tokenizer):
-  task = Task("t", "generation", {"train": (Example("Q: 1 plus 2?", " 3"),)})
+  """[pad][input][prompt][answer][pad]: inputs right-aligned so the prompt starts at one column."""
+  task = Task("t", "generation", {"train": (Example("Q: 1 plus 2?", " 3"),
+                                            Example("Q: 1?", " 12"))})
   enc = data_lib.encode(task, "train", tokenizer, prompt_length=2, placement="infix",
                         max_length=16)
-  inp, ans = _ids(tokenizer, "Q: 1 plus 2?"), _ids(tokenizer, " 3") + [tokenizer.eos_token_id]
-  n = len(inp)
-  row = enc.input_ids[0]
-  assert list(row[:n]) == inp and list(row[n + 2:n + 2 + len(ans)]) == ans
-  assert list(enc.prompt_index[0, :n + 2 + len(ans)]) == [-1] * n + [0, 1] + [-1] * len(ans)
-  assert enc.attention_mask[0].sum() == n + 2 + len(ans)
-  # position p predicts token p + 1: the last prompt slot predicts the answer's first token.
-  assert enc.answer_pos[0] == n + 1
-  assert list(np.nonzero(enc.loss_mask[0])[0]) == list(range(n + 1, n + 1 + len(ans)))
-  assert list(enc.targets[0][enc.loss_mask[0] == 1]) == ans
-  assert enc.input_end[0] == n and enc.prompt_start[0] == n
+  eos = tokenizer.eos_token_id
+  answers = [_ids(tokenizer, " 3") + [eos], _ids(tokenizer, " 12") + [eos]]
+  budget = max(len(a) for a in answers)
+  width = 16 - 2 - budget  # the prompt's column in every row
+  for i, text in enumerate(["Q: 1 plus 2?", "Q: 1?"]):
+    inp, ans = _ids(tokenizer, text), answers[i]
+    lead = width - len(inp)
+    row = list(enc.input_ids[i])
+    assert row[lead:width] == inp and row[width + 2:width + 2 + len(ans)] == ans
+    assert list(enc.attention_mask[i]) == [0] * lead + [1] * (len(inp) + 2 + len(ans)) + [0] * (
+        16 - width - 2 - len(ans))
+    assert list(enc.prompt_index[i, width - 1:width + 3]) == [-1, 0, 1, -1]
+    # position p predicts token p + 1: the last prompt slot predicts the answer's first token.
+    assert enc.answer_pos[i] == width + 1
+    assert list(np.nonzero(enc.loss_mask[i])[0]) == list(range(width + 1, width + 1 + len(ans)))
+    assert list(enc.targets[i][enc.loss_mask[i] == 1]) == ans
+    assert enc.input_end[i] == width and enc.prompt_start[i] == width
 
 
 def test_prefix_classification_layout_and_truncation(tokenizer):

@@ -85,8 +85,12 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
-    """x `[b, t, h]`, mask bool `[b, t, s]` (True = may attend) -> `[b, t, h]`."""
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, past=None):
+    """x `[b, t, h]`, mask bool `[b, t, s]` (True = may attend) -> (`[b, t, h]`, (k, v)).
+
+    past: keys and values `[b, s0, k, d]` of earlier positions (a cache), attended before x's
+    own; then s = s0 + t. The returned k, v `[b, t, k, d]` are x's own (RoPE applied).
+    """
     c = self.config
     b, t, _ = x.shape
     dense = functools.partial(Linear, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -96,6 +100,10 @@ class Attention(nn.Module):
     q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
     k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
     v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    new_kv = (k, v)
+    if past is not None:
+      k = jnp.concatenate([past[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([past[1].astype(v.dtype), v], axis=1)
     # Query head n = k * g + j reads key/value head k, as HF's repeat_kv does.
     q = q.reshape(b, t, c.num_key_value_heads, c.num_kv_groups, c.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -104,7 +112,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
     out = out.astype(self.dtype).reshape(b, t, -1)
-    return dense(c.hidden_size, use_bias=False, name="o_proj")(out)
+    return dense(c.hidden_size, use_bias=False, name="o_proj")(out), new_kv
 
 
 class MLP(nn.Module):
@@ -135,12 +143,14 @@ class DecoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, capture_positions):
+  def __call__(self, x, cos, sin, mask, capture_positions, past):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(RMSNorm, c.rms_norm_eps, param_dtype=self.param_dtype)
-    x = x + Attention(c, **kw, name="self_attn")(norm(name="input_layernorm")(x), cos, sin, mask)
+    h, kv = Attention(c, **kw, name="self_attn")(norm(name="input_layernorm")(x), cos, sin, mask,
+                                                 past)
+    x = x + h
     x = x + MLP(c, **kw, name="mlp")(norm(name="post_attention_layernorm")(x), capture_positions)
-    return x, None
+    return x, kv
 
 
 class Qwen2LM(nn.Module):
@@ -169,7 +179,7 @@ class Qwen2LM(nn.Module):
         layer,
         variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 4,
+        in_axes=(nn.broadcast,) * 4 + (0,),
         length=c.num_hidden_layers,
         unroll=self.scan_unroll,
     )(c, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -191,6 +201,7 @@ class Qwen2LM(nn.Module):
       inputs_embeds: Array | None = None,
       capture_positions: Array | None = None,
       logits_positions: Array | None = None,
+      past: dict | None = None,
   ) -> Array:
     """Logits, float32.
 
@@ -203,20 +214,11 @@ class Qwen2LM(nn.Module):
         at these positions are sown (read them with `neuron_activations`).
       logits_positions: int `[b, q]`; if given, logits only there: `[b, q, v]` instead of
         `[b, t, v]`, which skips most of the LM head when only a few positions matter.
+      past: a cache from `prefill` of the tokens before these (same batch); then positions
+        continue after the cached tokens and attention reaches them too.
     """
-    if (input_ids is None) == (inputs_embeds is None):
-      raise ValueError("give exactly one of input_ids and inputs_embeds")
-    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
-    b, t, _ = x.shape
-    if attention_mask is None:
-      attention_mask = jnp.ones((b, t), jnp.int32)
-    attention_mask = attention_mask.astype(bool)
-    if position_ids is None:
-      position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-    cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, self.dtype)
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    mask = causal[None] & attention_mask[:, None, :]  # [b, t, s]
-    x, _ = self.layers(x, cos, sin, mask, capture_positions)
+    x, _ = self._layers(input_ids, inputs_embeds, attention_mask, position_ids,
+                        capture_positions, past)
     x = self.norm(x)
     if logits_positions is not None:
       x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
@@ -224,6 +226,40 @@ class Qwen2LM(nn.Module):
       table = self.embed_tokens.embedding.astype(self.dtype)
       return jnp.einsum("bth,vh->btv", x, table, preferred_element_type=jnp.float32)
     return self.lm_head(x)
+
+
+  def prefill(self, input_ids: Array | None = None, attention_mask: Array | None = None, *,
+              inputs_embeds: Array | None = None) -> dict:
+    """Runs the layers over a first segment and returns its cache for a later `__call__(past=)`:
+    {"k", "v": `[l, b, s0, k, d]`, "mask": bool `[b, s0]`}. Used to run an input once without
+    gradients and only the tokens after it with them."""
+    _, cache = self._layers(input_ids, inputs_embeds, attention_mask, None, None, None)
+    return cache
+
+  def _layers(self, input_ids, inputs_embeds, attention_mask, position_ids, capture_positions,
+              past):
+    """Embedding and the decoder layers: (hidden `[b, t, h]`, cache including these tokens)."""
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("give exactly one of input_ids and inputs_embeds")
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+    b, t, _ = x.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    attention_mask = attention_mask.astype(bool)
+    past_mask = jnp.zeros((b, 0), bool) if past is None else past["mask"]
+    if position_ids is None:
+      offset = jnp.sum(past_mask, axis=-1, keepdims=True)
+      position_ids = offset + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, self.dtype)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = jnp.concatenate([jnp.broadcast_to(past_mask[:, None, :], (b, t, past_mask.shape[1])),
+                            causal[None] & attention_mask[:, None, :]], axis=-1)  # [b, t, s]
+    past_kv = None if past is None else (past["k"], past["v"])
+    x, (k, v) = self.layers(x, cos, sin, mask, capture_positions, past_kv)
+    if past is not None:
+      k = jnp.concatenate([past["k"], k.astype(past["k"].dtype)], axis=2)
+      v = jnp.concatenate([past["v"], v.astype(past["v"].dtype)], axis=2)
+    return x, {"k": k, "v": v, "mask": jnp.concatenate([past_mask, attention_mask], axis=1)}
 
 
 def neuron_activations(variables: dict) -> Array:
