@@ -175,6 +175,11 @@ def make_mesh(data_parallel: int) -> Mesh:
   return Mesh(np.asarray(devices[:n]), ("data",))
 
 
+# Keys a re-run may change and still continue the same run: how long and how often, not what.
+_RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.log_every",
+                      "train.checkpoint_every", "train.max_to_keep", "train.async_checkpoint"}
+
+
 def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
   from jaxskill.config import load_config, to_dict
   saved = run_dir / "config.yaml"
@@ -185,6 +190,11 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
            for k in new[s] if old[s].get(k) != new[s][k]]
   diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
             if not isinstance(new[k], dict) and old[k] != new[k]]
+  extend = [d for d in diffs if d.split(":")[0] in _RESUMABLE_CHANGES]
+  diffs = [d for d in diffs if d not in extend]
+  if extend and not diffs:
+    log.warning("%s: continuing this run with %s (a decaying learning-rate schedule follows the "
+                "new number of steps)", saved, "; ".join(extend))
   if diffs:
     raise RunConfigError(f"{saved}: this run directory was made with another config ({'; '.join(diffs)})"
                      "; use another run name (name=...) or remove the directory")

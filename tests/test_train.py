@@ -138,16 +138,23 @@ def test_truncated_latest_checkpoint_is_skipped(data_file, tmp_path, caplog):
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
   longer = load_config(None, _overrides(data_file, tmp_path, "trunc", **{"train.max_to_keep": 5,
                                                                           "train.steps": 80}))
-  (config.run_dir / "config.yaml").unlink()  # the same run, asked for more steps
   with caplog.at_level("WARNING"):
     summary = train(longer, progress=False)
-  assert summary["resumed_from"] == 50
+  assert summary["resumed_from"] == 50  # the same run, asked for more steps: it continues
   assert any("step 60" in r.getMessage() and "cannot be restored" in r.getMessage()
              for r in caplog.records)
   reference = load_config(None, _overrides(data_file, tmp_path, "ref", **{"train.steps": 80}))
   train(reference, progress=False)
   np.testing.assert_array_equal(np.load(longer.run_dir / "prompt_final.npy"),
                                 np.load(reference.run_dir / "prompt_final.npy"))
+
+
+def test_resuming_with_another_config_is_refused(data_file, tmp_path, capsys):
+  base = _overrides(data_file, tmp_path, "strict", **{"train.steps": 2})
+  assert cli.main(["train", "--no-progress", str(REPO / "configs" / "base.yaml"), *base]) == 0
+  changed = _overrides(data_file, tmp_path, "strict", **{"train.steps": 2, "train.lr": 0.5})
+  assert cli.main(["train", "--no-progress", str(REPO / "configs" / "base.yaml"), *changed]) == 2
+  assert "train.lr: 0.01 -> 0.5" in capsys.readouterr().err
 
 
 def test_one_and_eight_devices_agree(data_file, tmp_path):
