@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxskill import checkpointing
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
-from jaxskill.config import PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config
+from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config,
+                             load_config, to_dict)
 from jaxskill.model import Qwen2LM, load_model, load_tokenizer
 from jaxskill.tasks import Task, build_task
 
@@ -181,7 +182,6 @@ _RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.log_every",
 
 
 def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
-  from jaxskill.config import load_config, to_dict
   saved = run_dir / "config.yaml"
   if not saved.exists():
     return
@@ -196,8 +196,9 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
     log.warning("%s: continuing this run with %s (a decaying learning-rate schedule follows the "
                 "new number of steps)", saved, "; ".join(extend))
   if diffs:
-    raise RunConfigError(f"{saved}: this run directory was made with another config ({'; '.join(diffs)})"
-                     "; use another run name (name=...) or remove the directory")
+    raise RunConfigError(f"{saved}: this run directory was made with another config "
+                         f"({'; '.join(diffs)}); use another run name (name=...) or remove the "
+                         "directory")
 
 
 def _evaluate(eval_fn, prompt, params, encoded, batch_size, put) -> dict:
@@ -229,14 +230,14 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   cfg = config.train
   run_dir = config.run_dir
   _check_resume_config(run_dir, config)
-  setup = prepare(config)  # before the config is written: a config that fails here leaves no run
-  run_dir.mkdir(parents=True, exist_ok=True)
-  dump_config(config, run_dir / "config.yaml")
   mesh = make_mesh(cfg.data_parallel)
   n_data = mesh.shape["data"]
   if cfg.batch_size % n_data:
     raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
-                     "devices of the data axis (set train.data_parallel)")
+                         "devices of the data axis (set train.data_parallel)")
+  setup = prepare(config)  # before the config is written: a config that fails here leaves no run
+  run_dir.mkdir(parents=True, exist_ok=True)
+  dump_config(config, run_dir / "config.yaml")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = lambda batch: jax.device_put(batch, sharded)  # noqa: E731
   params = jax.device_put(setup.params, replicated)
