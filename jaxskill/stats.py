@@ -1,0 +1,138 @@
+"""Streaming Pearson correlation between neuron activations and per-example metrics.
+
+Sufficient statistics are kept per (metric, feature) so that examples whose metric is NaN drop out
+of that metric only. Numerics, for data that never has to fit in memory:
+  * every value is first shifted by a reference taken from the data (the first batch), so that
+    `x - ref` is exact in float32 even for activations like 1e4 +- 1e-2 (Sterbenz);
+  * within a batch, centred sums are computed two-pass on the device;
+  * across the devices of a mesh, per-device centred sums are combined exactly with `psum`
+    (sum of counts, sums, and the Chan correction terms);
+  * across batches, the host merges in float64 with Chan et al.'s parallel formulas.
+Never `sum(x^2) - sum(x)^2 / n` on raw values.
+
+Shapes: x `[n, f]` (features: any flattened (layer, position, neuron) grid), y `[n, m]` (metrics),
+valid `[n]` (0 for padding rows). All functions are pure; `batch_stats` can run inside the user's
+own `jit`, `vmap` or `shard_map` (pass `axis_name` there to reduce over a mesh axis).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+
+def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict:
+  """Centred statistics of one batch (summed over `axis_name` devices when given).
+
+  Returns {"n": [m], "mean_x": [m, f], "mean_y": [m], "m2_x": [m, f], "m2_y": [m],
+  "c_xy": [m, f]}, in shifted coordinates (x - ref_x, y - ref_y), float32.
+  """
+  x = x.astype(jnp.float32) - ref_x.astype(jnp.float32)  # [n, f]
+  y = y.astype(jnp.float32) - ref_y.astype(jnp.float32)  # [n, m]
+  w = (valid[:, None] > 0) & ~jnp.isnan(y)  # [n, m]: this example counts for this metric
+  y = jnp.where(w, y, 0.0)
+  wf = w.astype(jnp.float32)
+  n = wf.sum(0)  # [m]
+  sum_x = wf.T @ x  # [m, f]
+  sum_y = y.sum(0)  # [m]
+  if axis_name is not None:
+    n_all, sum_x_all, sum_y_all = jax.lax.psum((n, sum_x, sum_y), axis_name)
+  else:
+    n_all, sum_x_all, sum_y_all = n, sum_x, sum_y
+  safe = jnp.maximum(n_all, 1.0)
+  mean_x = sum_x_all / safe[:, None]  # [m, f], the global mean: every device centres on it
+  mean_y = sum_y_all / safe
+
+  def centred(args):
+    # One metric at a time: [n, f] work, never [n, m, f] memory.
+    w_m, y_m, mx_m, my_m = args
+    dx = jnp.where(w_m[:, None], x - mx_m, 0.0)
+    dy = jnp.where(w_m, y_m - my_m, 0.0)
+    return (dx * dx).sum(0), dy @ dy, dy @ dx
+
+  m2_x, m2_y, c_xy = jax.lax.map(centred, (w.T, y.T, mean_x, mean_y))
+  if axis_name is not None:
+    m2_x, m2_y, c_xy = jax.lax.psum((m2_x, m2_y, c_xy), axis_name)
+  return {"n": n_all, "mean_x": mean_x, "mean_y": mean_y, "m2_x": m2_x, "m2_y": m2_y,
+          "c_xy": c_xy}
+
+
+def init(num_metrics: int, num_features: int) -> dict:
+  """Empty running statistics, host float64."""
+  z = functools.partial(np.zeros, dtype=np.float64)
+  return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
+          "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
+          "c_xy": z((num_metrics, num_features))}
+
+
+def merge(a: dict, b: dict) -> dict:
+  """Chan et al.'s pairwise merge of two sets of statistics (same shift); float64 on the host."""
+  a = {k: np.asarray(v, np.float64) for k, v in a.items()}
+  b = {k: np.asarray(v, np.float64) for k, v in b.items()}
+  n = a["n"] + b["n"]
+  safe = np.where(n > 0, n, 1.0)
+  wa, wb = a["n"] / safe, b["n"] / safe  # [m]
+  cross = a["n"] * b["n"] / safe  # [m]
+  dx = b["mean_x"] - a["mean_x"]  # [m, f]
+  dy = b["mean_y"] - a["mean_y"]  # [m]
+  return {
+      "n": n,
+      "mean_x": wa[:, None] * a["mean_x"] + wb[:, None] * b["mean_x"],
+      "mean_y": wa * a["mean_y"] + wb * b["mean_y"],
+      "m2_x": a["m2_x"] + b["m2_x"] + cross[:, None] * dx * dx,
+      "m2_y": a["m2_y"] + b["m2_y"] + cross * dy * dy,
+      "c_xy": a["c_xy"] + b["c_xy"] + cross[:, None] * dx * dy[:, None],
+  }
+
+
+def finalize(stats: dict) -> np.ndarray:
+  """Pearson r `[m, f]`; NaN where undefined (fewer than 2 examples, or a constant feature or
+  metric), so an undefined r is never ranked."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    denom = np.sqrt(stats["m2_x"] * stats["m2_y"][:, None])
+    r = stats["c_xy"] / denom
+  undefined = (stats["n"][:, None] < 2) | (stats["m2_x"] <= 0) | (stats["m2_y"][:, None] <= 0)
+  return np.where(undefined, np.nan, np.clip(r, -1.0, 1.0))
+
+
+def reference(x, y, valid) -> tuple[np.ndarray, np.ndarray]:
+  """Shift values from a first batch: the first valid row of x, the NaN-ignoring mean of y.
+  Both are float32 values, so `x - ref` is exact for data near them."""
+  x, y, valid = np.asarray(x, np.float32), np.asarray(y, np.float32), np.asarray(valid) > 0
+  if not valid.any():
+    raise ValueError("the first batch has no valid rows to take a reference from")
+  ref_x = x[np.argmax(valid)]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN metric column: ref 0 below
+    ref_y = np.nanmean(np.where(valid[:, None], y, np.nan), axis=0)
+  return ref_x, np.nan_to_num(ref_y).astype(np.float32)
+
+
+def sharded_batch_stats(mesh: Mesh, axis: str = "data"):
+  """`batch_stats` over a batch sharded along `axis` of `mesh` (replicated result)."""
+  fn = functools.partial(batch_stats, axis_name=axis)
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()),
+                               out_specs=P()))
+
+
+class Correlator:
+  """Convenience driver: feed batches, read r. Holds only host float64 statistics."""
+
+  def __init__(self, num_metrics: int, num_features: int, mesh: Mesh | None = None,
+               axis: str = "data"):
+    self.stats = init(num_metrics, num_features)
+    self.ref = None
+    self._fn = sharded_batch_stats(mesh, axis) if mesh is not None else jax.jit(batch_stats)
+
+  def update(self, x, y, valid) -> None:
+    if self.ref is None:
+      self.ref = reference(x, y, valid)
+    self.stats = merge(self.stats, jax.device_get(self._fn(x, y, valid, *self.ref)))
+
+  def result(self) -> np.ndarray:
+    return finalize(self.stats)

@@ -1,0 +1,101 @@
+"""Streaming Pearson r against numpy's float64 corrcoef, on 1, 2 and 8 (fake CPU) devices."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxskill import stats
+
+HERE = Path(__file__).resolve().parent
+
+
+def reference_r(x, y):
+  """numpy float64 corrcoef per (metric, feature), dropping NaN metric values."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  r = np.full((y.shape[1], x.shape[1]), np.nan)
+  for j in range(y.shape[1]):
+    keep = ~np.isnan(y[:, j])
+    for i in range(x.shape[1]):
+      if np.ptp(x[keep, i]) > 0 and np.ptp(y[keep, j]) > 0:
+        r[j, i] = np.corrcoef(x[keep, i], y[keep, j])[0, 1]
+  return r
+
+
+def make_data(seed, n=101, f=12, m=3, mean=0.0, spread=1.0):
+  rng = np.random.default_rng(seed)
+  y = rng.standard_normal((n, m))
+  x = rng.standard_normal((n, f))
+  x[:, 0] += 2 * y[:, 0]  # a strongly correlated feature
+  x[:, 1] -= 0.5 * y[:, 1]
+  x = (mean + spread * x).astype(np.float32)
+  y = y.astype(np.float32)
+  y[[3, 50], 2] = np.nan  # missing metric values
+  return x, y
+
+
+def test_single_device_plain_and_ill_conditioned():
+  for mean, spread in ((0.0, 1.0), (1e4, 1e-2)):
+    x, y = make_data(0, mean=mean, spread=spread)
+    c = stats.Correlator(y.shape[1], x.shape[1])
+    for start in range(0, len(x), 10):  # 101 rows: the last batch has one row
+      c.update(x[start:start + 10], y[start:start + 10], np.ones(len(x[start:start + 10])))
+    np.testing.assert_allclose(c.result(), reference_r(x, y), atol=1e-5, rtol=0)
+    assert list(c.stats["n"]) == [101, 101, 99]
+
+
+def test_naive_formula_would_fail_on_ill_conditioned_data():
+  """Guards the test above: float32 raw moments lose r completely on this data."""
+  x, y = make_data(0, mean=1e4, spread=1e-2)
+  x32, y32 = x[:, 0], y[:, 0]
+  n = np.float32(len(x32))
+  sxx = (x32 * x32).sum(dtype=np.float32) - x32.sum(dtype=np.float32) ** 2 / n
+  sxy = (x32 * y32).sum(dtype=np.float32) - x32.sum(dtype=np.float32) * y32.sum(dtype=np.float32) / n
+  syy = (y32 * y32).sum(dtype=np.float32) - y32.sum(dtype=np.float32) ** 2 / n
+  naive = sxy / np.sqrt(abs(sxx) * syy)
+  assert not abs(naive - reference_r(x, y)[0, 0]) < 1e-2
+
+
+def test_constant_feature_or_metric_is_nan():
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((40, 4)).astype(np.float32)
+  x[:, 2] = 3.25  # a constant neuron
+  y = rng.standard_normal((40, 2)).astype(np.float32)
+  y[:, 1] = -1.0  # a constant metric
+  c = stats.Correlator(2, 4)
+  c.update(x[:25], y[:25], np.ones(25))
+  c.update(x[25:], y[25:], np.ones(15))
+  r = c.result()
+  assert np.isnan(r[:, 2]).all() and np.isnan(r[1]).all()
+  assert np.isfinite(r[0, [0, 1, 3]]).all()
+  np.testing.assert_allclose(r[0, [0, 1, 3]], reference_r(x, y)[0, [0, 1, 3]], atol=1e-6)
+
+
+def test_all_nan_metric_is_nan_with_zero_count():
+  x = np.random.default_rng(2).standard_normal((20, 3)).astype(np.float32)
+  y = np.full((20, 1), np.nan, np.float32)
+  c = stats.Correlator(1, 3)
+  c.update(x, y, np.ones(20))
+  assert np.isnan(c.result()).all() and c.stats["n"][0] == 0
+
+
+def test_one_two_and_eight_devices(tmp_path):
+  plain_x, plain_y = make_data(3, n=203)
+  ill_x, ill_y = make_data(4, n=203, mean=1e4, spread=1e-2)
+  src, dst = tmp_path / "in.npz", tmp_path / "out.npz"
+  np.savez(src, plain_x=plain_x, plain_y=plain_y, ill_x=ill_x, ill_y=ill_y)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(HERE / "stats_on_devices.py"), str(src), str(dst)],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = np.load(dst)
+  for name, x, y in (("plain", plain_x, plain_y), ("ill", ill_x, ill_y)):
+    want = reference_r(x, y)
+    for k in (1, 2, 8):
+      np.testing.assert_allclose(out[f"{name}_{k}"], want, atol=1e-5, rtol=0,
+                                 err_msg=f"{name} data on {k} devices")
+      assert list(out[f"{name}_n_{k}"]) == [203, 203, 201]  # pad rows and NaNs not counted
