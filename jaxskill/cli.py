@@ -1,4 +1,4 @@
-"""`jaxskill` command line: demo, convert, export, train."""
+"""`jaxskill` command line: demo, convert, export, train, find."""
 
 from __future__ import annotations
 
@@ -88,6 +88,21 @@ def cmd_train(args) -> int:
   return 0
 
 
+def cmd_find(args) -> int:
+  import logging
+  from jaxskill.config import load_config
+  from jaxskill.discover import find
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  config = load_config(args.config, args.overrides)
+  summary = find(config, progress=not args.no_progress)
+  print(f"run dir: {config.run_dir}")
+  for name, m in summary["metrics"].items():
+    best = m["top_k"][0] if m["top_k"] else None
+    print(f"  {name:>24}: n={m['n']:<6} max|r|={m['max_abs_r']} top (layer, neuron)={best} "
+          f"|r|>{summary['threshold']}: {m['above_threshold']}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
@@ -111,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_train)
+  p = sub.add_parser("find", help="find skill neurons: jaxskill find CONFIG [key=value ...]")
+  p.add_argument("config")
+  p.add_argument("overrides", nargs="*")
+  p.add_argument("--no-progress", action="store_true")
+  p.set_defaults(func=cmd_find)
   return ap
 
 

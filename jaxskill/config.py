@@ -65,6 +65,20 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FindConfig:
+  sites: tuple[str, ...] = ("prompt", "last_input", "answer")  # see jaxskill.capture
+  metrics: tuple[str, ...] = ()  # () = every built-in metric and numeric metadata column
+  custom_metrics: tuple[str, ...] = ()  # "package.module:function", fn(logits, batch) -> [b]
+  split: str = "train"  # the examples whose activations are correlated
+  batch_size: int = 16
+  top_k: int = 100  # neurons per metric in neurons.csv, ranked by |r| (max over positions)
+  top_p_per_layer: float = 0.01  # share of each layer's neurons selected per layer
+  threshold: float = 0.5  # |r| above which a neuron counts as a skill neuron in summary.json
+  seeds: tuple[int, ...] = ()  # train one prompt per seed and average; () = train.seed only
+  checkpoint_every: int = 50  # batches between checkpoints of the running statistics
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   name: str = "run"
   out_dir: str = "runs"
@@ -73,6 +87,7 @@ class RunConfig:
   task: TaskConfig = TaskConfig()
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
+  find: FindConfig = FindConfig()
 
   @property
   def run_dir(self) -> Path:

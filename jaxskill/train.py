@@ -190,6 +190,7 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
            for k in new[s] if old[s].get(k) != new[s][k]]
   diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
             if not isinstance(new[k], dict) and old[k] != new[k]]
+  diffs = [d for d in diffs if not d.startswith("find.")]  # later stages: not training's concern
   extend = [d for d in diffs if d.split(":")[0] in _RESUMABLE_CHANGES]
   diffs = [d for d in diffs if d not in extend]
   if extend and not diffs:

@@ -1,0 +1,259 @@
+"""Skill-neuron discovery: stream a split through the model with the trained prompt, correlate
+every captured neuron with every auxiliary metric, select and aggregate, write the outputs.
+
+Outputs in the run directory:
+  correlations.npz  one array per metric, `[layers, positions, neurons]`, NaN where undefined
+  neurons.csv       rank, layer, position, neuron, metric, r, n (top-K per metric by |r|, the
+                    position being the one with the largest |r|)
+  summary.json      sites, metrics, counts (NaN metric values excluded), selections, seed overlap
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxskill import capture, checkpointing, stats
+from jaxskill import data as data_lib
+
+log = logging.getLogger("jaxskill.discover")
+
+
+def load_custom_metrics(specs: tuple[str, ...]) -> dict[str, capture.MetricFn]:
+  """"package.module:function" -> {function name: function}."""
+  out = {}
+  for spec in specs:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+      raise ValueError(f"find.custom_metrics entry {spec!r}: expected 'package.module:function'")
+    try:
+      out[name] = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"find.custom_metrics entry {spec!r}: {e}") from None
+  return out
+
+
+def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: str,
+                 custom: Mapping[str, capture.MetricFn]) -> tuple[str, ...]:
+  available = [m for m in capture.BUILTIN_METRICS if not (m == "label" and kind != "classification")]
+  available += capture.metadata_columns(encoded.metadata) + list(custom)
+  if not requested:
+    return tuple(available)
+  unknown = [m for m in requested if m not in available]
+  if unknown:
+    raise ValueError(f"find.metrics: unknown metric(s) {unknown}; available here: {available}")
+  return tuple(requested)
+
+
+def _arrays_with_metadata(encoded: data_lib.Encoded, names) -> dict[str, np.ndarray]:
+  arrays = encoded.arrays()
+  for name in names:
+    if name.startswith("meta_") and name[5:] in encoded.metadata:
+      arrays[name] = encoded.metadata[name[5:]].astype(np.float32)
+  return arrays
+
+
+def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
+              verbalizer, sites: tuple[str, ...], prompt_length: int, names: tuple[str, ...],
+              custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh, batch_size: int,
+              ckpt_dir: Path | None = None, checkpoint_every: int = 0,
+              progress: bool = False) -> tuple[np.ndarray, dict]:
+  """Streams `encoded` in batches; returns (r `[m, l, k, i]`, host float64 statistics)."""
+  from tqdm.auto import tqdm
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  if batch_size % mesh.shape["data"]:
+    raise ValueError(f"find.batch_size={batch_size} is not divisible by the "
+                     f"{mesh.shape['data']} devices of the data axis")
+  step = functools.partial(capture.capture_step, model=model, kind=kind,
+                           verbalizer=jnp.asarray(verbalizer), sites=sites,
+                           prompt_length=prompt_length, metric_names=names, custom=dict(custom))
+  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
+                           in_specs=(P("data"), P("data"), P("data"), P(), P()), out_specs=P())
+
+  def fused(prompt, params, batch, ref_x, ref_y):
+    acts, y = step(prompt, params, batch)
+    return batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"], ref_x, ref_y)
+
+  capture_fn = jax.jit(step, in_shardings=(replicated, replicated, sharded))
+  fused_fn = jax.jit(fused, in_shardings=(replicated, replicated, sharded, replicated, replicated),
+                     out_shardings=replicated)
+  prompt, params = jax.device_put((prompt, params), replicated)
+  arrays = _arrays_with_metadata(encoded, names)
+  n_batches = -(-len(encoded) // batch_size)
+
+  def batch_at(i):
+    idx = np.arange(i * batch_size, (i + 1) * batch_size)
+    batch = data_lib.take(arrays, np.minimum(idx, len(encoded) - 1))
+    batch["valid"] = (idx < len(encoded)).astype(np.float32)  # pad rows of the last batch
+    return jax.device_put(batch, sharded)
+
+  first_acts, first_y = capture_fn(prompt, params, batch_at(0))
+  shape = first_acts.shape[1:]  # [l, k, i]
+  ref_x, ref_y = stats.reference(np.asarray(first_acts).reshape(first_acts.shape[0], -1),
+                                 np.asarray(first_y), np.asarray(batch_at(0)["valid"]))
+  state = {"stats": stats.init(len(names), int(np.prod(shape))), "ref_x": ref_x, "ref_y": ref_y,
+           "next_batch": np.int64(0)}
+  mngr = None
+  if ckpt_dir is not None:
+    mngr = checkpointing.manager(ckpt_dir, max_to_keep=2, async_save=False)
+    restored = checkpointing.restore_latest(mngr, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), state))
+    if restored is not None:
+      state = jax.tree.map(np.asarray, restored[1])
+      log.info("resuming statistics at batch %d of %d", int(state["next_batch"]), n_batches)
+  bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
+             desc="correlate")
+  for i in range(int(state["next_batch"]), n_batches):
+    batch_stats = fused_fn(prompt, params, batch_at(i), state["ref_x"], state["ref_y"])
+    state = dict(state, stats=stats.merge(state["stats"], jax.device_get(batch_stats)),
+                 next_batch=np.int64(i + 1))
+    if mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
+                                                  or i + 1 == n_batches):
+      checkpointing.save(mngr, i + 1, state)
+    bar.update(1)
+  bar.close()
+  if mngr is not None:
+    mngr.wait_until_finished()
+    mngr.close()
+  return stats.finalize(state["stats"]).reshape(len(names), *shape), state["stats"]
+
+
+# --- selection and aggregation ----------------------------------------------------------------
+
+def neuron_scores(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """r `[l, k, i]` -> (max |r| over positions `[l, i]`, NaN if all undefined; the argmax
+  position `[l, i]`)."""
+  a = np.abs(r)
+  filled = np.where(np.isnan(a), -1.0, a)
+  pos = filled.argmax(axis=1)
+  best = np.take_along_axis(filled, pos[:, None], axis=1)[:, 0]
+  return np.where(best < 0, np.nan, best), pos
+
+
+def top_k(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
+  """(layer, neuron) of the k largest scores `[l, i]`, NaN never ranked."""
+  flat = np.where(np.isnan(scores), -np.inf, scores).ravel()
+  order = np.argsort(-flat, kind="stable")[:k]
+  return [tuple(int(v) for v in np.unravel_index(j, scores.shape)) for j in order
+          if np.isfinite(flat[j])]
+
+
+def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
+  per_layer = max(1, int(np.ceil(p * scores.shape[1])))
+  chosen = []
+  for layer, row in enumerate(scores):
+    finite = np.where(np.isnan(row), -np.inf, row)
+    chosen += [(layer, int(j)) for j in np.argsort(-finite, kind="stable")[:per_layer]
+               if np.isfinite(finite[j])]
+  return chosen
+
+
+def iou(a, b) -> float:
+  a, b = set(a), set(b)
+  return len(a & b) / len(a | b) if a | b else float("nan")
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *,
+                  n_examples: int, top_k_n: int, top_p: float, threshold: float,
+                  extra: dict) -> dict:
+  """r `[m, l, k, i]` -> correlations.npz, neurons.csv, summary.json; returns the summary."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(out_dir / "correlations.npz", **{name: r[j] for j, name in enumerate(names)})
+  summary = {"metrics": {}, "positions": list(position_names), **extra}
+  with open(out_dir / "neurons.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["rank", "layer", "position", "neuron", "metric", "r", "n"])
+    for j, name in enumerate(names):
+      scores, pos = neuron_scores(r[j])
+      ranked = top_k(scores, top_k_n)
+      for rank, (layer, neuron) in enumerate(ranked, 1):
+        k = pos[layer, neuron]
+        writer.writerow([rank, layer, position_names[k], neuron, name,
+                         f"{r[j, layer, k, neuron]:.6f}", int(counts[j])])
+      summary["metrics"][name] = {
+          "n": int(counts[j]),
+          "nan_excluded": int(n_examples - counts[j]),  # examples whose metric was NaN
+          "undefined_neurons": int(np.isnan(scores).sum()),
+          "max_abs_r": float(np.nanmax(scores)) if np.isfinite(scores).any() else None,
+          "above_threshold": int(np.nansum(scores > threshold)),
+          "top_k": [list(x) for x in ranked[:10]],
+          "top_p_per_layer": len(top_p_per_layer(scores, top_p)),
+      }
+  summary["threshold"] = threshold
+  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def _encoded_split(setup, config, split: str) -> data_lib.Encoded:
+  if split == "train":
+    return setup.train
+  if split == "dev" and setup.dev is not None:
+    return setup.dev
+  return data_lib.encode(
+      setup.task, split, setup.tokenizer, prompt_length=config.prompt.length,
+      placement=config.prompt.placement, max_length=config.data.max_length,
+      truncation=config.data.truncation, append_eos=config.data.append_eos,
+      budget=data_lib.answer_budget(setup.task, setup.tokenizer, config.data.append_eos))
+
+
+def find(config, *, progress: bool = True) -> dict:
+  """Trains the prompt(s) if needed, then correlates; returns the summary."""
+  import dataclasses
+  from jaxskill.train import make_mesh, prepare, train
+  fc = config.find
+  position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
+  seeds = fc.seeds or (config.train.seed,)
+  runs = [config] if len(seeds) == 1 and not fc.seeds else [
+      dataclasses.replace(config, name=f"{config.name}-seed{seed}",
+                          train=dataclasses.replace(config.train, seed=seed)) for seed in seeds]
+  custom = load_custom_metrics(fc.custom_metrics)
+  setup = None
+  results = []
+  for run in runs:
+    done = run.run_dir / "train_summary.json"
+    if not done.exists() or json.loads(done.read_text())["steps"] != run.train.steps:
+      train(run, progress=progress)
+    if setup is None:
+      setup = prepare(run)
+      mesh = make_mesh(run.train.data_parallel)
+      encoded = _encoded_split(setup, run, fc.split)
+      names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
+    prompt = {"embeddings": jnp.asarray(np.load(run.run_dir / "prompt_best.npy"))}
+    r, st = correlate(setup.model, setup.params, prompt, encoded, kind=setup.task.kind,
+                      verbalizer=setup.verbalizer, sites=fc.sites,
+                      prompt_length=run.prompt.length, names=names, custom=custom, mesh=mesh,
+                      batch_size=fc.batch_size, ckpt_dir=run.run_dir / "find_checkpoints",
+                      checkpoint_every=fc.checkpoint_every, progress=progress)
+    results.append((run, r, st["n"]))
+  common = dict(n_examples=len(encoded), top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
+                threshold=fc.threshold)
+  extra = {"split": fc.split, "examples": len(encoded), "sites": list(fc.sites),
+           "seeds": list(seeds)}
+  if len(results) == 1:
+    return write_outputs(config.run_dir, results[0][1], names, position_names, results[0][2],
+                         **common, extra=extra)
+  for run, r, n in results:
+    write_outputs(run.run_dir, r, names, position_names, n, **common, extra=extra)
+  mean_r = np.nanmean(np.stack([r for _, r, _ in results]), axis=0)  # mean over seeds
+  overlap = {}
+  for j, name in enumerate(names):
+    sets = [top_k(neuron_scores(r[j])[0], fc.top_k) for _, r, _ in results]
+    pairs = [iou(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    overlap[name] = float(np.mean(pairs))
+  counts = np.min(np.stack([n for _, _, n in results]), axis=0)
+  return write_outputs(config.run_dir, mean_r, names, position_names, counts, **common,
+                       extra={**extra, "seed_overlap_iou_top_k": overlap})

@@ -1,0 +1,180 @@
+"""Discovery: a planted neuron is found, metrics match hand computations, outputs and resume."""
+
+import csv
+import json
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxskill
+from jaxskill import capture, discover, stats
+from jaxskill import data as data_lib
+from jaxskill.config import load_config
+from jaxskill.tasks import table
+from jaxskill.train import make_mesh
+
+PLANTED = 37  # layer-0 neuron wired to fire on the token "7"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  """The demo model with layer-0 neuron PLANTED made a "7" detector, and a table task whose
+  label says whether the input's last digit is 7 (plus a shuffled copy of that label)."""
+  model, params = jaxskill.load_model("demo")
+  tok = jaxskill.load_tokenizer("demo")
+  seven = tok("7", add_special_tokens=False)["input_ids"][0]
+  params = jax.tree.map(np.array, params)
+  emb = params["embed_tokens"]["embedding"]
+  # Coordinate 0 of the residual stream says "this token is a 7", at the scale of the other
+  # coordinates, so that it barely moves the rest of the network.
+  emb[:, 0] = 0.0
+  emb[seven, 0] = np.abs(emb[seven]).mean()
+  attn = params["layers"]["self_attn"]["o_proj"]["kernel"]
+  attn[0, :, 0] = 0.0  # layer-0 attention writes nothing into coordinate 0
+  for name in ("gate_proj", "up_proj"):  # the neuron reads coordinate 0 only, amplified
+    kernel = params["layers"]["mlp"][name]["kernel"]
+    kernel[0, :, PLANTED] = 0.0
+    kernel[0, 0, PLANTED] = 8.0
+  # ... and writes nothing back, so no later neuron inherits its signal.
+  params["layers"]["mlp"]["down_proj"]["kernel"][0, PLANTED, :] = 0.0
+  params = jax.tree.map(jnp.asarray, params)
+  path = tmp_path_factory.mktemp("planted") / "digits.jsonl"
+  rng = random.Random(0)
+  rows = []
+  for _ in range(300):
+    digits = [rng.randrange(10) for _ in range(3)]
+    if rng.random() < 0.4:
+      digits[-1] = 7
+    rows.append({"text": "Q: " + " ".join(map(str, digits)), "label": "1" if digits[-1] == 7
+                 else "2", "is7": int(digits[-1] == 7)})
+  shuffled = [r["is7"] for r in rows]
+  rng.shuffle(shuffled)
+  with open(path, "w") as f:
+    for row, s in zip(rows, shuffled):
+      f.write(json.dumps({**row, "shuffled": s}) + "\n")
+  task = table(str(path), input_field="text", label_field="label", labels=("1", "2"),
+               dev_fraction=0.0, test_fraction=0.0)
+  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
+                            max_length=24)
+  verbalizer = data_lib.verbalizer_ids(tok, ("1", "2"))
+  return model, params, encoded, verbalizer
+
+
+def _correlate(planted, names, **kw):
+  model, params, encoded, verbalizer = planted
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  return discover.correlate(model, params, prompt, encoded, kind="classification",
+                            verbalizer=verbalizer, sites=kw.pop("sites", ("last_input",)),
+                            prompt_length=4, names=names, mesh=make_mesh(1), batch_size=16, **kw)
+
+
+def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
+  r, st = _correlate(planted, ("label", "meta_is7", "meta_shuffled"))
+  assert r.shape == (3, 4, 1, 256)
+  label_top = discover.top_k(discover.neuron_scores(r[0])[0], 5)
+  is7_top = discover.top_k(discover.neuron_scores(r[1])[0], 5)
+  shuffled_scores = discover.neuron_scores(r[2])[0]
+  assert label_top[0] == (0, PLANTED) and is7_top[0] == (0, PLANTED)
+  assert abs(r[1, 0, 0, PLANTED]) > 0.9 and r[0, 0, 0, PLANTED] < -0.9  # label 0 means "is 7"
+  assert discover.top_k(shuffled_scores, 1)[0] != (0, PLANTED)
+  assert shuffled_scores[0, PLANTED] < 0.3
+
+
+def test_capture_metrics_match_a_hand_computation(planted):
+  model, params, encoded, verbalizer = planted
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+  acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
+                                 verbalizer=jnp.asarray(verbalizer), sites=("answer",),
+                                 prompt_length=4, metric_names=capture.BUILTIN_METRICS)
+  from jaxskill.train import forward_logits
+  logits, _ = forward_logits(model, params, prompt, batch, "classification")
+  z = np.asarray(logits, np.float64)[:, verbalizer]
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  gold = np.asarray(batch["label"])
+  want = {"label": gold, "confidence": p[np.arange(8), gold], "max_prob": p.max(1),
+          "margin": p[np.arange(8), gold] - p[np.arange(8), 1 - gold],
+          "loss": -np.log(p[np.arange(8), gold]), "correct": p.argmax(1) == gold,
+          "entropy": -(p * np.log(p)).sum(1)}
+  for j, name in enumerate(capture.BUILTIN_METRICS):
+    np.testing.assert_allclose(np.asarray(y[:, j]), want[name], atol=1e-5, err_msg=name)
+  assert acts.shape == (8, 4, 1, 256)
+
+
+def test_prefix_prompt_sites_are_refused():
+  with pytest.raises(ValueError, match="identical for every example"):
+    capture.site_positions(("prompt",), 4, "prefix")
+  assert capture.site_positions(("last_input", "answer"), 4, "prefix") == ["last_input", "answer"]
+  assert capture.site_positions(("prompt",), 2, "infix") == ["prompt0", "prompt1"]
+
+
+def test_interrupted_statistics_resume_to_the_same_arrays(planted, tmp_path, monkeypatch):
+  names = ("label", "confidence")
+  want, _ = _correlate(planted, names, sites=("prompt", "answer"))
+  real_merge = stats.merge
+  calls = {"n": 0}
+
+  def failing_merge(a, b):
+    calls["n"] += 1
+    if calls["n"] == 7:
+      raise KeyboardInterrupt("simulated interruption")
+    return real_merge(a, b)
+
+  monkeypatch.setattr(stats, "merge", failing_merge)
+  with pytest.raises(KeyboardInterrupt):
+    _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "ck",
+               checkpoint_every=2)
+  monkeypatch.setattr(stats, "merge", real_merge)
+  got, st = _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "ck",
+                       checkpoint_every=2)
+  np.testing.assert_array_equal(got, want)
+  assert int(st["n"][0]) == len(planted[2])
+
+
+def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
+  """End to end on the demo model, with a custom metric that is NaN for half the examples."""
+  config = load_config(None, [
+      f"out_dir={tmp_path}", "name=f", "task.operations=plus", "task.digits=2",
+      "task.n_train=40", "task.n_dev=8", "task.n_test=8", "train.steps=2", "train.eval_every=2",
+      "data.max_length=40", "prompt.length=4", "find.batch_size=16",
+      "find.metrics=correct,confidence,meta_last_digit_only,half_nan",
+      "find.custom_metrics=tests.custom_metrics:half_nan", "find.top_k=5"])
+  summary = discover.find(config, progress=False)
+  out = np.load(tmp_path / "f" / "correlations.npz")
+  assert sorted(out.files) == sorted(["correct", "confidence", "meta_last_digit_only",
+                                      "half_nan"])
+  assert out["correct"].shape == (4, 4 + 2, 256)  # layers, 4 prompt + last_input + answer
+  # 40 examples in batches of 16: NaN for rows 0-7 of each batch, real rows only -> 8 + 8 + 8.
+  assert summary["metrics"]["half_nan"]["nan_excluded"] == 24
+  assert summary["metrics"]["half_nan"]["n"] == 16
+  assert summary["metrics"]["confidence"]["nan_excluded"] == 0
+  with open(tmp_path / "f" / "neurons.csv") as f:
+    rows = list(csv.DictReader(f))
+  conf = [row for row in rows if row["metric"] == "confidence"]
+  assert [int(row["rank"]) for row in conf] == [1, 2, 3, 4, 5]
+  for row in conf:  # each row's r is the array's value at that place
+    k = summary["positions"].index(row["position"])
+    assert float(row["r"]) == pytest.approx(out["confidence"][int(row["layer"]), k,
+                                                              int(row["neuron"])], abs=1e-6)
+  assert abs(float(conf[0]["r"])) >= abs(float(conf[-1]["r"]))
+
+
+def test_seeds_are_aggregated_with_overlap(tmp_path):
+  config = load_config(None, [
+      f"out_dir={tmp_path}", "name=s", "task.operations=plus", "task.digits=2",
+      "task.n_train=32", "task.n_dev=8", "task.n_test=8", "train.steps=2", "train.eval_every=2",
+      "data.max_length=40", "prompt.length=2", "find.seeds=0,1", "find.metrics=confidence",
+      "find.top_k=20"])
+  summary = discover.find(config, progress=False)
+  iou = summary["seed_overlap_iou_top_k"]["confidence"]
+  assert 0.0 <= iou <= 1.0
+  a = np.load(tmp_path / "s-seed0" / "correlations.npz")["confidence"]
+  b = np.load(tmp_path / "s-seed1" / "correlations.npz")["confidence"]
+  mean = np.load(tmp_path / "s" / "correlations.npz")["confidence"]
+  np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-7)
+  sets = [discover.top_k(discover.neuron_scores(x)[0], 20) for x in (a, b)]
+  assert iou == pytest.approx(discover.iou(*sets))
