@@ -84,25 +84,33 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
     acts, y = step(prompt, params, batch)
     return batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"], ref_x, ref_y)
 
-  capture_fn = jax.jit(step, in_shardings=(replicated, replicated, sharded))
+  def first_reference(prompt, params, batch):
+    acts, y = step(prompt, params, batch)
+    return stats.reference(acts.reshape(acts.shape[0], -1), y, batch["valid"])
+
   fused_fn = jax.jit(fused, in_shardings=(replicated, replicated, sharded, replicated, replicated),
                      out_shardings=replicated)
   prompt, params = jax.device_put((prompt, params), replicated)
   arrays = _arrays_with_metadata(encoded, names)
   n_batches = -(-len(encoded) // batch_size)
 
+  # Each process feeds only the rows of the global batch that its own devices hold.
+  rows = [idx[0] for idx in sharded.addressable_devices_indices_map((batch_size,)).values()]
+  local = np.arange(min(r.start or 0 for r in rows),
+                    max(r.stop if r.stop is not None else batch_size for r in rows))
+
   def batch_at(i):
-    idx = np.arange(i * batch_size, (i + 1) * batch_size)
+    idx = i * batch_size + local
     batch = data_lib.take(arrays, np.minimum(idx, len(encoded) - 1))
     batch["valid"] = (idx < len(encoded)).astype(np.float32)  # pad rows of the last batch
-    return jax.device_put(batch, sharded)
+    return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
 
-  first_acts, first_y = capture_fn(prompt, params, batch_at(0))
-  shape = first_acts.shape[1:]  # [l, k, i]
-  ref_x, ref_y = stats.reference(np.asarray(first_acts).reshape(first_acts.shape[0], -1),
-                                 np.asarray(first_y), np.asarray(batch_at(0)["valid"]))
-  state = {"stats": stats.init(len(names), int(np.prod(shape))), "ref_x": ref_x, "ref_y": ref_y,
-           "next_batch": np.int64(0)}
+  first = batch_at(0)
+  shape = jax.eval_shape(step, prompt, params, first)[0].shape[1:]  # [l, k, i]
+  ref_x, ref_y = jax.device_get(jax.jit(first_reference, out_shardings=replicated)(
+      prompt, params, first))
+  state = {"stats": stats.init(len(names), int(np.prod(shape))), "ref_x": np.asarray(ref_x),
+           "ref_y": np.asarray(ref_y), "next_batch": np.int64(0)}
   mngr = None
   if ckpt_dir is not None:
     mngr = checkpointing.manager(ckpt_dir, max_to_keep=2, async_save=False)

@@ -18,7 +18,6 @@ own `jit`, `vmap` or `shard_map` (pass `axis_name` there to reduce over a mesh a
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -100,17 +99,17 @@ def finalize(stats: dict) -> np.ndarray:
   return np.where(undefined, np.nan, np.clip(r, -1.0, 1.0))
 
 
-def reference(x, y, valid) -> tuple[np.ndarray, np.ndarray]:
-  """Shift values from a first batch: the first valid row of x, the NaN-ignoring mean of y.
-  Both are float32 values, so `x - ref` is exact for data near them."""
-  x, y, valid = np.asarray(x, np.float32), np.asarray(y, np.float32), np.asarray(valid) > 0
-  if not valid.any():
-    raise ValueError("the first batch has no valid rows to take a reference from")
-  ref_x = x[np.argmax(valid)]
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN metric column: ref 0 below
-    ref_y = np.nanmean(np.where(valid[:, None], y, np.nan), axis=0)
-  return ref_x, np.nan_to_num(ref_y).astype(np.float32)
+def reference(x, y, valid):
+  """Shift values from a first batch: the first valid row of x `[f]`, the NaN-ignoring mean of
+  y over valid rows `[m]` (0 for a metric with no value). Both are float32 values taken from the
+  data, so `x - ref` is exact for data near them. Runs under jit (jnp)."""
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  valid = jnp.asarray(valid) > 0
+  ref_x = x[jnp.argmax(valid)]
+  w = valid[:, None] & ~jnp.isnan(y)
+  count = w.sum(0)
+  ref_y = jnp.where(w, y, 0.0).sum(0) / jnp.maximum(count, 1)
+  return ref_x, jnp.where(count > 0, ref_y, 0.0).astype(jnp.float32)
 
 
 def sharded_batch_stats(mesh: Mesh, axis: str = "data"):
@@ -131,7 +130,9 @@ class Correlator:
 
   def update(self, x, y, valid) -> None:
     if self.ref is None:
-      self.ref = reference(x, y, valid)
+      if not np.any(np.asarray(valid) > 0):
+        raise ValueError("the first batch has no valid rows to take a reference from")
+      self.ref = jax.device_get(jax.jit(reference)(x, y, valid))
     self.stats = merge(self.stats, jax.device_get(self._fn(x, y, valid, *self.ref)))
 
   def result(self) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""Helper for tests/test_multihost.py: correlation on the demo model in one of N processes
+(jax.distributed on localhost, CPU, gloo collectives). Process 0 writes r and n to an .npz.
+
+  python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+"""
+
+import sys
+
+import jax
+
+
+def main(pid: int, nproc: int, port: str, out: str) -> None:
+  if nproc > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
+  import numpy as np
+
+  import jaxskill
+  from jaxskill import data as data_lib
+  from jaxskill import discover
+  from jaxskill.tasks import arithmetic_verification
+  from jaxskill.train import make_mesh
+
+  model, params = jaxskill.load_model("demo")
+  tok = jaxskill.load_tokenizer("demo")
+  task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=44, n_dev=0,
+                                 n_test=0, seed=0)
+  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
+                            max_length=40)
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  r, st = discover.correlate(
+      model, params, prompt, encoded, kind="classification",
+      verbalizer=data_lib.verbalizer_ids(tok, task.verbalizer), sites=("prompt", "last_input"),
+      prompt_length=4, names=("correct", "confidence", "meta_last_digit_only"),
+      mesh=make_mesh(0), batch_size=8)
+  assert jax.device_count() == 4, jax.devices()
+  if jax.process_index() == 0:
+    np.savez(out, r=r, n=st["n"])
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -1,0 +1,42 @@
+"""Two processes under jax.distributed (localhost, CPU) give the correlations of one process."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parent / "multihost_correlate.py"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices):
+  return {**os.environ, "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def test_two_processes_equal_one(tmp_path):
+  one = tmp_path / "one.npz"
+  single = subprocess.run([sys.executable, str(SCRIPT), "0", "1", "0", str(one)], env=_env(4),
+                          capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  two = tmp_path / "two.npz"
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(i), "2", port, str(two)],
+                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  a, b = np.load(one), np.load(two)
+  np.testing.assert_array_equal(a["n"], b["n"])
+  assert a["n"][0] == 44
+  assert np.isfinite(a["r"]).mean() > 0.5
+  np.testing.assert_allclose(b["r"], a["r"], atol=1e-5, rtol=0)
