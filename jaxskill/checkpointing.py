@@ -38,24 +38,35 @@ def abstract_like(state):
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target):
-  """(step, state) of the newest checkpoint that restores, or None if there is none at all."""
+  """(step, state) of the newest checkpoint that restores, or None if there is none at all.
+
+  Newer checkpoints that do not restore are moved aside (`unreadable-<step>-<time>`) only once
+  an older one has restored; if none restores, everything stays in place and this raises, as it
+  does while an earlier run's unreadable checkpoints are the only ones left.
+  """
+  directory = Path(mngr.directory)
   steps = sorted(mngr.all_steps(), reverse=True)
   failures = []
   for step in steps:
     try:
       state = mngr.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back to an older one
-      failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-      # Kept for inspection, but out of the way: the resumed run will save this step again.
-      aside = Path(mngr.directory) / f"unreadable-{step}-{int(time.time())}"
-      (Path(mngr.directory) / str(step)).rename(aside)
-      log.warning("checkpoint at step %d in %s cannot be restored (%s); moved it to %s and "
-                  "trying an older one", step, mngr.directory, failures[-1], aside.name)
-      mngr.reload()
+    except MemoryError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try an older one
+      failures.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+      log.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one",
+                  step, directory, failures[-1][1])
       continue
+    for bad, _ in failures:  # kept for inspection, out of the way of the steps to be saved again
+      aside = directory / f"unreadable-{bad}-{int(time.time())}"
+      (directory / str(bad)).rename(aside)
+      log.warning("moved the unreadable checkpoint of step %d to %s", bad, aside.name)
+    if failures:
+      mngr.reload()
     return step, state
-  if steps:
+  if steps or list(directory.glob("unreadable-*")):
+    detail = "; ".join(f"step {s}: {msg}" for s, msg in failures) or "only unreadable-* left"
     raise CheckpointRestoreError(
-        f"{mngr.directory}: no checkpoint could be restored; refusing to restart from zero. "
-        f"Move the directory away to start over. Failures: {'; '.join(failures)}")
+        f"{directory}: no checkpoint could be restored; refusing to restart from zero. "
+        f"Move the directory away to start over. ({detail})")
   return None

@@ -83,8 +83,10 @@ def cmd_train(args) -> int:
   config = load_config(args.config, args.overrides)
   summary = train(config, progress=not args.no_progress)
   print(f"run dir: {config.run_dir}")
-  print(f"best dev accuracy: {summary['best_dev_accuracy']:.4f} (steps {summary['steps']}, "
-        f"resumed from {summary['resumed_from']}, truncated inputs: {summary['truncated']})")
+  best = summary["best_dev_accuracy"]
+  print(f"best dev accuracy: {'no dev split' if best is None else f'{best:.4f}'} (steps "
+        f"{summary['steps']}, resumed from {summary['resumed_from']}, truncated inputs: "
+        f"{summary['truncated']})")
   return 0
 
 

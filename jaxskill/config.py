@@ -27,6 +27,14 @@ class ModelConfig:
   remat: bool = False
 
 
+def _check(section, **conditions) -> None:
+  """Raises for the first false condition, naming the field and its value:
+  `_check(self, length=self.length >= 1)`."""
+  for name, ok in conditions.items():
+    if not ok:
+      raise ValueError(f"{name}={getattr(section, name)!r} is out of range")
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
   length: int = 8  # P, the number of soft-prompt vectors
@@ -35,12 +43,20 @@ class PromptConfig:
   init_text: str = ""  # for init=text: tokenized, repeated or cut to `length`
   placement: str = "infix"  # infix: [input][prompt][answer]; prefix: [prompt][input][answer]
 
+  def __post_init__(self):
+    _check(self, length=self.length >= 1, init_std=self.init_std > 0)
+    if self.init == "text" and not self.init_text:
+      raise ValueError("init=text needs a non-empty init_text")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   max_length: int = 64  # tokens per sequence: input + prompt + answer, padded to this
   truncation: str = "left"  # inputs too long lose tokens on the left | right | error
   append_eos: bool = True  # generation: the target ends with EOS so the model learns to stop
+
+  def __post_init__(self):
+    _check(self, max_length=self.max_length >= 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +79,16 @@ class TrainConfig:
   seed: int = 0
   data_parallel: int = 0  # devices on the mesh's data axis; 0 = all
 
+  def __post_init__(self):
+    import math
+    _check(self, steps=self.steps >= 1, batch_size=self.batch_size >= 1,
+           lr=math.isfinite(self.lr) and self.lr > 0, b1=0 <= self.b1 < 1, b2=0 <= self.b2 < 1,
+           eps=self.eps > 0, weight_decay=self.weight_decay >= 0,
+           warmup_steps=0 <= self.warmup_steps, clip_norm=self.clip_norm >= 0,
+           eval_every=self.eval_every >= 1, log_every=self.log_every >= 1,
+           checkpoint_every=self.checkpoint_every >= 1, max_to_keep=self.max_to_keep >= 1,
+           data_parallel=self.data_parallel >= 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class FindConfig:
@@ -76,6 +102,11 @@ class FindConfig:
   threshold: float = 0.5  # |r| above which a neuron counts as a skill neuron in summary.json
   seeds: tuple[int, ...] = ()  # train one prompt per seed and average; () = train.seed only
   checkpoint_every: int = 50  # batches between checkpoints of the running statistics
+
+  def __post_init__(self):
+    _check(self, batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
+           top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
+           checkpoint_every=self.checkpoint_every >= 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +135,7 @@ _CHOICES = {
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
+  """`value` (from YAML, or a raw command-line string) as type `tp`, or a RunConfigError."""
   origin = typing.get_origin(tp)
   if origin in (typing.Union, types.UnionType):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -112,38 +144,51 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return _coerce(value, args[0], where)
   if origin is tuple:
     (item, *_) = typing.get_args(tp)
-    if isinstance(value, str):
-      value = [v for v in value.split(",") if v != ""]
-    if isinstance(value, (int, float)):
-      value = [value]  # `task.digits=2` on the command line means (2,)
+    if isinstance(value, str):  # "1,2" or "[1, 2]" on the command line
+      text = value.strip()
+      if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+      value = [v.strip() for v in text.split(",") if v.strip() != ""]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      value = [value]
     if not isinstance(value, (list, tuple)):
       raise RunConfigError(f"{where}: expected a list, got {value!r}")
     return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
   if tp is bool:
     if isinstance(value, bool):
       return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-      return value.lower() in ("true", "1", "yes")
+    if isinstance(value, str) and value.lower() in _BOOLS:
+      return _BOOLS[value.lower()]
     raise RunConfigError(f"{where}: expected true or false, got {value!r}")
   if tp is int:
-    if isinstance(value, bool):
-      raise RunConfigError(f"{where}: expected an integer, got {value!r}")
     try:
-      if isinstance(value, float) and not value.is_integer():
+      if isinstance(value, bool):
         raise ValueError
-      return int(value)
+      number = float(value) if isinstance(value, str) else value
+      if isinstance(number, float) and not number.is_integer():
+        raise ValueError
+      return int(number)
     except (TypeError, ValueError):
       raise RunConfigError(f"{where}: expected an integer, got {value!r}") from None
   if tp is float:
     try:
+      if isinstance(value, bool):
+        raise ValueError
       return float(value)  # also "1e-3", which YAML 1.1 reads as a string
     except (TypeError, ValueError):
       raise RunConfigError(f"{where}: expected a number, got {value!r}") from None
   if tp is str:
+    if isinstance(value, bool) or value is None:
+      # YAML 1.1 turns yes/no/on/off/null into booleans and None: never a silent "True".
+      raise RunConfigError(f"{where}: expected a string, got {value!r}; quote it in YAML")
     if isinstance(value, (dict, list)):
       raise RunConfigError(f"{where}: expected a string, got {value!r}")
     return str(value)
   raise RunConfigError(f"{where}: unsupported type {tp}")
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False,
+          "on": True, "off": False}
 
 
 def _build(cls, data: dict, where: str):
@@ -159,7 +204,7 @@ def _build(cls, data: dict, where: str):
     key = f"{where}.{name}" if where else name
     tp = hints[name]
     if dataclasses.is_dataclass(tp):
-      kwargs[name] = _build(tp, value or {}, key)
+      kwargs[name] = _build(tp, {} if value is None else value, key)
     else:
       kwargs[name] = _coerce(value, tp, key)
       section = where.rsplit(".", 1)[-1]
@@ -183,7 +228,7 @@ def parse_overrides(overrides: list[str]) -> dict:
     if key in seen:
       raise RunConfigError(f"override {key!r} given twice")
     seen.add(key)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = raw  # kept as typed: each field's type decides how to read it (no YAML guessing)
     parts = key.split(".")
     node = nested
     for part in parts[:-1]:

@@ -190,7 +190,8 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
            for k in new[s] if old[s].get(k) != new[s][k]]
   diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
             if not isinstance(new[k], dict) and old[k] != new[k]]
-  diffs = [d for d in diffs if not d.startswith("find.")]  # later stages: not training's concern
+  # Later stages are not training's concern; out_dir and name are what found this directory.
+  diffs = [d for d in diffs if not d.startswith(("find.", "out_dir:", "name:"))]
   extend = [d for d in diffs if d.split(":")[0] in _RESUMABLE_CHANGES]
   diffs = [d for d in diffs if d not in extend]
   if extend and not diffs:
@@ -217,10 +218,20 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-  """Drops log lines past the restored step: they will be written again, identically."""
-  if path.exists():
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+  """Drops log lines past the restored step (all of them for a fresh start): they will be
+  written again, identically. A line cut short by a crash is dropped too."""
+  if not path.exists():
+    return
+  keep = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      log.warning("%s: dropping an incomplete line %r", path, line[:80])
+      continue
+    if step > 0 and record["step"] <= step:
+      keep.append(line)
+  path.write_text("".join(line + "\n" for line in keep))
 
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
@@ -256,58 +267,66 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
 
   ckpt = checkpointing.manager(run_dir / "checkpoints", max_to_keep=cfg.max_to_keep,
                                async_save=cfg.async_checkpoint)
-  restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
-  start = 0
-  if restored is not None:
-    start, state = restored
-    log.info("resuming %s from step %d", run_dir, start)
-  log_path = run_dir / "metrics.jsonl"
-  _truncate_log(log_path, start)
+  try:
+    restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
+    start = 0
+    if restored is not None:
+      start, state = restored
+      if start > cfg.steps:
+        raise RunConfigError(f"{run_dir}: checkpoints reach step {start}, beyond train.steps="
+                             f"{cfg.steps}; ask for at least {start} steps or another run name")
+      log.info("resuming %s from step %d", run_dir, start)
+    log_path = run_dir / "metrics.jsonl"
+    _truncate_log(log_path, start)
 
-  step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
-                    in_shardings=(replicated, replicated, sharded),
-                    out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, **statics),
-                    in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
-  arrays = setup.train.arrays()
-  n_train = len(setup.train)
-  bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",
-             dynamic_ncols=True)
-  t0 = time.perf_counter()
-  if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
-    dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
-    _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
-  for step in range(start, cfg.steps):
-    batch = data_lib.take(arrays, data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed))
-    state, metrics = step_fn(state, params, put(batch))
-    done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.steps:
-      record = {"step": done, "split": "train",
-                **{k: float(v) for k, v in metrics.items()}}
-      _append_jsonl(log_path, record)
-      bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-    if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+    step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
+                      in_shardings=(replicated, replicated, sharded),
+                      out_shardings=(replicated, replicated))
+    eval_fn = jax.jit(functools.partial(eval_step, **statics),
+                      in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+    arrays = setup.train.arrays()
+    n_train = len(setup.train)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
       dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
-      _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
-      if dev["accuracy"] > float(state["best_dev"]):
-        state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
-                     best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
-      bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
-    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-      checkpointing.save(ckpt, done, state)
-    bar.update(1)
-  bar.close()
-  ckpt.wait_until_finished()
-  ckpt.close()
+      _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
+    for step in range(start, cfg.steps):
+      idx = data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed)
+      batch = data_lib.take(arrays, idx)
+      state, metrics = step_fn(state, params, put(batch))
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.steps:
+        record = {"step": done, "split": "train",
+                  **{k: float(v) for k, v in metrics.items()}}
+        _append_jsonl(log_path, record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+      if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+        dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
+        _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
+        if dev["accuracy"] > float(state["best_dev"]):
+          state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
+                       best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
+        bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
+      if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        checkpointing.save(ckpt, done, state)
+      bar.update(1)
+    bar.close()
+    ckpt.wait_until_finished()
+  finally:
+    ckpt.close()  # also on errors: no orbax thread left behind
 
   final = np.asarray(state["prompt"]["embeddings"])
-  best = np.asarray(state["best_prompt"]["embeddings"]) if float(state["best_dev"]) >= 0 else final
+  has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
+  best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
   np.save(run_dir / "prompt_final.npy", final)
   np.save(run_dir / "prompt_best.npy", best)
   dev_log = [json.loads(line) for line in log_path.read_text().splitlines()]
   dev_at_init = [r["accuracy"] for r in dev_log if r["split"] == "dev" and r["step"] == 0]
   summary = {
-      "steps": cfg.steps, "resumed_from": start, "best_dev_accuracy": float(state["best_dev"]),
+      "steps": cfg.steps, "resumed_from": start,
+      "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
       "dev_accuracy_at_init": dev_at_init[0] if dev_at_init else None,
       "n_train": n_train, "n_dev": len(setup.dev) if setup.dev is not None else 0,
       "truncated": {"train": setup.train.n_truncated,

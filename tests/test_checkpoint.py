@@ -740,3 +740,18 @@ def test_published_qwen15_config_parses_to_preset():
                 "tie_word_embeddings"):
     assert getattr(config, field) == getattr(preset, field), field
   assert config.num_neurons == 24 * 2816
+
+
+def test_malformed_safetensors_header_is_refused(tmp_path):
+  path = tmp_path / "bad.safetensors"
+  for header in (b'{"w": {"dtype": "F32", "shape": [1]}}', b'[1, 2]'):
+    blob = header + b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 8)
+    with pytest.raises(CheckpointError, match=str(path)):
+      read_safetensors(path)
+
+
+def test_directory_without_tokenizer_files_is_refused(hf_checkpoint):
+  _, path = hf_checkpoint(**UNTIED)
+  with pytest.raises(CheckpointError, match="no tokenizer files"):
+    jaxskill.load_tokenizer(path)

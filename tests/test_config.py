@@ -35,7 +35,13 @@ def test_dump_and_reload_round_trip(tmp_path):
     ("train.lrr=1", "train: unknown key(s) ['lrr']"),
     ("trian.lr=1", "unknown key(s) ['trian']"),
     ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
-    ("train.steps=1.5", "train.steps: expected an integer, got 1.5"),
+    ("train.steps=1.5", "train.steps: expected an integer, got '1.5'"),
+    ("train.eval_every=0", "train: eval_every=0 is out of range"),
+    ("train.lr=nan", "train: lr=nan is out of range"),
+    ("prompt.length=-2", "prompt: length=-2 is out of range"),
+    ("train.max_to_keep=0", "train: max_to_keep=0 is out of range"),
+    ("prompt.init=text", "init=text needs a non-empty init_text"),
+    ("train={steps: 7}", "train: expected a mapping"),
     ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
     ("model.remat=maybe", "model.remat: expected true or false, got 'maybe'"),
     ("prompt.placement=suffix", "prompt.placement: must be one of ['infix', 'prefix'], got 'suffix'"),
@@ -84,3 +90,20 @@ def test_demo_verify_config_trains(tmp_path):
   assert load_config(config.run_dir / "config.yaml") == config
   log = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log if r["split"] == "dev"] == [0, 3]
+
+
+def test_strings_are_taken_as_typed():
+  """No YAML guessing on the command line: on, null, 0123 and yes/no stay strings."""
+  cfg = load_config(None, ["name=on", "model.path=null", "out_dir=0123",
+                           "task.labels=yes,no", "prompt.init_text=Answer: yes"])
+  assert (cfg.name, cfg.model.path, cfg.out_dir) == ("on", "null", "0123")
+  assert cfg.task.labels == ("yes", "no") and cfg.prompt.init_text == "Answer: yes"
+  assert load_config(None, ["task.digits=[1, 2]"]).task.digits == (1, 2)
+
+
+def test_yaml_booleans_for_strings_are_refused(tmp_path):
+  path = _write(tmp_path, "task:\n  labels: [yes, no]\n")
+  with pytest.raises(RunConfigError, match=r"task.labels\[0\]: expected a string, got True; quote"):
+    load_config(path)
+  path = _write(tmp_path, "task:\n  labels: ['yes', 'no']\n")
+  assert load_config(path).task.labels == ("yes", "no")

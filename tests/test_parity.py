@@ -200,3 +200,16 @@ def test_prefill_then_rest_equals_one_pass(hf_checkpoint, case):
                                   past=cache))
     valid = np.asarray(mask[:, s0:]).astype(bool)
     np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=2e-5, rtol=0)
+
+
+def test_greedy_generate_right_padding_equals_left(hf_checkpoint):
+  _, path = hf_checkpoint(**CASES["gqa3_untied"])
+  model, params = jaxskill.load_model(path)
+  ids = _batch(11, b=1, t=5)
+  left = np.concatenate([np.zeros((1, 3), ids.dtype), ids], 1)
+  right = np.concatenate([ids, np.zeros((1, 3), ids.dtype)], 1)
+  mask_left = np.concatenate([np.zeros((1, 3)), np.ones((1, 5))], 1).astype(np.int32)
+  mask_right = mask_left[:, ::-1].copy()
+  a = jaxskill.greedy_generate(model, params, jnp.asarray(left), jnp.asarray(mask_left), 6)
+  b = jaxskill.greedy_generate(model, params, jnp.asarray(right), jnp.asarray(mask_right), 6)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -223,3 +223,38 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
   np.testing.assert_allclose(np.asarray(g_split["embeddings"]), np.asarray(g_full["embeddings"]),
                              atol=1e-5, rtol=1e-4)
   assert np.abs(np.asarray(g_full["embeddings"])).max() > 1e-4
+
+
+def test_all_checkpoints_unreadable_refuses_every_time(data_file, tmp_path, capsys):
+  args = [str(REPO / "configs" / "base.yaml"),
+          *_overrides(data_file, tmp_path, "allbad", **{"train.steps": 20})]
+  assert cli.main(["train", "--no-progress", *args]) == 0
+  for f in (tmp_path / "allbad" / "checkpoints").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  for _ in range(2):  # the second re-run must not find an empty directory and start over
+    assert cli.main(["train", "--no-progress", *args]) == 2
+    assert "refusing to restart from zero" in capsys.readouterr().err
+
+
+def test_no_dev_split_and_too_few_steps(data_file, tmp_path):
+  from jaxskill.config import RunConfigError
+  base = {"task.n_dev": 0, "train.steps": 4, "train.checkpoint_every": 2}
+  summary = train(load_config(None, _overrides(data_file, tmp_path, "nodev", **base)),
+                  progress=False)
+  assert summary["best_dev_accuracy"] is None and summary["n_dev"] == 0
+  fewer = load_config(None, _overrides(data_file, tmp_path, "nodev", **{**base,
+                                                                        "train.steps": 2}))
+  with pytest.raises(RunConfigError, match="checkpoints reach step 4, beyond train.steps=2"):
+    train(fewer, progress=False)
+
+
+def test_log_truncation(tmp_path):
+  from jaxskill.train import _truncate_log
+  path = tmp_path / "m.jsonl"
+  lines = [json.dumps({"step": s, "split": "dev"}) for s in (0, 5, 10)]
+  path.write_text("\n".join(lines) + '\n{"step": 15, "spl')  # the last line cut by a crash
+  _truncate_log(path, 5)
+  assert path.read_text().splitlines() == lines[:2]
+  _truncate_log(path, 0)  # a fresh start keeps nothing: step 0 is evaluated again
+  assert path.read_text() == ""

@@ -64,9 +64,14 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
   size = path.stat().st_size
   base = 8 + n
   out = {}
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: safetensors header is not a JSON object")
   for name, info in header.items():
     if name == "__metadata__":
       continue
+    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+      raise CheckpointError(f"{path}: tensor '{name}' header entry {info!r} lacks dtype, shape "
+                            "or data_offsets")
     dtype = _ST_DTYPES.get(info.get("dtype"))
     if dtype is None:
       raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {info.get('dtype')!r}")
@@ -363,4 +368,10 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
 def load_tokenizer(path: str | os.PathLike):
   """The `transformers.AutoTokenizer` saved beside the weights."""
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(str(resolve_model_dir(path)))
+  model_dir = resolve_model_dir(path)
+  # transformers builds an empty tokenizer from config.json alone; refuse that instead.
+  if not ((model_dir / "tokenizer.json").exists()
+          or ((model_dir / "vocab.json").exists() and (model_dir / "merges.txt").exists())):
+    raise CheckpointError(f"{model_dir}: no tokenizer files (tokenizer.json, or vocab.json and "
+                          "merges.txt); copy them from the original checkpoint")
+  return AutoTokenizer.from_pretrained(str(model_dir))

@@ -17,10 +17,11 @@ from jaxskill.model.modules import Qwen2LM
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def greedy_generate(model: Qwen2LM, params, input_ids: jax.Array, attention_mask: jax.Array,
                     max_new_tokens: int, eos_token_id: int = -1, pad_token_id: int = 0):
-  """Appends `max_new_tokens` greedy tokens to left-padded prompts.
+  """Appends `max_new_tokens` greedy tokens to padded prompts.
 
   Args:
-    input_ids, attention_mask: int `[b, t]`, left padded (real tokens end at the last column).
+    input_ids, attention_mask: int `[b, t]`, padded on the left or the right (new tokens go after
+      column t - 1 either way; masked pads in between are skipped by the positions).
     eos_token_id: a row that emits it gets `pad_token_id` afterwards (-1: never stop).
   Returns: int `[b, max_new_tokens]`, the new tokens only.
   """
@@ -30,11 +31,14 @@ def greedy_generate(model: Qwen2LM, params, input_ids: jax.Array, attention_mask
   mask = jnp.concatenate([attention_mask.astype(jnp.int32),
                           jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
 
+  # The first token follows each row's last real token (not column t - 1 if right padded).
+  last_real = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=1)
+
   def step(i, carry):
     ids, mask, done = carry
     cur = t + i
-    logits = model.apply({"params": params}, ids, attention_mask=mask,
-                         logits_positions=jnp.full((b, 1), cur - 1))
+    read = jnp.where(i == 0, last_real, cur - 1)[:, None]
+    logits = model.apply({"params": params}, ids, attention_mask=mask, logits_positions=read)
     token = jnp.argmax(logits[:, 0], axis=-1).astype(ids.dtype)
     token = jnp.where(done, pad_token_id, token)
     done = done | (token == eos_token_id)
