@@ -4,7 +4,7 @@ Sufficient statistics are kept per (metric, feature) so that examples whose metr
 of that metric only. Numerics, for data that never has to fit in memory:
   * every value is first shifted by a reference taken from the data (the first batch), so that
     `x - ref` is exact in float32 even for activations like 1e4 +- 1e-2 (Sterbenz);
-  * within a batch, centred sums are computed two-pass on the device;
+  * within a batch, sums are taken around the batch's mean (two passes) on the device;
   * across the devices of a mesh, per-device centred sums are combined exactly with `psum`
     (sum of counts, sums, and the Chan correction terms);
   * across batches, the host merges in float64 with Chan et al.'s parallel formulas.
@@ -30,35 +30,35 @@ def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict
 
   Returns {"n": [m], "mean_x": [m, f], "mean_y": [m], "m2_x": [m, f], "m2_y": [m],
   "c_xy": [m, f]}, in shifted coordinates (x - ref_x, y - ref_y), float32.
+
+  Values are centred on the batch's own mean (over all valid rows, for x; over each metric's
+  rows, for y), so the sums below are of small, well-conditioned numbers; each metric's own
+  mean then differs from that centre only through its NaN rows, and the textbook correction
+  `S2 - S1^2 / n` loses nothing. Everything per metric is a [m, n] x [n, f] matmul.
   """
+  psum = (lambda v: jax.lax.psum(v, axis_name)) if axis_name is not None else (lambda v: v)
+  dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32 / bf16
   x = x.astype(jnp.float32) - ref_x.astype(jnp.float32)  # [n, f]
   y = y.astype(jnp.float32) - ref_y.astype(jnp.float32)  # [n, m]
-  w = (valid[:, None] > 0) & ~jnp.isnan(y)  # [n, m]: this example counts for this metric
-  y = jnp.where(w, y, 0.0)
+  rows = valid > 0  # [n]
+  w = rows[:, None] & ~jnp.isnan(y)  # [n, m]: this example counts for this metric
   wf = w.astype(jnp.float32)
-  n = wf.sum(0)  # [m]
-  sum_x = wf.T @ x  # [m, f]
-  sum_y = y.sum(0)  # [m]
-  if axis_name is not None:
-    n_all, sum_x_all, sum_y_all = jax.lax.psum((n, sum_x, sum_y), axis_name)
-  else:
-    n_all, sum_x_all, sum_y_all = n, sum_x, sum_y
-  safe = jnp.maximum(n_all, 1.0)
-  mean_x = sum_x_all / safe[:, None]  # [m, f], the global mean: every device centres on it
-  mean_y = sum_y_all / safe
-
-  def centred(args):
-    # One metric at a time: [n, f] work, never [n, m, f] memory.
-    w_m, y_m, mx_m, my_m = args
-    dx = jnp.where(w_m[:, None], x - mx_m, 0.0)
-    dy = jnp.where(w_m, y_m - my_m, 0.0)
-    return (dx * dx).sum(0), dy @ dy, dy @ dx
-
-  m2_x, m2_y, c_xy = jax.lax.map(centred, (w.T, y.T, mean_x, mean_y))
-  if axis_name is not None:
-    m2_x, m2_y, c_xy = jax.lax.psum((m2_x, m2_y, c_xy), axis_name)
-  return {"n": n_all, "mean_x": mean_x, "mean_y": mean_y, "m2_x": m2_x, "m2_y": m2_y,
-          "c_xy": c_xy}
+  n_rows, sum_rows, n, sum_y = psum((rows.sum().astype(jnp.float32),
+                                     jnp.where(rows[:, None], x, 0.0).sum(0), wf.sum(0),
+                                     jnp.where(w, y, 0.0).sum(0)))
+  safe = jnp.maximum(n, 1.0)  # [m]
+  centre_x = sum_rows / jnp.maximum(n_rows, 1.0)  # [f], the same on every device
+  centre_y = sum_y / safe  # [m]
+  d = jnp.where(rows[:, None], x - centre_x, 0.0)  # [n, f]
+  dy = jnp.where(w, y - centre_y, 0.0)  # [n, m]
+  s1, s2, sxy, sy1, sy2 = psum((dot(wf.T, d), dot(wf.T, d * d), dot(dy.T, d), dy.sum(0),
+                                (dy * dy).sum(0)))
+  mean_dx = s1 / safe[:, None]  # [m, f]
+  mean_dy = sy1 / safe  # [m]
+  return {"n": n, "mean_x": centre_x + mean_dx, "mean_y": centre_y + mean_dy,
+          "m2_x": jnp.maximum(s2 - s1 * mean_dx, 0.0),
+          "m2_y": jnp.maximum(sy2 - sy1 * mean_dy, 0.0),
+          "c_xy": sxy - s1 * mean_dy[:, None]}
 
 
 def init(num_metrics: int, num_features: int) -> dict:

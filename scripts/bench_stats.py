@@ -1,0 +1,134 @@
+"""Discovery statistics: (1) their time on top of the capture forward pass, (2) peak memory as
+the number of examples grows tenfold (it must not grow: the data is streamed).
+
+  python scripts/bench_stats.py overhead [--preset qwen1.5-0.5b] [--batch 8] [--seq 64]
+  python scripts/bench_stats.py memory [--preset ...] [--examples 64]   # runs n and 10n
+
+Random weights and random token ids (no download); infix layout with an 8-vector prompt; sites
+prompt + last_input + answer; the 7 built-in metrics of a 2-label classification task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+import jaxskill
+from jaxskill import capture, discover, stats
+from jaxskill import data as data_lib
+from jaxskill.model.config import PRESETS
+from jaxskill.train import make_mesh
+from benchlib import run_info, time_calls
+
+PROMPT = 8
+SITES = ("prompt", "last_input", "answer")
+
+
+def synthetic(n, seq, vocab, seed=0) -> data_lib.Encoded:
+  rng = np.random.default_rng(seed)
+  width = seq - PROMPT
+  index = np.full((n, seq), -1, np.int32)
+  index[:, width:] = np.arange(PROMPT)
+  z = np.zeros((n, seq), np.int32)
+  col = lambda v: np.full(n, v, np.int32)  # noqa: E731
+  return data_lib.Encoded(
+      input_ids=rng.integers(0, vocab, (n, seq)).astype(np.int32), attention_mask=z + 1,
+      prompt_index=index, answer_pos=col(seq - 1), label=rng.integers(0, 2, n).astype(np.int32),
+      targets=z, loss_mask=z, input_end=col(width), prompt_start=col(width), metadata={},
+      n_truncated=0)
+
+
+def setup(preset):
+  config = PRESETS[preset]
+  model = jaxskill.Qwen2LM(config)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1),
+                                                   (PROMPT, config.hidden_size))}
+  return config, model, params, prompt
+
+
+def overhead(args):
+  config, model, params, prompt = setup(args.preset)
+  enc = synthetic(args.batch, args.seq, config.vocab_size)
+  batch = {k: jnp.asarray(v) for k, v in enc.arrays().items()}
+  batch["valid"] = jnp.ones(args.batch)
+  step = functools.partial(capture.capture_step, model=model, kind="classification",
+                           verbalizer=jnp.array([3, 5]), sites=SITES, prompt_length=PROMPT,
+                           metric_names=capture.BUILTIN_METRICS)
+  mesh = make_mesh(1)
+  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
+                           in_specs=(P("data"), P("data"), P("data"), P(), P()), out_specs=P())
+  forward = jax.jit(step)
+  acts, y = forward(prompt, params, batch)
+  f = int(np.prod(acts.shape[1:]))
+  ref_x, ref_y = jax.jit(stats.reference)(acts.reshape(args.batch, -1), y, batch["valid"])
+
+  @jax.jit
+  def fused(prompt, params, batch):
+    acts, y = step(prompt, params, batch)
+    return batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"], ref_x, ref_y)
+
+  jax.block_until_ready(fused(prompt, params, batch))
+  t_forward = time_calls(lambda: jax.block_until_ready(forward(prompt, params, batch)), args.iters)
+  t_fused = time_calls(lambda: jax.block_until_ready(fused(prompt, params, batch)), args.iters)
+  running = stats.init(len(capture.BUILTIN_METRICS), f)
+  got = jax.device_get(fused(prompt, params, batch))
+  t_merge = time_calls(lambda: stats.merge(running, got), args.iters)
+  result = dict(mode="overhead", preset=args.preset, batch=args.batch, seq=args.seq,
+                features=f, metrics=len(capture.BUILTIN_METRICS), forward_s=t_forward,
+                forward_plus_stats_s=t_fused, host_merge_s=t_merge,
+                overhead=(t_fused + t_merge - t_forward) / t_forward, **run_info())
+  print(json.dumps(result))
+  return result
+
+
+def memory_one(args):
+  config, model, params, prompt = setup(args.preset)
+  enc = synthetic(args.examples, args.seq, config.vocab_size)
+  t0 = time.perf_counter()
+  r, st = discover.correlate(model, params, prompt, enc, kind="classification",
+                             verbalizer=np.array([3, 5]), sites=SITES, prompt_length=PROMPT,
+                             names=capture.BUILTIN_METRICS, mesh=make_mesh(1),
+                             batch_size=args.batch)
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps(dict(examples=args.examples, peak_rss_mib=peak_mib,
+                        seconds=time.perf_counter() - t0, n=int(st["n"][0]))))
+
+
+def memory(args):
+  rows = []
+  for n in (args.examples, 10 * args.examples):
+    out = subprocess.run([sys.executable, __file__, "memory-one", "--preset", args.preset,
+                          "--batch", str(args.batch), "--seq", str(args.seq), "--examples",
+                          str(n)], capture_output=True, text=True, check=True)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  result = dict(mode="memory", preset=args.preset, batch=args.batch, seq=args.seq, runs=rows,
+                growth=rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"], **run_info())
+  print(json.dumps(result))
+  return result
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("mode", choices=["overhead", "memory", "memory-one"])
+  ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--seq", type=int, default=64)
+  ap.add_argument("--examples", type=int, default=64)
+  ap.add_argument("--iters", type=int, default=3)
+  args = ap.parse_args(argv)
+  return {"overhead": overhead, "memory": memory, "memory-one": memory_one}[args.mode](args)
+
+
+if __name__ == "__main__":
+  main()
