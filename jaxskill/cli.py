@@ -136,8 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
   return ap
 
 
+def _maybe_init_distributed() -> None:
+  """Multi-process runs: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID in the
+  environment start `jax.distributed` (on CPU with gloo collectives)."""
+  import os
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not address:
+    return
+  import jax
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    num, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+  except (KeyError, ValueError):
+    raise SystemExit("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must "
+                     "be set to integers too") from None
+  jax.distributed.initialize(address, num_processes=num, process_id=pid)
+
+
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  _maybe_init_distributed()
   from jaxskill.checkpointing import CheckpointRestoreError
   from jaxskill.config import RunConfigError
   from jaxskill.model import CheckpointError, ConfigError

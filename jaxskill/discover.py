@@ -6,6 +6,8 @@ Outputs in the run directory:
   neurons.csv       rank, layer, position, neuron, metric, r, n (top-K per metric by |r|, the
                     position being the one with the largest |r|)
   summary.json      sites, metrics, counts (NaN metric values excluded), selections, seed overlap
+  predictivity.npz  the 2022 baseline for binary classification: dev accuracy of
+                    `activation > train mean` per (layer, position, neuron), and |acc - 0.5|
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
               custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh, batch_size: int,
               ckpt_dir: Path | None = None, checkpoint_every: int = 0,
               progress: bool = False) -> tuple[np.ndarray, dict]:
-  """Streams `encoded` in batches; returns (r `[m, l, k, i]`, host float64 statistics)."""
+  """Streams `encoded` in batches; returns (r `[m, l, k, i]`, host float64 statistics with the
+  shift "ref_x", "ref_y": the mean activation is `mean_x + ref_x`)."""
   from tqdm.auto import tqdm
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   if batch_size % mesh.shape["data"]:
@@ -133,7 +136,42 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   if mngr is not None:
     mngr.wait_until_finished()
     mngr.close()
-  return stats.finalize(state["stats"]).reshape(len(names), *shape), state["stats"]
+  r = stats.finalize(state["stats"]).reshape(len(names), *shape)
+  return r, {**state["stats"], "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
+
+
+def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.ndarray, *,
+                 verbalizer, sites: tuple[str, ...], prompt_length: int, mesh: Mesh,
+                 batch_size: int) -> tuple[np.ndarray, int]:
+  """The 2022 method (Wang et al.): accuracy of `activation > train mean` as a predictor of the
+  binary label on `encoded` (the dev split), per feature. Returns (accuracy `[l, k, i]`, n)."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  step = functools.partial(capture.capture_step, model=model, kind="classification",
+                           verbalizer=jnp.asarray(verbalizer), sites=sites,
+                           prompt_length=prompt_length, metric_names=("label",))
+  counts_fn = jax.shard_map(functools.partial(stats.predictivity_counts, axis_name="data"),
+                            mesh=mesh, in_specs=(P("data"), P("data"), P("data"), P()),
+                            out_specs=P())
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def batch_counts(prompt, params, batch, baseline):
+    acts, _ = step(prompt, params, batch)
+    return counts_fn(acts.reshape(acts.shape[0], -1), batch["label"], batch["valid"], baseline)
+
+  prompt, params, baseline_dev = jax.device_put((prompt, params, jnp.asarray(baseline,
+                                                                             jnp.float32)),
+                                                replicated)
+  arrays = encoded.arrays()
+  correct, n = 0, 0
+  for i in range(-(-len(encoded) // batch_size)):
+    idx = np.arange(i * batch_size, (i + 1) * batch_size)
+    batch = data_lib.take(arrays, np.minimum(idx, len(encoded) - 1))
+    batch["valid"] = (idx < len(encoded)).astype(np.float32)
+    out = jax.device_get(batch_counts(prompt, params, jax.device_put(batch, sharded),
+                                      baseline_dev))
+    correct, n = correct + out["correct"].astype(np.int64), n + int(out["n"])
+  shape = jax.eval_shape(step, prompt, params, jax.device_put(batch, sharded))[0].shape[1:]
+  return (correct / max(n, 1)).reshape(shape), n
 
 
 # --- selection and aggregation ----------------------------------------------------------------
@@ -230,7 +268,7 @@ def find(config, *, progress: bool = True) -> dict:
                           train=dataclasses.replace(config.train, seed=seed)) for seed in seeds]
   custom = load_custom_metrics(fc.custom_metrics)
   setup = None
-  results = []
+  results, predictivity_summary = [], {}
   for run in runs:
     done = run.run_dir / "train_summary.json"
     if not done.exists() or json.loads(done.read_text())["steps"] != run.train.steps:
@@ -247,10 +285,27 @@ def find(config, *, progress: bool = True) -> dict:
                       batch_size=fc.batch_size, ckpt_dir=run.run_dir / "find_checkpoints",
                       checkpoint_every=fc.checkpoint_every, progress=progress)
     results.append((run, r, st["n"]))
+    if (setup.task.kind == "classification" and len(setup.task.verbalizer) == 2
+        and setup.dev is not None and fc.split == "train" and "label" in names):
+      # 2022 baseline: threshold = the train mean activation (from the statistics just taken)
+      j = names.index("label")
+      baseline = (st["mean_x"][j] + st["ref_x"]).astype(np.float32)
+      acc, n_dev = predictivity(setup.model, setup.params, prompt, setup.dev, baseline,
+                                verbalizer=setup.verbalizer, sites=fc.sites,
+                                prompt_length=run.prompt.length, mesh=mesh,
+                                batch_size=fc.batch_size)
+      if jax.process_index() == 0:
+        np.savez(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
+      predictivity_summary[run.name] = {
+          "n_dev": n_dev, "top_k": [list(x) for x in top_k(
+              neuron_scores(np.abs(acc - 0.5))[0], 10)],
+          "max_score": float(np.abs(acc - 0.5).max())}
   common = dict(n_examples=len(encoded), top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
                 threshold=fc.threshold)
   extra = {"split": fc.split, "examples": len(encoded), "sites": list(fc.sites),
-           "seeds": list(seeds)}
+           "seeds": list(seeds), "predictivity_2022": predictivity_summary or None}
+  if jax.process_index() != 0:  # every process holds the same statistics; one writes them
+    return {}
   if len(results) == 1:
     return write_outputs(config.run_dir, results[0][1], names, position_names, results[0][2],
                          **common, extra=extra)

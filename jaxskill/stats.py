@@ -61,6 +61,16 @@ def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict
           "c_xy": sxy - s1 * mean_dy[:, None]}
 
 
+def predictivity_counts(x, label, valid, baseline, axis_name: str | None = None) -> dict:
+  """The 2022 baseline's sufficient statistics for one batch: for every feature, how many valid
+  rows have `(x > baseline) == label` (binary label), and how many valid rows there are.
+  x `[n, f]`, label `[n]` in {0, 1}, baseline `[f]` (the train-split mean activation)."""
+  rows = (valid > 0).astype(jnp.int32)
+  hit = ((x.astype(jnp.float32) > baseline) == (label[:, None] > 0)).astype(jnp.int32)
+  out = {"correct": (hit * rows[:, None]).sum(0), "n": rows.sum()}
+  return jax.lax.psum(out, axis_name) if axis_name is not None else out
+
+
 def init(num_metrics: int, num_features: int) -> dict:
   """Empty running statistics, host float64."""
   z = functools.partial(np.zeros, dtype=np.float64)

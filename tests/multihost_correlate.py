@@ -1,7 +1,8 @@
-"""Helper for tests/test_multihost.py: correlation on the demo model in one of N processes
-(jax.distributed on localhost, CPU, gloo collectives). Process 0 writes r and n to an .npz.
+"""Helper for tests/test_multihost.py: discovery on the demo model in one of N processes
+(jax.distributed on localhost, CPU, gloo collectives). Process 0 writes the outputs
+(correlations.npz, neurons.csv, summary.json) into OUT_DIR.
 
-  python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+  python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
 """
 
 import sys
@@ -13,7 +14,6 @@ def main(pid: int, nproc: int, port: str, out: str) -> None:
   if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
-  import numpy as np
 
   import jaxskill
   from jaxskill import data as data_lib
@@ -35,7 +35,11 @@ def main(pid: int, nproc: int, port: str, out: str) -> None:
       mesh=make_mesh(0), batch_size=8)
   assert jax.device_count() == 4, jax.devices()
   if jax.process_index() == 0:
-    np.savez(out, r=r, n=st["n"])
+    from pathlib import Path
+    names = ("correct", "confidence", "meta_last_digit_only")
+    positions = [f"prompt{j}" for j in range(4)] + ["last_input"]
+    discover.write_outputs(Path(out), r, names, positions, st["n"], n_examples=len(encoded),
+                           top_k_n=10, top_p=0.01, threshold=0.5, extra={})
 
 
 if __name__ == "__main__":

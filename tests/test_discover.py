@@ -141,12 +141,16 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
       f"out_dir={tmp_path}", "name=f", "task.operations=plus", "task.digits=2",
       "task.n_train=40", "task.n_dev=8", "task.n_test=8", "train.steps=2", "train.eval_every=2",
       "data.max_length=40", "prompt.length=4", "find.batch_size=16",
-      "find.metrics=correct,confidence,meta_last_digit_only,half_nan",
+      "find.metrics=correct,confidence,meta_last_digit_only,half_nan,label",
       "find.custom_metrics=tests.custom_metrics:half_nan", "find.top_k=5"])
   summary = discover.find(config, progress=False)
   out = np.load(tmp_path / "f" / "correlations.npz")
   assert sorted(out.files) == sorted(["correct", "confidence", "meta_last_digit_only",
-                                      "half_nan"])
+                                      "half_nan", "label"])
+  pred = np.load(tmp_path / "f" / "predictivity.npz")
+  assert pred["accuracy"].shape == (4, 6, 256)
+  np.testing.assert_allclose(pred["score"], np.abs(pred["accuracy"] - 0.5))
+  assert summary["predictivity_2022"]["f"]["n_dev"] == 8
   assert out["correct"].shape == (4, 4 + 2, 256)  # layers, 4 prompt + last_input + answer
   # 40 examples in batches of 16: NaN for rows 0-7 of each batch, real rows only -> 8 + 8 + 8.
   assert summary["metrics"]["half_nan"]["nan_excluded"] == 24
@@ -178,3 +182,27 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
   np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-7)
   sets = [discover.top_k(discover.neuron_scores(x)[0], 20) for x in (a, b)]
   assert iou == pytest.approx(discover.iou(*sets))
+
+
+def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
+  model, params, encoded, verbalizer = planted
+  r, st = _correlate(planted, ("label",))
+  baseline = st["mean_x"][0] + st["ref_x"]
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  acc, n = discover.predictivity(model, params, prompt, encoded, baseline.astype(np.float32),
+                                 verbalizer=verbalizer, sites=("last_input",), prompt_length=4,
+                                 mesh=make_mesh(1), batch_size=16)
+  assert n == len(encoded) and acc.shape == (4, 1, 256)
+  # numpy reference from the captured activations themselves
+  acts, _ = capture.capture_step(prompt, params, {k: jnp.asarray(v) for k, v in
+                                                  encoded.arrays().items()},
+                                 model=model, kind="classification",
+                                 verbalizer=jnp.asarray(verbalizer), sites=("last_input",),
+                                 prompt_length=4, metric_names=("label",))
+  a = np.asarray(acts, np.float64).reshape(len(encoded), -1)
+  mean = a.mean(0)
+  np.testing.assert_allclose(baseline, mean, rtol=1e-5, atol=1e-5)
+  want = ((a > baseline.astype(np.float32)) == (encoded.label[:, None] > 0)).mean(0)
+  np.testing.assert_allclose(acc.reshape(-1), want, atol=1e-12)
+  score = np.abs(acc - 0.5)
+  assert discover.top_k(discover.neuron_scores(score[:, :, :])[0], 1)[0] == (0, PLANTED)

@@ -1,5 +1,6 @@
 """Two processes under jax.distributed (localhost, CPU) give the correlations of one process."""
 
+import json
 import os
 import socket
 import subprocess
@@ -23,11 +24,11 @@ def _env(devices):
 
 
 def test_two_processes_equal_one(tmp_path):
-  one = tmp_path / "one.npz"
+  one = tmp_path / "one"
   single = subprocess.run([sys.executable, str(SCRIPT), "0", "1", "0", str(one)], env=_env(4),
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
-  two = tmp_path / "two.npz"
+  two = tmp_path / "two"
   port = str(_free_port())
   procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(i), "2", port, str(two)],
                             env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -35,8 +36,11 @@ def test_two_processes_equal_one(tmp_path):
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
-  a, b = np.load(one), np.load(two)
-  np.testing.assert_array_equal(a["n"], b["n"])
-  assert a["n"][0] == 44
-  assert np.isfinite(a["r"]).mean() > 0.5
-  np.testing.assert_allclose(b["r"], a["r"], atol=1e-5, rtol=0)
+  a, b = np.load(one / "correlations.npz"), np.load(two / "correlations.npz")
+  assert sorted(a.files) == sorted(b.files) == ["confidence", "correct", "meta_last_digit_only"]
+  for name in a.files:
+    assert np.isfinite(a[name]).mean() > 0.5
+    np.testing.assert_allclose(b[name], a[name], atol=1e-5, rtol=0, err_msg=name)
+  sa = json.loads((one / "summary.json").read_text())
+  sb = json.loads((two / "summary.json").read_text())
+  assert sa["metrics"]["correct"]["n"] == sb["metrics"]["correct"]["n"] == 44
