@@ -206,3 +206,14 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
   np.testing.assert_allclose(acc.reshape(-1), want, atol=1e-12)
   score = np.abs(acc - 0.5)
   assert discover.top_k(discover.neuron_scores(score[:, :, :])[0], 1)[0] == (0, PLANTED)
+
+
+def test_undefined_r_is_never_ranked():
+  r = np.full((2, 3, 4), np.nan)  # [layers, positions, neurons]
+  r[0, 1, 2] = -0.9
+  r[1, 0, 3] = 0.2
+  r[1, 2, 3] = np.nan
+  scores, pos = discover.neuron_scores(r)
+  assert np.isnan(scores[0, 0]) and scores[0, 2] == pytest.approx(0.9) and pos[0, 2] == 1
+  assert discover.top_k(scores, 10) == [(0, 2), (1, 3)]
+  assert discover.top_p_per_layer(scores, 0.5) == [(0, 2), (1, 3)]
