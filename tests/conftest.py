@@ -5,7 +5,13 @@ import jax
 # Parity needs true float32 matmuls (GPUs default to TF32, TPUs to bf16 passes).
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import logging
+
 import pytest
+
+# Tests that corrupt checkpoints on purpose leave orbax's failed read futures behind; at exit asyncio
+# logs each as "exception was never retrieved" after pytest's summary. They are expected here.
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def make_hf_model(*, vocab=97, hidden=48, intermediate=80, layers=2, heads=6, kv_heads=6,
