@@ -130,7 +130,10 @@ def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prom
   if cfg.init == "random":
     return prompt_lib.init_random(key, cfg.length, embedding.shape[1], cfg.init_std)
   if cfg.init == "vocab":
-    return prompt_lib.init_from_vocab(key, embedding, cfg.length)
+    # Only rows of real tokens: checkpoints pad the table (Qwen1.5: 151936 rows, ~151646 tokens)
+    # with rows that were never trained.
+    return prompt_lib.init_from_vocab(key, embedding[:min(len(tokenizer), embedding.shape[0])],
+                                      cfg.length)
   ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
   return prompt_lib.init_from_text(ids, embedding, cfg.length)
 
@@ -292,6 +295,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
     if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
       dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
       _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
+      state = dict(state, best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
     for step in range(start, cfg.steps):
       idx = data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed)
       batch = data_lib.take(arrays, idx)

@@ -104,3 +104,18 @@ def test_batch_stream_is_a_sequence_of_permutations():
     assert sorted(stream[epoch * n:(epoch + 1) * n]) == list(range(n))
   assert not np.array_equal(stream[:n], stream[n:2 * n])
   np.testing.assert_array_equal(data_lib.batch_indices(n, b, 4, seed=5), stream[12:15])
+
+
+def test_vocab_init_skips_padding_rows_of_the_table():
+  from jaxskill.config import PromptConfig
+  from jaxskill.train import init_prompt
+
+  class FiveTokens:
+    def __len__(self):
+      return 5
+
+  table = jnp.arange(10 * 2, dtype=jnp.float32).reshape(10, 2)  # rows 5-9: padding
+  for seed in range(20):
+    p = init_prompt(PromptConfig(length=4), jax.random.PRNGKey(seed), table, FiveTokens())
+    rows = np.asarray(p["embeddings"])[:, 0] // 2
+    assert rows.max() < 5 and len(set(rows)) == 4
