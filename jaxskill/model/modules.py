@@ -121,16 +121,23 @@ class MLP(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, capture_positions: Array | None) -> Array:
+  def __call__(self, x: Array, capture_positions: Array | None,
+               edit: dict | None = None) -> Array:
     """x `[b, t, h]`; capture_positions int `[b, p]` or None -> `[b, t, h]`.
 
-    Sows the neuron activations `a[b, p, i]` gathered at capture_positions, so that what is
-    kept grows with p, not t. When `intermediates` is not mutable nothing is gathered.
+    edit: this layer's neuron intervention (see `jaxskill.interventions`), applied at every
+      position: `a <- a * keep + add + noise_std * N(0, 1)`, with `[i]` arrays and a PRNG key.
+    Sows the neuron activations `a[b, p, i]` (after any edit: what enters down_proj) gathered
+    at capture_positions, so that what is kept grows with p, not t. When `intermediates` is not
+    mutable nothing is gathered.
     """
     c = self.config
     dense = functools.partial(Linear, dtype=self.dtype, param_dtype=self.param_dtype)
     a = nn.silu(dense(c.intermediate_size, name="gate_proj")(x)) * dense(
         c.intermediate_size, name="up_proj")(x)  # [b, t, i]
+    if edit is not None:
+      noise = edit["noise_std"] * jax.random.normal(edit["key"], a.shape, jnp.float32)
+      a = (a * edit["keep"] + edit["add"] + noise).astype(a.dtype)
     if capture_positions is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", NEURONS,
                jnp.take_along_axis(a, capture_positions[:, :, None], axis=1))  # [b, p, i]
@@ -143,13 +150,14 @@ class DecoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, capture_positions, past):
+  def __call__(self, x, cos, sin, mask, capture_positions, past, edit):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(RMSNorm, c.rms_norm_eps, param_dtype=self.param_dtype)
     h, kv = Attention(c, **kw, name="self_attn")(norm(name="input_layernorm")(x), cos, sin, mask,
                                                  past)
     x = x + h
-    x = x + MLP(c, **kw, name="mlp")(norm(name="post_attention_layernorm")(x), capture_positions)
+    x = x + MLP(c, **kw, name="mlp")(norm(name="post_attention_layernorm")(x), capture_positions,
+                                     edit)
     return x, kv
 
 
@@ -179,7 +187,7 @@ class Qwen2LM(nn.Module):
         layer,
         variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 4 + (0,),
+        in_axes=(nn.broadcast,) * 4 + (0, 0),
         length=c.num_hidden_layers,
         unroll=self.scan_unroll,
     )(c, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -202,6 +210,7 @@ class Qwen2LM(nn.Module):
       capture_positions: Array | None = None,
       logits_positions: Array | None = None,
       past: dict | None = None,
+      neuron_edit: dict | None = None,
   ) -> Array:
     """Logits, float32.
 
@@ -216,9 +225,11 @@ class Qwen2LM(nn.Module):
         `[b, t, v]`, which skips most of the LM head when only a few positions matter.
       past: a cache from `prefill` of the tokens before these (same batch); then positions
         continue after the cached tokens and attention reaches them too.
+      neuron_edit: an intervention on the neurons, `[l, ...]` arrays from
+        `jaxskill.interventions.neuron_edit` (zero, mean or noise on chosen neurons).
     """
     x, _ = self._layers(input_ids, inputs_embeds, attention_mask, position_ids,
-                        capture_positions, past)
+                        capture_positions, past, neuron_edit)
     x = self.norm(x)
     if logits_positions is not None:
       x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
@@ -233,11 +244,11 @@ class Qwen2LM(nn.Module):
     """Runs the layers over a first segment and returns its cache for a later `__call__(past=)`:
     {"k", "v": `[l, b, s0, k, d]`, "mask": bool `[b, s0]`}. Used to run an input once without
     gradients and only the tokens after it with them."""
-    _, cache = self._layers(input_ids, inputs_embeds, attention_mask, None, None, None)
+    _, cache = self._layers(input_ids, inputs_embeds, attention_mask, None, None, None, None)
     return cache
 
   def _layers(self, input_ids, inputs_embeds, attention_mask, position_ids, capture_positions,
-              past):
+              past, neuron_edit):
     """Embedding and the decoder layers: (hidden `[b, t, h]`, cache including these tokens)."""
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -255,7 +266,7 @@ class Qwen2LM(nn.Module):
     mask = jnp.concatenate([jnp.broadcast_to(past_mask[:, None, :], (b, t, past_mask.shape[1])),
                             causal[None] & attention_mask[:, None, :]], axis=-1)  # [b, t, s]
     past_kv = None if past is None else (past["k"], past["v"])
-    x, (k, v) = self.layers(x, cos, sin, mask, capture_positions, past_kv)
+    x, (k, v) = self.layers(x, cos, sin, mask, capture_positions, past_kv, neuron_edit)
     if past is not None:
       k = jnp.concatenate([past["k"], k.astype(past["k"].dtype)], axis=2)
       v = jnp.concatenate([past["v"], v.astype(past["v"].dtype)], axis=2)

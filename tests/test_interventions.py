@@ -1,0 +1,87 @@
+"""Interventions against a reference: the same edit of `down_proj`'s input through a PyTorch
+forward pre-hook in HF transformers."""
+
+import numpy as np
+import pytest
+import torch
+import jax
+import jax.numpy as jnp
+
+import jaxskill
+from jaxskill.interventions import neuron_edit
+
+NEURONS = [(0, 3), (0, 17), (1, 40), (1, 79)]
+
+
+def _hf_with_edit(hf, ids, per_layer):
+  """per_layer: {layer: fn(input tensor) -> tensor} applied to down_proj's input."""
+  hooks = []
+  for layer, fn in per_layer.items():
+    hooks.append(hf.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
+        lambda mod, args, fn=fn: (fn(args[0]),)))
+  try:
+    with torch.no_grad():
+      return hf(torch.tensor(ids)).logits.numpy()
+  finally:
+    for h in hooks:
+      h.remove()
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_zero_and_mean_match_hf_hooks(hf_checkpoint, mode):
+  hf, path = hf_checkpoint(heads=6, kv_heads=2)
+  model, params = jaxskill.load_model(path)
+  c = model.config
+  ids = np.random.default_rng(0).integers(0, c.vocab_size, (2, 9))
+  mean = np.random.default_rng(1).standard_normal((c.num_hidden_layers,
+                                                    c.intermediate_size)).astype(np.float32)
+  edit = neuron_edit(c.num_hidden_layers, c.intermediate_size, NEURONS, mode, mean=mean)
+
+  def make(layer):
+    cols = [n for l, n in NEURONS if l == layer]
+
+    def fn(a):
+      a = a.clone()
+      a[..., cols] = 0.0 if mode == "zero" else torch.tensor(mean[layer, cols])
+      return a
+    return fn
+
+  want = _hf_with_edit(hf, ids, {0: make(0), 1: make(1)})
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(ids), neuron_edit=edit))
+  plain = np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert np.abs(got - plain).max() > 1e-3  # the edit changed something
+
+
+def test_noise_has_the_asked_spread_and_only_where_asked(hf_checkpoint):
+  _, path = hf_checkpoint(heads=6, kv_heads=2)
+  model, params = jaxskill.load_model(path)
+  c = model.config
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, c.vocab_size, (8, 64)))
+  pos = jnp.tile(jnp.arange(64), (8, 1))
+
+  def acts(edit):
+    _, v = model.apply({"params": params}, ids, capture_positions=pos, neuron_edit=edit,
+                       mutable=["intermediates"])
+    return np.asarray(jaxskill.neuron_activations(v))  # [b, l, p, i]
+
+  edit = neuron_edit(c.num_hidden_layers, c.intermediate_size, [(0, 5)], "noise", sigma=0.1,
+                     key=jax.random.PRNGKey(0))
+  clean = acts(None)
+  noisy = acts(edit)
+  delta = noisy - clean
+  # Layer 0's other neurons are untouched; neuron 5 moves by N(0, 0.1^2) at every position.
+  assert np.abs(np.delete(delta[:, 0], 5, axis=-1)).max() == 0.0
+  assert abs(delta[:, 0, :, 5].std() - 0.1) < 0.01 and abs(delta[:, 0, :, 5].mean()) < 0.01
+  np.testing.assert_array_equal(acts(edit), noisy)  # the key makes it reproducible
+
+
+def test_bad_edits_are_refused():
+  with pytest.raises(ValueError, match="outside"):
+    neuron_edit(2, 10, [(2, 0)], "zero")
+  with pytest.raises(ValueError, match="needs mean"):
+    neuron_edit(2, 10, [(0, 0)], "mean")
+  with pytest.raises(ValueError, match="needs a PRNG key"):
+    neuron_edit(2, 10, [(0, 0)], "noise")
+  with pytest.raises(ValueError, match="one of"):
+    neuron_edit(2, 10, [(0, 0)], "ablate")
