@@ -75,12 +75,17 @@ def cmd_export(args) -> int:
   return 0
 
 
-def cmd_train(args) -> int:
+def _run_config(args):
+  """The merged run config of a pipeline command, with INFO logging for the run."""
   import logging
   from jaxskill.config import load_config
-  from jaxskill.train import train
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  config = load_config(args.config, args.overrides)
+  return load_config(args.config, args.overrides)
+
+
+def cmd_train(args) -> int:
+  from jaxskill.train import train
+  config = _run_config(args)
   summary = train(config, progress=not args.no_progress)
   print(f"run dir: {config.run_dir}")
   best = summary["best_dev_accuracy"]
@@ -91,11 +96,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_find(args) -> int:
-  import logging
-  from jaxskill.config import load_config
   from jaxskill.discover import find
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  config = load_config(args.config, args.overrides)
+  config = _run_config(args)
   summary = find(config, progress=not args.no_progress)
   print(f"run dir: {config.run_dir}")
   for name, m in summary["metrics"].items():

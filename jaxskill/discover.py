@@ -161,16 +161,12 @@ def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.
   prompt, params, baseline_dev = jax.device_put((prompt, params, jnp.asarray(baseline,
                                                                              jnp.float32)),
                                                 replicated)
-  arrays = encoded.arrays()
   correct, n = 0, 0
-  for i in range(-(-len(encoded) // batch_size)):
-    idx = np.arange(i * batch_size, (i + 1) * batch_size)
-    batch = data_lib.take(arrays, np.minimum(idx, len(encoded) - 1))
-    batch["valid"] = (idx < len(encoded)).astype(np.float32)
-    out = jax.device_get(batch_counts(prompt, params, jax.device_put(batch, sharded),
-                                      baseline_dev))
+  for batch in data_lib.eval_batches(encoded, batch_size):
+    batch = jax.device_put(batch, sharded)
+    out = jax.device_get(batch_counts(prompt, params, batch, baseline_dev))
     correct, n = correct + out["correct"].astype(np.int64), n + int(out["n"])
-  shape = jax.eval_shape(step, prompt, params, jax.device_put(batch, sharded))[0].shape[1:]
+  shape = jax.eval_shape(step, prompt, params, batch)[0].shape[1:]
   return (correct / max(n, 1)).reshape(shape), n
 
 
