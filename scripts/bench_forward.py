@@ -14,7 +14,6 @@ HF forward that hook-based capture code usually runs).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -23,7 +22,7 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-from benchlib import run_info, time_calls, torch_model
+from benchlib import append_json, run_info, time_calls, torch_model
 
 
 def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
@@ -159,8 +158,7 @@ def main(argv=None):
     print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
     assert result["jaxskill"]["acts_shape"] == result["torch"]["acts_shape"]
   if args.json:
-    with open(args.json, "a") as f:
-      f.write(json.dumps(result) + "\n")
+    append_json(args.json, result)
   return result
 
 

@@ -14,7 +14,6 @@ jaxskill runs the input columns before the prompt once as a constant cache (its 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -25,7 +24,7 @@ import numpy as np
 import jaxskill
 from jaxskill.config import TrainConfig
 from jaxskill.model.config import PRESETS
-from benchlib import run_info, time_calls, torch_model
+from benchlib import append_json, run_info, time_calls, torch_model
 from jaxskill.train import make_optimizer, train_step
 
 
@@ -127,8 +126,7 @@ def main(argv=None):
           f"{result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
     print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
   if args.json:
-    with open(args.json, "a") as f:
-      f.write(json.dumps(result) + "\n")
+    append_json(args.json, result)
   return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -34,3 +35,9 @@ def torch_model(config, dtype: str = "float32", seed: int = 0):
 def run_info() -> dict:
   return dict(machine=f"{platform.machine()} {os.cpu_count()} cores", jax=jax.__version__,
               device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
+
+
+def append_json(path: str, result: dict) -> None:
+  """Appends one result as a JSON line (the runs kept for BENCHMARKS.md)."""
+  with open(path, "a") as f:
+    f.write(json.dumps(result) + "\n")
