@@ -1,4 +1,4 @@
-"""`jaxskill` command line: demo, convert, export, train, find."""
+"""`jaxskill` command line: demo, convert, export, train, find, verify, report, run."""
 
 from __future__ import annotations
 
@@ -107,6 +107,84 @@ def cmd_find(args) -> int:
   return 0
 
 
+def cmd_verify(args) -> int:
+  from jaxskill.verify import verify
+  config = _run_config(args)
+  results = verify(config, progress=not args.no_progress)
+  print(f"run dir: {config.run_dir}")
+  for line in verify_lines(results):
+    print(line)
+  return 0
+
+
+def verify_lines(results: dict) -> list[str]:
+  """The headline of verify.json: accuracy with the top-K perturbed against random-K."""
+  base = results["baseline"]["accuracy"]
+  k = str(results["k"])
+  lines = [f"{results['split']} accuracy without perturbation: {base:.4f} "
+           f"(n={results['n']})"]
+  for sel, per_sel in results["selections"].items():
+    for mode, per_k in per_sel["modes"].items():
+      row = per_k[k]
+      ratio = "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.1f}x"
+      lines.append(
+          f"  top-{k} by {sel}, {mode}: accuracy {row['top']['accuracy']:.4f} "
+          f"(drop {row['accuracy_drop']:+.4f}); random-{k} x{results['random_draws']}: drop "
+          f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}; "
+          f"ratio {ratio}")
+  return lines
+
+
+def cmd_report(args) -> int:
+  from jaxskill.report import report
+  try:
+    out = report(args.run_dir)
+  except FileNotFoundError as e:
+    print(f"jaxskill report: error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {out}")
+  return 0
+
+
+def _print_stage(stage: str, skip: bool) -> None:
+  print(f"== {stage}: {'done already, skipped' if skip else 'running'}", flush=True)
+
+
+def cmd_run(args) -> int:
+  from jaxskill.pipeline import run
+  config = _run_config(args)
+  run(config, progress=not args.no_progress, on_stage=_print_stage)
+  _print_results(config.run_dir)
+  return 0
+
+
+def _print_results(run_dir) -> None:
+  import json
+  import numpy as np
+  from jaxskill.report import last_digit_shortcut
+  print(f"run dir: {run_dir}")
+  train = json.loads((run_dir / "train_summary.json").read_text())
+  print(f"prompt training: dev accuracy {train['dev_accuracy_at_init']} at init -> "
+        f"{train['best_dev_accuracy']} best")
+  summary = json.loads((run_dir / "summary.json").read_text())
+  for name, m in summary["metrics"].items():
+    best = m["top_k"][0] if m["top_k"] else None
+    print(f"  {name:>34}: max|r| {m['max_abs_r']:.3f} at (layer, neuron) {best}, "
+          f"|r|>{summary['threshold']}: {m['above_threshold']}")
+  verify = json.loads((run_dir / "verify.json").read_text())
+  for line in verify_lines(verify):
+    print(line)
+  if (run_dir / "activations.npz").exists():
+    verdict = last_digit_shortcut(dict(np.load(run_dir / "activations.npz")))
+    if verdict is not None:
+      best = verdict["neurons"][0]
+      print(f"last-digit shortcut neuron? {verdict['answer']}: best candidate layer "
+            f"{best['layer']} neuron {best['neuron']} at {best['position']}: AUC correct vs "
+            f"last-digit-wrong {best['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
+            f"{best['auc_elsewhere_wrong']:.3f} ({verdict['criterion']})")
+  print(f"report: {run_dir / 'report.html'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
@@ -135,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("overrides", nargs="*")
   p.add_argument("--no-progress", action="store_true")
   p.set_defaults(func=cmd_find)
+  p = sub.add_parser("verify", help="perturb the neurons found: jaxskill verify CONFIG [k=v ...]")
+  p.add_argument("config")
+  p.add_argument("overrides", nargs="*")
+  p.add_argument("--no-progress", action="store_true")
+  p.set_defaults(func=cmd_verify)
+  p = sub.add_parser("report", help="figures and report.html of a run dir: jaxskill report DIR")
+  p.add_argument("run_dir")
+  p.set_defaults(func=cmd_report)
+  p = sub.add_parser("run", help="train, find, verify, report: jaxskill run CONFIG [k=v ...]")
+  p.add_argument("config")
+  p.add_argument("overrides", nargs="*")
+  p.add_argument("--no-progress", action="store_true")
+  p.set_defaults(func=cmd_run)
   return ap
 
 

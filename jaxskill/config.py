@@ -102,11 +102,34 @@ class FindConfig:
   threshold: float = 0.5  # |r| above which a neuron counts as a skill neuron in summary.json
   seeds: tuple[int, ...] = ()  # train one prompt per seed and average; () = train.seed only
   checkpoint_every: int = 50  # batches between checkpoints of the running statistics
+  report_neurons: int = 4  # per metric: activations on every example kept for the report
 
   def __post_init__(self):
     _check(self, batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
            top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
-           checkpoint_every=self.checkpoint_every >= 1)
+           checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+  selection: tuple[str, ...] = ()  # find metrics whose top neurons are perturbed; () = the task's
+  #                                  label (classification) or correct (generation)
+  split: str = "test"  # the examples the accuracy and metrics are measured on
+  modes: tuple[str, ...] = ("noise", "zero", "mean")  # see jaxskill.interventions
+  sigma: float = 0.1  # noise std (the 2022 default)
+  k: int = 10  # the headline number of perturbed neurons
+  k_list: tuple[int, ...] = (1, 5, 10, 50)  # dose-response: top-K and random-K for each K
+  random_draws: int = 5  # R random neuron sets, matched to the top-K per layer
+  group_by: tuple[str, ...] = ()  # metadata columns: accuracy per combination of their values
+  batch_size: int = 32
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self, sigma=self.sigma > 0, k=self.k >= 1,
+           k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
+           random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
+           modes=bool(self.modes) and all(m in ("noise", "zero", "mean") for m in self.modes),
+           split=self.split in ("train", "dev", "test"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +142,7 @@ class RunConfig:
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   find: FindConfig = FindConfig()
+  verify: VerifyConfig = VerifyConfig()
 
   @property
   def run_dir(self) -> Path:

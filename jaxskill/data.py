@@ -184,9 +184,11 @@ def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray
   return {k: v[idx] for k, v in arrays.items()}
 
 
-def eval_batches(encoded: Encoded, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows."""
-  arrays = encoded.arrays()
+def eval_batches(encoded: Encoded, batch_size: int,
+                 arrays: dict[str, np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows.
+  `arrays` replaces `encoded.arrays()` (e.g. with metadata columns added)."""
+  arrays = encoded.arrays() if arrays is None else arrays
   n = len(encoded)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)

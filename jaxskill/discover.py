@@ -170,6 +170,35 @@ def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.
   return (correct / max(n, 1)).reshape(shape), n
 
 
+def top_activations(model, params, prompt, encoded: data_lib.Encoded,
+                    features: list[tuple[int, int, int]], *, kind: str, verbalizer,
+                    sites: tuple[str, ...], prompt_length: int, names: tuple[str, ...],
+                    custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The activations of a few features (layer, position index, neuron) on every example of
+  `encoded`, with the metrics: (`[n, len(features)]`, `[n, len(names)]`), for the report's
+  distributions and top-activating examples."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  step = functools.partial(capture.capture_step, model=model, kind=kind,
+                           verbalizer=jnp.asarray(verbalizer), sites=sites,
+                           prompt_length=prompt_length, metric_names=names, custom=dict(custom))
+  layer, pos, neuron = (jnp.asarray([f[j] for f in features], jnp.int32) for j in range(3))
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def gather(prompt, params, batch):
+    acts, y = step(prompt, params, batch)
+    return acts[:, layer, pos, neuron], y
+
+  prompt, params = jax.device_put((prompt, params), replicated)
+  out_a, out_y = [], []
+  for batch in data_lib.eval_batches(encoded, batch_size, _arrays_with_metadata(encoded, names)):
+    valid = batch["valid"] > 0
+    a, y = jax.device_get(gather(prompt, params, jax.device_put(batch, sharded)))
+    out_a.append(np.asarray(a)[valid])
+    out_y.append(np.asarray(y)[valid])
+  return np.concatenate(out_a), np.concatenate(out_y)
+
+
 # --- selection and aggregation ----------------------------------------------------------------
 
 def neuron_scores(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +269,7 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
 
 # --- the stage ------------------------------------------------------------------------------
 
-def _encoded_split(setup, config, split: str) -> data_lib.Encoded:
+def encoded_split(setup, config, split: str) -> data_lib.Encoded:
   if split == "train":
     return setup.train
   if split == "dev" and setup.dev is not None:
@@ -252,16 +281,24 @@ def _encoded_split(setup, config, split: str) -> data_lib.Encoded:
       budget=data_lib.answer_budget(setup.task, setup.tokenizer, config.data.append_eos))
 
 
+def seed_runs(config) -> list:
+  """The run configs whose prompts are trained: `config` itself, or one per find.seeds entry
+  (run dirs `<name>-seed<seed>`; the aggregate goes to `config.run_dir`)."""
+  import dataclasses
+  if not config.find.seeds:
+    return [config]
+  return [dataclasses.replace(config, name=f"{config.name}-seed{seed}",
+                              train=dataclasses.replace(config.train, seed=seed))
+          for seed in config.find.seeds]
+
+
 def find(config, *, progress: bool = True) -> dict:
   """Trains the prompt(s) if needed, then correlates; returns the summary."""
-  import dataclasses
   from jaxskill.train import make_mesh, prepare, train
   fc = config.find
   position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   seeds = fc.seeds or (config.train.seed,)
-  runs = [config] if len(seeds) == 1 and not fc.seeds else [
-      dataclasses.replace(config, name=f"{config.name}-seed{seed}",
-                          train=dataclasses.replace(config.train, seed=seed)) for seed in seeds]
+  runs = seed_runs(config)
   custom = load_custom_metrics(fc.custom_metrics)
   setup = None
   results, predictivity_summary = [], {}
@@ -272,7 +309,7 @@ def find(config, *, progress: bool = True) -> dict:
     if setup is None:
       setup = prepare(run)
       mesh = make_mesh(run.train.data_parallel)
-      encoded = _encoded_split(setup, run, fc.split)
+      encoded = encoded_split(setup, run, fc.split)
       names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
     prompt = {"embeddings": jnp.asarray(np.load(run.run_dir / "prompt_best.npy"))}
     r, st = correlate(setup.model, setup.params, prompt, encoded, kind=setup.task.kind,
@@ -300,6 +337,27 @@ def find(config, *, progress: bool = True) -> dict:
                 threshold=fc.threshold)
   extra = {"split": fc.split, "examples": len(encoded), "sites": list(fc.sites),
            "seeds": list(seeds), "predictivity_2022": predictivity_summary or None}
+  # The report's raw material: the top few neurons of each metric on every example.
+  r_all = results[0][1] if len(results) == 1 else np.nanmean(
+      np.stack([r for _, r, _ in results]), axis=0)
+  features = []
+  for j in range(len(names)):
+    scores, pos = neuron_scores(r_all[j])
+    for layer, neuron in top_k(scores, fc.report_neurons):
+      if (layer, int(pos[layer, neuron]), neuron) not in features:
+        features.append((layer, int(pos[layer, neuron]), neuron))
+  if features:
+    first_prompt = {"embeddings": jnp.asarray(np.load(runs[0].run_dir / "prompt_best.npy"))}
+    acts, values = top_activations(
+        setup.model, setup.params, first_prompt, encoded, features, kind=setup.task.kind,
+        verbalizer=setup.verbalizer, sites=fc.sites, prompt_length=config.prompt.length,
+        names=names, custom=custom, mesh=mesh, batch_size=fc.batch_size)
+    if jax.process_index() == 0:
+      config.run_dir.mkdir(parents=True, exist_ok=True)
+      np.savez(config.run_dir / "activations.npz", features=np.asarray(features, np.int32),
+               activations=acts, metrics=values, metric_names=np.asarray(names),
+               position_names=np.asarray(position_names),
+               texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
   if jax.process_index() != 0:  # every process holds the same statistics; one writes them
     return {}
   if len(results) == 1:

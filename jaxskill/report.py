@@ -1,0 +1,374 @@
+"""The report of a run directory: PNG figures and one self-contained `report.html`.
+
+Reads only what the earlier stages wrote (config.yaml, train_summary.json, metrics.jsonl,
+correlations.npz, summary.json, activations.npz, verify.json); runs no model.
+Figures:
+  kde_<metric>.png   activation density (gaussian kernel) of the metric's top neurons, one curve
+                     per label value or metric tertile (the article's figure)
+  r_hist.png         histogram of max-over-positions |r| per metric, threshold marked
+  layers.png         neurons above the threshold per layer, per metric
+  verify.png         accuracy with the top-K perturbed against random-K draws (mean, spread)
+  dose.png           the same over the list of K
+Tables: top-activating examples of the top neurons, seed-stability overlap, and for arithmetic
+verification the last-digit shortcut question (see `last_digit_shortcut`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxskill.discover import neuron_scores
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
+  """Gaussian kernel density of `samples` on `grid`, Silverman's bandwidth
+  0.9 * min(std, IQR / 1.34) * n^(-1/5) (a point mass gets a small floor width)."""
+  x = np.asarray(samples, np.float64)
+  x = x[np.isfinite(x)]
+  if x.size == 0:
+    return np.zeros_like(grid, dtype=np.float64)
+  iqr = np.subtract(*np.percentile(x, [75, 25]))
+  spread = min(x.std(), iqr / 1.34) if iqr > 0 else x.std()
+  span = np.ptp(grid) if grid.size > 1 else 1.0
+  h = max(0.9 * spread * x.size ** -0.2, 1e-3 * span, 1e-12)
+  z = (grid[:, None] - x[None, :]) / h
+  return np.exp(-0.5 * z * z).sum(1) / (x.size * h * np.sqrt(2 * np.pi))
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+  """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney AUC."""
+  pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+  if pos.size == 0 or neg.size == 0:
+    return float("nan")
+  greater = (pos[:, None] > neg[None, :]).mean()
+  ties = (pos[:, None] == neg[None, :]).mean()
+  return float(greater + 0.5 * ties)
+
+
+def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
+  """(label, mask) groups of examples for a metric: one per value when it takes at most 5
+  values (labels, 0/1 metadata), else its tertiles."""
+  finite = np.isfinite(values)
+  distinct = np.unique(values[finite])
+  if distinct.size <= 5:
+    return [(f"{name}={v:g}", finite & (values == v)) for v in distinct]
+  lo, hi = np.quantile(values[finite], [1 / 3, 2 / 3])
+  return [(f"{name} low (< {lo:.3g})", finite & (values < lo)),
+          (f"{name} mid", finite & (values >= lo) & (values < hi)),
+          (f"{name} high (>= {hi:.3g})", finite & (values >= hi))]
+
+
+def last_digit_shortcut(activations: dict, *, min_effect: float = 0.25,
+                        max_other: float = 0.1) -> dict | None:
+  """Is there a last-digit shortcut neuron? For arithmetic verification runs whose activations
+  include the metrics `label` and `meta_last_digit_only`.
+
+  Three groups of examples: correct candidates, wrong only in the last digit, wrong elsewhere
+  (last digit right). A neuron that checks the last digit alone separates the first two and not
+  the first and third: |AUC(correct vs last-digit-wrong) - 0.5| >= min_effect and
+  |AUC(correct vs elsewhere-wrong) - 0.5| <= max_other. A neuron that checks the whole answer
+  separates both. Every neuron kept in activations.npz is scored; returns the verdict and the
+  evidence, or None when the metrics are missing.
+  """
+  names = [str(n) for n in activations["metric_names"]]
+  if "label" not in names or "meta_last_digit_only" not in names:
+    return None
+  y = activations["metrics"]
+  label, last_only = y[:, names.index("label")], y[:, names.index("meta_last_digit_only")]
+  correct = label == 0
+  wrong_last, wrong_else = (label == 1) & (last_only == 1), (label == 1) & (last_only == 0)
+  rows = []
+  for j, (layer, pos, neuron) in enumerate(activations["features"]):
+    a = activations["activations"][:, j]
+    auc_last, auc_else = auc(a[wrong_last], a[correct]), auc(a[wrong_else], a[correct])
+    rows.append({"layer": int(layer), "position": str(activations["position_names"][pos]),
+                 "neuron": int(neuron), "auc_last_digit_wrong": auc_last,
+                 "auc_elsewhere_wrong": auc_else,
+                 "shortcut": bool(abs(auc_last - 0.5) >= min_effect
+                                  and abs(auc_else - 0.5) <= max_other),
+                 "score": abs(auc_last - 0.5) - abs(auc_else - 0.5)})
+  rows.sort(key=lambda r: -r["score"])
+  return {"answer": "yes" if any(r["shortcut"] for r in rows) else "no",
+          "criterion": f"|AUC(correct vs last-digit-wrong) - 0.5| >= {min_effect} and "
+                       f"|AUC(correct vs elsewhere-wrong) - 0.5| <= {max_other}",
+          "groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
+                     "wrong_elsewhere": int(wrong_else.sum())},
+          "neurons": rows}
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  import matplotlib.pyplot as plt
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def figure_kde(activations: dict, metric: str, per_metric: int = 4) -> bytes | None:
+  import matplotlib.pyplot as plt
+  names = [str(n) for n in activations["metric_names"]]
+  if metric not in names:
+    return None
+  values = activations["metrics"][:, names.index(metric)]
+  feats = activations["features"]
+  r_order = _features_of_metric(activations, metric)[:per_metric]
+  if not r_order:
+    return None
+  fig, axes = plt.subplots(1, len(r_order), figsize=(3.6 * len(r_order), 2.8), squeeze=False)
+  for ax, j in zip(axes[0], r_order):
+    a = activations["activations"][:, j]
+    grid = np.linspace(a.min() - 0.1 * np.ptp(a) - 1e-6, a.max() + 0.1 * np.ptp(a) + 1e-6, 200)
+    for label, mask in metric_groups(values, metric):
+      if mask.sum() >= 2:
+        ax.plot(grid, kde(a[mask], grid), label=f"{label} (n={mask.sum()})")
+    layer, pos, neuron = feats[j]
+    ax.set_title(f"L{layer} N{neuron} @ {activations['position_names'][pos]}", fontsize=9)
+    ax.set_xlabel("activation")
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel("density")
+  fig.suptitle(f"top neurons of {metric}", fontsize=10)
+  return _png(fig)
+
+
+def _features_of_metric(activations: dict, metric: str) -> list[int]:
+  """Indices of the kept features, most correlated with `metric` first (on the kept data)."""
+  names = [str(n) for n in activations["metric_names"]]
+  y = activations["metrics"][:, names.index(metric)]
+  ok = np.isfinite(y)
+  scores = []
+  for j in range(activations["activations"].shape[1]):
+    a = activations["activations"][ok, j]
+    r = np.corrcoef(a, y[ok])[0, 1] if a.std() > 0 and y[ok].std() > 0 else np.nan
+    scores.append(abs(r))
+  order = np.argsort(-np.nan_to_num(np.asarray(scores), nan=-1.0))
+  return [int(j) for j in order if np.isfinite(scores[j])]
+
+
+def figure_r_hist(correlations: dict, threshold: float) -> bytes:
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 3.2))
+  bins = np.linspace(0, 1, 51)
+  for name, r in correlations.items():
+    scores = neuron_scores(r)[0].ravel()
+    scores = scores[np.isfinite(scores)]
+    if scores.size:
+      ax.hist(scores, bins=bins, histtype="step", label=name)
+  ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold}")
+  ax.set_yscale("log")
+  ax.set_xlabel("|r| (max over positions)")
+  ax.set_ylabel("neurons")
+  ax.legend(fontsize=7)
+  return _png(fig)
+
+
+def figure_layers(correlations: dict, threshold: float) -> bytes:
+  import matplotlib.pyplot as plt
+  names = list(correlations)
+  layers = next(iter(correlations.values())).shape[0]
+  fig, ax = plt.subplots(figsize=(6.5, 3.2))
+  width = 0.8 / max(len(names), 1)
+  for j, name in enumerate(names):
+    scores = neuron_scores(correlations[name])[0]
+    counts = np.nansum(scores > threshold, axis=1)
+    ax.bar(np.arange(layers) + j * width, counts, width=width, label=name)
+  ax.set_xlabel("layer")
+  ax.set_ylabel(f"neurons with |r| > {threshold}")
+  ax.set_xticks(np.arange(layers) + 0.4 - width / 2, [str(i) for i in range(layers)])
+  ax.legend(fontsize=7)
+  return _png(fig)
+
+
+def figure_verify(results: dict) -> bytes:
+  import matplotlib.pyplot as plt
+  k = str(results["k"])
+  cells = [(sel, mode) for sel, s in results["selections"].items() for mode in s["modes"]]
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(cells) + 1.5), 3.4))
+  base = results["baseline"]["accuracy"]
+  ax.axhline(base, color="k", linestyle="--", label=f"no perturbation ({base:.3f})")
+  for i, (sel, mode) in enumerate(cells):
+    row = results["selections"][sel]["modes"][mode][k]
+    draws = [base - d for d in row["random"]["accuracy_drop"]["values"]]
+    ax.bar(i - 0.18, row["top"]["accuracy"], width=0.36, color="C3",
+           label=f"top-{k}" if i == 0 else None)
+    ax.bar(i + 0.18, float(np.mean(draws)), width=0.36, color="C0",
+           yerr=float(np.std(draws, ddof=1)), capsize=4,
+           label=f"random-{k} (mean +- std, {len(draws)} draws)" if i == 0 else None)
+    ax.scatter(np.full(len(draws), i + 0.18), draws, color="k", s=8, zorder=3)
+  ax.set_xticks(range(len(cells)), [f"{sel}\n{mode}" for sel, mode in cells], fontsize=7)
+  ax.set_ylabel(f"{results['split']} accuracy")
+  ax.legend(fontsize=7, loc="lower left")
+  return _png(fig)
+
+
+def figure_dose(results: dict) -> bytes:
+  import matplotlib.pyplot as plt
+  cells = [(sel, mode) for sel, s in results["selections"].items() for mode in s["modes"]]
+  fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 2.8), squeeze=False,
+                           sharey=True)
+  ks = results["k_list"]
+  for ax, (sel, mode) in zip(axes[0], cells):
+    per_k = results["selections"][sel]["modes"][mode]
+    top = [per_k[str(k)]["top"]["accuracy"] for k in ks]
+    mean = np.array([per_k[str(k)]["random"]["accuracy"]["mean"] for k in ks])
+    std = np.array([per_k[str(k)]["random"]["accuracy"]["std"] for k in ks])
+    ax.plot(ks, top, "o-", color="C3", label="top-K")
+    ax.plot(ks, mean, "o-", color="C0", label="random-K")
+    ax.fill_between(ks, mean - std, mean + std, color="C0", alpha=0.25)
+    ax.axhline(results["baseline"]["accuracy"], color="k", linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_title(f"{sel}, {mode}", fontsize=9)
+  axes[0][0].set_ylabel("accuracy")
+  axes[0][0].legend(fontsize=7)
+  return _png(fig)
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def _img(data: bytes, alt: str) -> str:
+  return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+          f'{base64.b64encode(data).decode()}">')
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+  head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                 for row in rows)
+  return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _load_json(path: Path):
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def top_examples(activations: dict, j: int, n: int = 5) -> list[tuple[str, float]]:
+  """The n examples with the largest activation of feature j, (text, activation)."""
+  a = activations["activations"][:, j]
+  order = np.argsort(-a, kind="stable")[:n]
+  return [(str(activations["texts"][i]), float(a[i])) for i in order]
+
+
+def report(run_dir: str | Path) -> Path:
+  """Writes the PNGs and report.html into `run_dir`; returns the HTML's path."""
+  run_dir = Path(run_dir)
+  if not (run_dir / "correlations.npz").exists():
+    raise FileNotFoundError(f"{run_dir}: no correlations.npz; run `jaxskill find` (or "
+                            "`jaxskill run`) with this run's config first")
+  import matplotlib
+  matplotlib.use("Agg")  # no display: files only
+  correlations = dict(np.load(run_dir / "correlations.npz"))
+  summary = _load_json(run_dir / "summary.json") or {}
+  threshold = float(summary.get("threshold", 0.5))
+  train_summary = _load_json(run_dir / "train_summary.json")
+  results = _load_json(run_dir / "verify.json")
+  activations = (dict(np.load(run_dir / "activations.npz"))
+                 if (run_dir / "activations.npz").exists() else None)
+  figures: list[tuple[str, str, bytes]] = []  # (file, caption, png)
+  if activations is not None:
+    for name in [str(n) for n in activations["metric_names"]]:
+      png = figure_kde(activations, name)
+      if png is not None:
+        figures.append((f"kde_{name}.png", f"Activation density of the top neurons of {name}, "
+                        f"per {name} value or tertile ({summary.get('split', 'train')} split)",
+                        png))
+  figures.append(("r_hist.png", "max-over-positions |r| of every neuron, per metric",
+                  figure_r_hist(correlations, threshold)))
+  figures.append(("layers.png", f"neurons with |r| > {threshold} per layer",
+                  figure_layers(correlations, threshold)))
+  if results is not None:
+    figures.append(("verify.png", f"{results['split']} accuracy with the top-{results['k']} "
+                    f"neurons perturbed vs random-{results['k']} draws matched per layer",
+                    figure_verify(results)))
+    figures.append(("dose.png", "dose-response over K", figure_dose(results)))
+  for name, _, png in figures:
+    (run_dir / name).write_bytes(png)
+
+  parts = [f"<h1>jaxskill report: {html.escape(run_dir.name)}</h1>"]
+  config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+  if train_summary:
+    parts.append("<h2>Prompt training</h2>" + _table(
+        ["steps", "dev accuracy at init", "best dev accuracy", "train examples", "seconds"],
+        [[train_summary["steps"], train_summary.get("dev_accuracy_at_init"),
+          train_summary.get("best_dev_accuracy"), train_summary.get("n_train"),
+          f"{train_summary.get('seconds', 0):.1f}"]]))
+  parts.append("<h2>Skill neurons</h2>")
+  rows = [[name, m["n"], m["max_abs_r"] if m["max_abs_r"] is None else f"{m['max_abs_r']:.4f}",
+           m["above_threshold"], m["top_k"][:3]] for name, m in summary.get("metrics", {}).items()]
+  parts.append(_table(["metric", "examples", "max |r|", f"|r| > {threshold}",
+                       "top (layer, neuron)"], rows))
+  if results is not None:
+    parts.append("<h2>Verification</h2>")
+    k = str(results["k"])
+    base = results["baseline"]["accuracy"]
+    rows = []
+    for sel, per_sel in results["selections"].items():
+      for mode, per_k in per_sel["modes"].items():
+        row = per_k[k]
+        rows.append([sel, mode, f"{base:.4f}", f"{row['top']['accuracy']:.4f}",
+                     f"{row['accuracy_drop']:+.4f}",
+                     f"{row['random_accuracy_drop_mean']:+.4f} +- "
+                     f"{row['random_accuracy_drop_std']:.4f}",
+                     "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}"])
+    parts.append(_table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
+                         f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
+                         "drop / random drop"], rows))
+    if results.get("group_by"):
+      grows = []
+      for sel, per_sel in results["selections"].items():
+        for mode, per_k in per_sel["modes"].items():
+          row = per_k[k]
+          for g, acc in row["top"].get("group_accuracy", {}).items():
+            grows.append([sel, mode, g, f"{results['baseline']['group_accuracy'][g]:.4f}",
+                          f"{acc:.4f}", f"{row['random']['group_accuracy'][g]:.4f}"])
+      parts.append("<h3>Accuracy per group</h3>" + _table(
+          ["selected by", "mode", "group", "no perturbation", f"top-{k}", f"random-{k} mean"],
+          grows))
+  if activations is not None:
+    verdict = last_digit_shortcut(activations)
+    if verdict is not None:
+      parts.append(f"<h2>Is there a last-digit shortcut neuron? {verdict['answer']}</h2>")
+      parts.append(f"<p>Criterion: {html.escape(verdict['criterion'])}; examples "
+                   f"{html.escape(json.dumps(verdict['groups']))}.</p>")
+      parts.append(_table(
+          ["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
+           "AUC correct vs elsewhere-wrong", "shortcut"],
+          [[r["layer"], r["position"], r["neuron"], f"{r['auc_last_digit_wrong']:.3f}",
+            f"{r['auc_elsewhere_wrong']:.3f}", r["shortcut"]] for r in verdict["neurons"][:8]]))
+  for name, caption, png in figures:
+    parts.append(f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}"
+                 f"</figcaption></figure>")
+  if activations is not None:
+    parts.append("<h2>Top-activating examples</h2>")
+    for name in [str(n) for n in activations["metric_names"]]:
+      for j in _features_of_metric(activations, name)[:1]:
+        layer, pos, neuron = activations["features"][j]
+        parts.append(f"<h3>{html.escape(name)}: layer {layer}, neuron {neuron} at "
+                     f"{html.escape(str(activations['position_names'][pos]))}</h3>")
+        parts.append(_table(["activation", "input"],
+                            [[f"{a:.4f}", text] for text, a in top_examples(activations, j)]))
+  overlap = summary.get("seed_overlap_iou_top_k")
+  if overlap:
+    parts.append("<h2>Seed stability</h2><p>IoU of the top-K neuron sets of prompts trained "
+                 f"with seeds {summary.get('seeds')}, mean over pairs.</p>")
+    parts.append(_table(["metric", "IoU"], [[m, f"{v:.3f}"] for m, v in overlap.items()]))
+  if config_text:
+    parts.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
+  style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+           "collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+           "td{white-space:pre-wrap}img{max-width:100%}figure{margin:16px 0}")
+  page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>jaxskill report "
+          f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
+          + "\n".join(parts) + "</body></html>")
+  out = run_dir / "report.html"
+  out.write_text(page)
+  return out

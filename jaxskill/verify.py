@@ -1,0 +1,266 @@
+"""Causal verification: do the neurons found matter for the task?
+
+For each selection metric (whose top neurons, by |r| from `correlations.npz`, are tested), each
+intervention mode (noise / zero / train mean, see `jaxskill.interventions`) and each K of the
+dose-response list, the model runs the evaluation split with the prompt and
+  - the top-K neurons perturbed,
+  - R random sets of K neurons perturbed, drawn per layer to match the top-K's layer counts
+    (never a top-K neuron), the control for "any K neurons would do that";
+against the unperturbed baseline. Accuracy, confidence, loss and margin are averaged over the
+split (and accuracy per group of metadata values when asked). Results go to `verify.json`; each
+evaluation is appended to `verify_progress.jsonl` as it finishes, so an interrupted run resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxskill import capture, interventions
+from jaxskill import data as data_lib
+from jaxskill import prompt as prompt_lib
+from jaxskill.discover import neuron_scores, top_k
+from jaxskill.model import neuron_activations
+
+log = logging.getLogger("jaxskill.verify")
+
+METRICS = ("correct", "confidence", "loss", "margin")  # per example, from capture.builtin_metrics
+
+
+def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer):
+  """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention). The noise
+  key is folded with the batch index so that batches get independent noise."""
+  if edit is not None:
+    edit = dict(edit, key=jax.vmap(lambda k: jax.random.fold_in(k, batch_index))(edit["key"]))
+  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
+  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
+  logits = model.apply({"params": params}, inputs_embeds=embeds,
+                       attention_mask=batch["attention_mask"], neuron_edit=edit,
+                       logits_positions=(batch["answer_pos"][:, None]
+                                         if kind == "classification" else None))
+  if kind == "classification":
+    logits = logits[:, 0]
+  values = capture.builtin_metrics(logits, batch, kind, verbalizer)
+  return jnp.stack([values[m] for m in METRICS], axis=1)
+
+
+def position_mean(prompt, params, batch, *, model):
+  """(sum over the batch's real tokens of the neuron activations `[l, i]`, token count)."""
+  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
+  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
+  b, t = batch["input_ids"].shape
+  _, variables = model.apply({"params": params}, inputs_embeds=embeds,
+                             attention_mask=batch["attention_mask"],
+                             capture_positions=jnp.broadcast_to(jnp.arange(t), (b, t)),
+                             logits_positions=jnp.zeros((b, 1), jnp.int32),
+                             mutable=["intermediates"])
+  acts = neuron_activations(variables).astype(jnp.float32)  # [b, l, t, i]
+  w = batch["attention_mask"].astype(jnp.float32) * batch["valid"][:, None]
+  return jnp.einsum("blti,bt->li", acts, w), w.sum()
+
+
+def random_matched(chosen: list[tuple[int, int]], num_neurons: int,
+                   rng: np.random.Generator) -> list[tuple[int, int]]:
+  """As many neurons per layer as `chosen` has there, uniformly among that layer's neurons
+  outside `chosen`."""
+  per_layer: dict[int, set[int]] = {}
+  for layer, neuron in chosen:
+    per_layer.setdefault(layer, set()).add(neuron)
+  out = []
+  for layer in sorted(per_layer):
+    pool = np.setdiff1d(np.arange(num_neurons), sorted(per_layer[layer]))
+    picks = rng.choice(pool, size=min(len(per_layer[layer]), len(pool)), replace=False)
+    out += [(layer, int(j)) for j in np.sort(picks)]
+  return out
+
+
+def group_keys(metadata: dict[str, np.ndarray], columns: tuple[str, ...], n: int) -> np.ndarray:
+  """One label per example, e.g. "correct=0,last_digit_only=1"."""
+  for c in columns:
+    if c not in metadata:
+      raise ValueError(f"verify.group_by: no metadata column {c!r}; available: "
+                       f"{sorted(metadata)}")
+  return np.array([",".join(f"{c}={metadata[c][i]}" for c in columns) for i in range(n)])
+
+
+def summarize(values: np.ndarray, groups: np.ndarray | None) -> dict:
+  """values `[n, len(METRICS)]` -> means, with accuracy per group. NaN rows (undefined
+  metrics) are left out of their metric's mean."""
+  out = {("accuracy" if m == "correct" else m): float(np.nanmean(values[:, j]))
+         for j, m in enumerate(METRICS)}
+  if groups is not None:
+    out["group_accuracy"] = {g: float(values[groups == g, 0].mean())
+                             for g in sorted(set(groups.tolist()))}
+  return out
+
+
+def _read_progress(path: Path, fingerprint: str) -> dict:
+  """Finished evaluations of this same verification (same prompt, correlations and verify
+  config); records of an earlier one are ignored."""
+  done = {}
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by an interruption: evaluated again
+        continue
+      if record.get("fingerprint") == fingerprint:
+        done[record["key"]] = record["result"]
+  return done
+
+
+def _fingerprint(*parts) -> str:
+  h = hashlib.sha256()
+  for part in parts:
+    h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
+  return h.hexdigest()[:16]
+
+
+def _control(results: list[dict], baseline: dict) -> dict:
+  """Mean and standard deviation over the random draws, of each metric and of its drop."""
+  out = {}
+  for name in baseline:
+    if name == "group_accuracy":
+      continue
+    vals = np.array([r[name] for r in results])
+    out[name] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)),
+                 "min": float(vals.min()), "max": float(vals.max())}
+  drops = np.array([baseline["accuracy"] - r["accuracy"] for r in results])
+  out["accuracy_drop"] = {"mean": float(drops.mean()), "std": float(drops.std(ddof=1)),
+                          "values": drops.tolist()}
+  if "group_accuracy" in baseline:
+    out["group_accuracy"] = {g: float(np.mean([r["group_accuracy"][g] for r in results]))
+                             for g in baseline["group_accuracy"]}
+  return out
+
+
+def verify(config, *, progress: bool = True) -> dict:
+  """Runs the verification of `config` (training and finding first if they have not run);
+  returns the results written to `run_dir/verify.json`."""
+  from tqdm.auto import tqdm
+  from jaxskill.discover import encoded_split, find, seed_runs
+  from jaxskill.train import make_mesh, prepare
+  vc = config.verify
+  run_dir = config.run_dir
+  if not (run_dir / "correlations.npz").exists():
+    find(config, progress=progress)
+  setup = prepare(config)
+  c = setup.model.config
+  kind = setup.task.kind
+  selection = vc.selection or (("label",) if kind == "classification" else ("correct",))
+  correlations = np.load(run_dir / "correlations.npz")
+  for name in selection:
+    if name not in correlations:
+      raise ValueError(f"verify.selection: {name!r} is not among the metrics of "
+                       f"{run_dir / 'correlations.npz'}: {sorted(correlations.files)}")
+  prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
+  prompt = {"embeddings": jnp.asarray(np.load(prompt_dir / "prompt_best.npy"))}
+  mesh = make_mesh(config.train.data_parallel)
+  if vc.batch_size % mesh.shape["data"]:
+    raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
+                     f"{mesh.shape['data']} devices of the data axis")
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  prompt, params = jax.device_put((prompt, setup.params), replicated)
+  encoded = encoded_split(setup, config, vc.split)
+  groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
+  statics = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
+  metrics_fn = jax.jit(functools.partial(example_metrics, **statics), out_shardings=replicated)
+  batches = [jax.device_put(b, sharded) for b in data_lib.eval_batches(encoded, vc.batch_size)]
+
+  def run(edit) -> dict:
+    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[np.asarray(b["valid"]) > 0]
+            for i, b in enumerate(batches)]
+    return summarize(np.concatenate(rows), groups)
+
+  mean = None
+  if "mean" in vc.modes:
+    mean_path = run_dir / "neuron_mean.npy"
+    if mean_path.exists():
+      mean = np.load(mean_path)
+    else:  # the train-split mean of every neuron over all real positions, with the prompt
+      mean_fn = jax.jit(functools.partial(position_mean, model=setup.model),
+                        out_shardings=replicated)
+      total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
+      for b in data_lib.eval_batches(setup.train, vc.batch_size):
+        s, n = mean_fn(prompt, params, jax.device_put(b, sharded))
+        total, count = total + np.asarray(s, np.float64), count + float(n)
+      mean = (total / count).astype(np.float32)
+      if jax.process_index() == 0:
+        np.save(mean_path, mean)
+
+  progress_path = run_dir / "verify_progress.jsonl"
+  from jaxskill.config import to_dict
+  fingerprint = _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
+                             (run_dir / "correlations.npz").read_bytes(), to_dict(vc),
+                             to_dict(config.task))
+  done = _read_progress(progress_path, fingerprint)
+  ks = sorted(set(vc.k_list) | {vc.k})
+  jobs = [("baseline", None)]
+  for sel in selection:
+    ranked = top_k(neuron_scores(correlations[sel])[0], max(ks))
+    for k in ks:
+      chosen = ranked[:k]
+      draws = [random_matched(chosen, c.intermediate_size,
+                              np.random.default_rng([vc.seed, k, d]))
+               for d in range(vc.random_draws)]
+      for mode in vc.modes:
+        jobs.append((f"{sel}|{mode}|{k}|top", (mode, chosen, 0)))
+        jobs += [(f"{sel}|{mode}|{k}|random{d}", (mode, draw, d + 1))
+                 for d, draw in enumerate(draws)]
+  bar = tqdm(total=len(jobs), initial=sum(key in done for key, _ in jobs), disable=not progress,
+             desc="verify")
+  for key, spec in jobs:
+    if key in done:
+      continue
+    edit = None
+    if spec is not None:
+      mode, neurons, draw = spec
+      edit = interventions.neuron_edit(
+          c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma, mean=mean,
+          key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None)
+      edit = jax.device_put(edit, replicated)
+    done[key] = run(edit)
+    if jax.process_index() == 0:
+      with open(progress_path, "a") as f:
+        f.write(json.dumps({"key": key, "fingerprint": fingerprint, "result": done[key]})
+                + "\n")
+    bar.update(1)
+  bar.close()
+
+  baseline = done["baseline"]
+  results = {"split": vc.split, "n": len(encoded), "prompt": str(prompt_dir / "prompt_best.npy"),
+             "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
+             "modes": list(vc.modes), "sigma": vc.sigma, "k": vc.k, "k_list": ks,
+             "random_draws": vc.random_draws, "group_by": list(vc.group_by),
+             "baseline": baseline, "selections": {}}
+  for sel in selection:
+    ranked = top_k(neuron_scores(correlations[sel])[0], max(ks))
+    per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
+    for mode in vc.modes:
+      per_k = {}
+      for k in ks:
+        top = done[f"{sel}|{mode}|{k}|top"]
+        control = _control([done[f"{sel}|{mode}|{k}|random{d}"]
+                            for d in range(vc.random_draws)], baseline)
+        drop = baseline["accuracy"] - top["accuracy"]
+        mean_drop = control["accuracy_drop"]["mean"]
+        per_k[str(k)] = {
+            "top": top, "random": control, "accuracy_drop": drop,
+            "random_accuracy_drop_mean": mean_drop,
+            "random_accuracy_drop_std": control["accuracy_drop"]["std"],
+            "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
+            "layers": sorted({layer for layer, _ in ranked[:k]})}
+      per_sel["modes"][mode] = per_k
+    results["selections"][sel] = per_sel
+  if jax.process_index() == 0:
+    (run_dir / "verify.json").write_text(json.dumps(results, indent=2) + "\n")
+  return results
