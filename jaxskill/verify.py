@@ -89,7 +89,9 @@ def group_keys(metadata: dict[str, np.ndarray], columns: tuple[str, ...], n: int
     if c not in metadata:
       raise ValueError(f"verify.group_by: no metadata column {c!r}; available: "
                        f"{sorted(metadata)}")
-  return np.array([",".join(f"{c}={metadata[c][i]}" for c in columns) for i in range(n)])
+  def text(v):
+    return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
+  return np.array([",".join(f"{c}={text(metadata[c][i])}" for c in columns) for i in range(n)])
 
 
 def summarize(values: np.ndarray, groups: np.ndarray | None) -> dict:
@@ -106,15 +108,18 @@ def summarize(values: np.ndarray, groups: np.ndarray | None) -> dict:
 def _read_progress(path: Path, fingerprint: str) -> dict:
   """Finished evaluations of this same verification (same prompt, correlations and verify
   config); records of an earlier one are ignored."""
-  done = {}
+  done, keep = {}, []
   if path.exists():
     for line in path.read_text().splitlines():
       try:
         record = json.loads(line)
       except json.JSONDecodeError:  # a line cut short by an interruption: evaluated again
         continue
+      keep.append(line)
       if record.get("fingerprint") == fingerprint:
         done[record["key"]] = record["result"]
+    if jax.process_index() == 0:  # without the cut line, so the next record starts cleanly
+      path.write_text("".join(line + "\n" for line in keep))
   return done
 
 
@@ -205,6 +210,7 @@ def verify(config, *, progress: bool = True) -> dict:
   done = _read_progress(progress_path, fingerprint)
   ks = sorted(set(vc.k_list) | {vc.k})
   jobs = [("baseline", None)]
+  random_sets = {}
   for sel in selection:
     ranked = top_k(neuron_scores(correlations[sel])[0], max(ks))
     for k in ks:
@@ -212,6 +218,7 @@ def verify(config, *, progress: bool = True) -> dict:
       draws = [random_matched(chosen, c.intermediate_size,
                               np.random.default_rng([vc.seed, k, d]))
                for d in range(vc.random_draws)]
+      random_sets[sel, k] = draws
       for mode in vc.modes:
         jobs.append((f"{sel}|{mode}|{k}|top", (mode, chosen, 0)))
         jobs += [(f"{sel}|{mode}|{k}|random{d}", (mode, draw, d + 1))
@@ -258,7 +265,8 @@ def verify(config, *, progress: bool = True) -> dict:
             "random_accuracy_drop_mean": mean_drop,
             "random_accuracy_drop_std": control["accuracy_drop"]["std"],
             "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
-            "layers": sorted({layer for layer, _ in ranked[:k]})}
+            "layers": sorted({layer for layer, _ in ranked[:k]}),
+            "random_neurons": [[list(x) for x in draw] for draw in random_sets[sel, k]]}
       per_sel["modes"][mode] = per_k
     results["selections"][sel] = per_sel
   if jax.process_index() == 0:
