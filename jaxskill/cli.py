@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from jaxskill.model.checkpoint import DEMO_MODEL
+from jaxskill.model.checkpoint import DEMO_MODEL  # noqa: F401  (re-exported for tests)
 
-DEMO_PROMPTS = ("Q: What is 12 plus 7?\nA:", "Q: What is 305 minus 42?\nA:",
-                "Q: What is 6 times 8?\nA:")
+# Held out of the organism's training (scripts/make_demo_model.py keeps a fixed 10% out).
+DEMO_PROMPTS = ("Q: What is 86 plus 53?\nA:", "Q: What is 74 minus 97?\nA:",
+                "Q: What is 82 plus 15?\nA: 98\nCorrect?")
 
 
 def _dtype(name: str):
@@ -20,37 +22,42 @@ def _dtype(name: str):
     raise SystemExit(f"--dtype must be float32 or bfloat16, got {name!r}") from None
 
 
+def demo_config_path() -> Path:
+  """configs/demo.yaml of the source tree this package runs from (editable install)."""
+  import jaxskill
+  path = Path(jaxskill.__file__).resolve().parents[1] / "configs" / "demo.yaml"
+  if not path.exists():
+    raise SystemExit(f"jaxskill demo: {path} not found; the demo runs from a source checkout "
+                     "(pip install -e .), or run `jaxskill run <config>` with your own config")
+  return path
+
+
 def cmd_demo(args) -> int:
+  """The model organism end to end: its arithmetic, then train -> find -> verify -> report."""
   import jax.numpy as jnp
   import numpy as np
   import jaxskill
+  from jaxskill.pipeline import run
 
   t0 = time.perf_counter()
-  model, params = jaxskill.load_model(args.model, dtype=_dtype(args.dtype))
-  tokenizer = jaxskill.load_tokenizer(args.model)
+  config = _run_config(argparse.Namespace(config=demo_config_path(), overrides=args.overrides))
+  model, params = jaxskill.load_model(config.model.path)
+  tokenizer = jaxskill.load_tokenizer(config.model.path)
   c = model.config
-  print(f"model: {args.model}\n  {c.num_hidden_layers} layers x {c.intermediate_size} neurons "
-        f"= {c.num_neurons} neurons, hidden {c.hidden_size}, vocab {c.vocab_size}, "
-        f"loaded in {time.perf_counter() - t0:.1f}s")
+  print(f"model: {config.model.path} ({c.num_hidden_layers} layers x {c.intermediate_size} "
+        f"neurons, hidden {c.hidden_size}, vocab {c.vocab_size})")
   tokenizer.padding_side = "left"
   enc = tokenizer(list(DEMO_PROMPTS), return_tensors="np", padding=True)
-  ids, mask = jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])
-  t = ids.shape[1]
-  # The last three tokens of every (left-padded) prompt: "?", "\n" ... "A", ":".
-  positions = jnp.tile(jnp.arange(t - 3, t), (ids.shape[0], 1))
-  logits, variables = model.apply({"params": params}, ids, attention_mask=mask,
-                                  capture_positions=positions, mutable=["intermediates"])
-  acts = np.asarray(jaxskill.neuron_activations(variables))
-  print(f"logits: {tuple(logits.shape)} {logits.dtype}")
-  print(f"neuron activations [batch, layers, positions, neurons]: {acts.shape}")
-  print(f"  mean {acts.mean():+.4f}  std {acts.std():.4f}  max |a| {np.abs(acts).max():.4f}")
   eos = c.eos_token_ids[0] if c.eos_token_ids else -1
-  new = jaxskill.greedy_generate(model, params, ids, mask, args.max_new_tokens,
-                                 eos_token_id=eos, pad_token_id=c.pad_token_id or 0)
-  print(f"greedy continuation ({args.max_new_tokens} tokens max):")
+  new = jaxskill.greedy_generate(model, params, jnp.asarray(enc["input_ids"]),
+                                 jnp.asarray(enc["attention_mask"]), 6, eos_token_id=eos,
+                                 pad_token_id=c.pad_token_id or 0)
   for prompt, row in zip(DEMO_PROMPTS, np.asarray(new)):
     text = tokenizer.decode([int(x) for x in row if x != eos])
-    print(f"  {prompt!r} -> {text!r}")
+    print(f"  greedy: {prompt!r} -> {text!r}")
+  run(config, progress=not args.no_progress, on_stage=_print_stage)
+  _print_results(config.run_dir)
+  print(f"demo finished in {time.perf_counter() - t0:.0f}s")
   return 0
 
 
@@ -137,12 +144,7 @@ def verify_lines(results: dict) -> list[str]:
 
 def cmd_report(args) -> int:
   from jaxskill.report import report
-  try:
-    out = report(args.run_dir)
-  except FileNotFoundError as e:
-    print(f"jaxskill report: error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {out}")
+  print(f"wrote {report(args.run_dir)}")
   return 0
 
 
@@ -188,10 +190,10 @@ def _print_results(run_dir) -> None:
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("demo", help="run the shipped demo model: capture neurons, decode greedily")
-  p.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint dir or cached hub id")
-  p.add_argument("--dtype", default="float32")
-  p.add_argument("--max-new-tokens", type=int, default=12)
+  p = sub.add_parser("demo", help="the shipped model organism end to end (configs/demo.yaml): "
+                     "train, find, verify, report")
+  p.add_argument("overrides", nargs="*", help="section.key=value, e.g. out_dir=/tmp/runs")
+  p.add_argument("--no-progress", action="store_true")
   p.set_defaults(func=cmd_demo)
   p = sub.add_parser("convert", help="HF Qwen1.5 dir (or cached hub id) -> orbax params")
   p.add_argument("hf_dir")
@@ -203,29 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("out_dir")
   p.add_argument("--dtype", default="float32")
   p.set_defaults(func=cmd_export)
-  p = sub.add_parser("train", help="train a soft prompt: jaxskill train CONFIG [key=value ...]")
-  p.add_argument("config", help="a YAML run config (see configs/)")
-  p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  p.set_defaults(func=cmd_train)
-  p = sub.add_parser("find", help="find skill neurons: jaxskill find CONFIG [key=value ...]")
-  p.add_argument("config")
-  p.add_argument("overrides", nargs="*")
-  p.add_argument("--no-progress", action="store_true")
-  p.set_defaults(func=cmd_find)
-  p = sub.add_parser("verify", help="perturb the neurons found: jaxskill verify CONFIG [k=v ...]")
-  p.add_argument("config")
-  p.add_argument("overrides", nargs="*")
-  p.add_argument("--no-progress", action="store_true")
-  p.set_defaults(func=cmd_verify)
+  for name, func, text in (
+      ("train", cmd_train, "train a soft prompt"),
+      ("find", cmd_find, "find skill neurons (trains first if needed)"),
+      ("verify", cmd_verify, "perturb the neurons found (finds first if needed)"),
+      ("run", cmd_run, "train, find, verify and report; each stage skipped when done")):
+    p = sub.add_parser(name, help=f"{text}: jaxskill {name} CONFIG [section.key=value ...]")
+    p.add_argument("config", help="a YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
   p = sub.add_parser("report", help="figures and report.html of a run dir: jaxskill report DIR")
   p.add_argument("run_dir")
   p.set_defaults(func=cmd_report)
-  p = sub.add_parser("run", help="train, find, verify, report: jaxskill run CONFIG [k=v ...]")
-  p.add_argument("config")
-  p.add_argument("overrides", nargs="*")
-  p.add_argument("--no-progress", action="store_true")
-  p.set_defaults(func=cmd_run)
   return ap
 
 
@@ -256,7 +248,8 @@ def main(argv=None) -> int:
   from jaxskill.tasks import TaskError
   try:
     return args.func(args)
-  except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError) as e:
+  except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError,
+          ValueError, FileNotFoundError) as e:  # bad input: one line naming what is wrong
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -1,19 +1,24 @@
 """The README's first command: `jaxskill demo` on the shipped checkpoint."""
 
-import json
 import re
 
 import jaxskill
 from jaxskill import cli
 
 
-def test_demo_runs_on_shipped_model(capsys):
-  assert cli.main(["demo", "--max-new-tokens", "4"]) == 0
+def test_demo_runs_the_pipeline_on_the_shipped_model(capsys, tmp_path):
+  """The README's first command, made small: every stage runs and the answer is printed."""
+  small = [f"out_dir={tmp_path}", "task.n_train=48", "task.n_dev=16", "task.n_test=32",
+           "train.steps=4", "train.batch_size=8", "train.eval_every=2", "find.batch_size=16",
+           "verify.k_list=1,2", "verify.k=2", "verify.random_draws=2", "verify.modes=zero",
+           "verify.batch_size=16"]
+  assert cli.main(["demo", "--no-progress", *small]) == 0
   out = capsys.readouterr().out
-  config = json.loads((cli.DEMO_MODEL / "config.json").read_text())
-  shape = (len(cli.DEMO_PROMPTS), config["num_hidden_layers"], 3, config["intermediate_size"])
-  assert f"neuron activations [batch, layers, positions, neurons]: {shape}" in out
-  assert len(re.findall(r"-> '", out)) == len(cli.DEMO_PROMPTS)
+  assert len(re.findall(r"greedy: .* -> '", out)) == len(cli.DEMO_PROMPTS)
+  for stage in ("train", "find", "verify", "report"):
+    assert f"== {stage}: running" in out
+  assert re.search(r"last-digit shortcut neuron\? (yes|no): ", out)
+  assert (tmp_path / "demo" / "report.html").exists()
 
 
 def test_shipped_model_loads_in_transformers():
