@@ -219,3 +219,16 @@ def test_last_digit_shortcut_tells_a_shortcut_from_a_checker():
   assert verdict["neurons"][1]["shortcut"] is False  # the checker separates both kinds
   only_checker = dict(acts, features=acts["features"][:1], activations=checker[:, None])
   assert report_lib.last_digit_shortcut(only_checker)["answer"] == "no"
+
+
+def test_report_from_find_outputs_alone_shows_seed_overlap(tmp_path):
+  """A run dir with discovery outputs only (no verify, no activations) still renders, with the
+  seed-stability table when several prompts were trained."""
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "correlations.npz", label=rng.uniform(-1, 1, (3, 2, 16)))
+  (tmp_path / "summary.json").write_text(json.dumps({
+      "threshold": 0.5, "seeds": [0, 1, 2], "seed_overlap_iou_top_k": {"label": 0.4321},
+      "metrics": {"label": {"n": 10, "max_abs_r": 0.9, "above_threshold": 5, "top_k": []}}}))
+  page = report_lib.report(tmp_path).read_text()
+  assert "Seed stability" in page and "0.432" in page and "Verification" not in page
+  assert sorted(p.name for p in tmp_path.glob("*.png")) == ["layers.png", "r_hist.png"]
