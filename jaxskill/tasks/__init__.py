@@ -1,4 +1,5 @@
-"""Tasks: arithmetic (generated), HANS and user tables, built from one `TaskConfig`."""
+"""Tasks: arithmetic and Skill-Mix-style texts (generated), HANS and user tables, built from
+one `TaskConfig`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from jaxskill.tasks.arithmetic import (DEFAULT_DIGITS, OPERATIONS, arithmetic_ge
                                        arithmetic_verification)
 from jaxskill.tasks.base import SPLITS, Example, Task, TaskError
 from jaxskill.tasks.hans import hans
+from jaxskill.tasks.skillmix import DEFAULT_SKILLS_PER_TEXT, skillmix
 from jaxskill.tasks.table import table
 
-TASK_NAMES = ("arithmetic_generation", "arithmetic_verification", "hans", "table")
+TASK_NAMES = ("arithmetic_generation", "arithmetic_verification", "hans", "skillmix", "table")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +21,11 @@ class TaskConfig:
 
   name: one of TASK_NAMES. path: the data file (hans, table).
   operations, digits: arithmetic subtasks (words of OPERATIONS; digit counts >= 1).
+  skills_per_text: skillmix, the numbers of skills one text is asked to show (k); the examples are
+    drawn from every (topic, k-skill set) combination of these sizes.
   n_train, n_dev, n_test: examples per split; for hans and table a negative value means all.
-  seed: arithmetic generation; for hans and table, which examples a limit keeps and their order.
+  seed: arithmetic and skillmix generation; for hans and table, which examples a limit keeps and
+    their order.
   p_correct, p_last_digit_wrong: arithmetic_verification shares of correct candidates, and of
     wrong candidates that differ only in the last digit.
   input_field, answer_field, label_field, split_field, labels: table fields ("" = unset) and
@@ -31,6 +36,7 @@ class TaskConfig:
   path: str = ""
   operations: tuple[str, ...] = OPERATIONS
   digits: tuple[int, ...] = DEFAULT_DIGITS
+  skills_per_text: tuple[int, ...] = DEFAULT_SKILLS_PER_TEXT
   n_train: int = 1000
   n_dev: int = 200
   n_test: int = 500
@@ -47,7 +53,7 @@ class TaskConfig:
 
   def __post_init__(self):
     # Lists from YAML / JSON become tuples, so the config stays hashable and immutable.
-    for field in ("operations", "digits", "labels"):
+    for field in ("operations", "digits", "skills_per_text", "labels"):
       value = getattr(self, field)
       if isinstance(value, str):
         raise TaskError(f"task config: {field} must be a sequence, got the string {value!r}")
@@ -69,6 +75,9 @@ def build_task(cfg: TaskConfig) -> Task:
       return arithmetic_generation(**common)
     return arithmetic_verification(**common, p_correct=cfg.p_correct,
                                    p_last_digit_wrong=cfg.p_last_digit_wrong)
+  if cfg.name == "skillmix":
+    return skillmix(skills_per_text=cfg.skills_per_text, n_train=cfg.n_train, n_dev=cfg.n_dev,
+                    n_test=cfg.n_test, seed=cfg.seed)
   if not cfg.path:
     raise TaskError(f"task config: task {cfg.name!r} needs a path to its data file")
   limits = dict(n_train=_limit(cfg.n_train), n_dev=_limit(cfg.n_dev), n_test=_limit(cfg.n_test),
@@ -81,4 +90,4 @@ def build_task(cfg: TaskConfig) -> Task:
 
 
 __all__ = ["SPLITS", "TASK_NAMES", "Example", "Task", "TaskConfig", "TaskError", "build_task",
-           "arithmetic_generation", "arithmetic_verification", "hans", "table"]
+           "arithmetic_generation", "arithmetic_verification", "hans", "skillmix", "table"]
