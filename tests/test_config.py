@@ -107,3 +107,10 @@ def test_yaml_booleans_for_strings_are_refused(tmp_path):
     load_config(path)
   path = _write(tmp_path, "task:\n  labels: ['yes', 'no']\n")
   assert load_config(path).task.labels == ("yes", "no")
+
+
+def test_base_yaml_lists_every_key_with_its_default():
+  from pathlib import Path
+  from jaxskill.config import RunConfig, to_dict
+  base = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+  assert to_dict(load_config(base)) == to_dict(RunConfig())
