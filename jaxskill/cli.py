@@ -133,12 +133,19 @@ def verify_lines(results: dict) -> list[str]:
   for sel, per_sel in results["selections"].items():
     for mode, per_k in per_sel["modes"].items():
       row = per_k[k]
-      ratio = "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.1f}x"
+      ratio = ("n/a (random drop <= 0)" if row["drop_ratio"] is None
+               else f"{row['drop_ratio']:.1f}x")
+      z = "" if row.get("drop_z") is None else f", {row['drop_z']:.1f} random std above"
       lines.append(
           f"  top-{k} by {sel}, {mode}: accuracy {row['top']['accuracy']:.4f} "
           f"(drop {row['accuracy_drop']:+.4f}); random-{k} x{results['random_draws']}: drop "
           f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}; "
-          f"ratio {ratio}")
+          f"ratio {ratio}{z}")
+      groups = row["top"].get("group_accuracy")
+      if groups:
+        base_g, rand_g = results["baseline"]["group_accuracy"], row["random"]["group_accuracy"]
+        lines.append("      per group (none / top / random mean): " + "; ".join(
+            f"{g} {base_g[g]:.3f} / {groups[g]:.3f} / {rand_g[g]:.3f}" for g in groups))
   return lines
 
 
@@ -166,8 +173,10 @@ def _print_results(run_dir) -> None:
   from jaxskill.report import last_digit_shortcut
   print(f"run dir: {run_dir}")
   train = json.loads((run_dir / "train_summary.json").read_text())
-  print(f"prompt training: dev accuracy {train['dev_accuracy_at_init']} at init -> "
-        f"{train['best_dev_accuracy']} best")
+  fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+  print(f"prompt training: dev accuracy {fmt(train['dev_accuracy_at_init'])} at init -> "
+        f"{fmt(train['best_dev_accuracy'])} best ({train['steps']} steps, "
+        f"{train['seconds']:.0f}s)")
   summary = json.loads((run_dir / "summary.json").read_text())
   for name, m in summary["metrics"].items():
     best = m["top_k"][0] if m["top_k"] else None

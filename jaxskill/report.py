@@ -136,7 +136,7 @@ def figure_kde(activations: dict, metric: str, per_metric: int = 4) -> bytes | N
     ax.set_xlabel("activation")
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("density")
-  fig.suptitle(f"top neurons of {metric}", fontsize=10)
+  fig.suptitle(f"top neurons of {metric}", fontsize=10, y=1.04)
   return _png(fig)
 
 
@@ -204,10 +204,24 @@ def figure_verify(results: dict) -> bytes:
            yerr=float(np.std(draws, ddof=1)), capsize=4,
            label=f"random-{k} (mean +- std, {len(draws)} draws)" if i == 0 else None)
     ax.scatter(np.full(len(draws), i + 0.18), draws, color="k", s=8, zorder=3)
-  ax.set_xticks(range(len(cells)), [f"{sel}\n{mode}" for sel, mode in cells], fontsize=7)
+  ax.set_xticks(range(len(cells)), [f"{_wrap(sel)}\n{mode}" for sel, mode in cells], fontsize=7)
   ax.set_ylabel(f"{results['split']} accuracy")
+  lows = [results["selections"][sel]["modes"][mode][k]["top"]["accuracy"] for sel, mode in cells]
+  ax.set_ylim(max(0.0, min(lows + [base]) - 0.1), min(1.0, base + 0.05) + 0.01)
   ax.legend(fontsize=7, loc="lower left")
   return _png(fig)
+
+
+def _wrap(name: str, width: int = 16) -> str:
+  """Long metric names over several lines, broken at underscores."""
+  lines, line = [], ""
+  for part in name.split("_"):
+    if line and len(line) + len(part) + 1 > width:
+      lines.append(line + "_")
+      line = part
+    else:
+      line = f"{line}_{part}" if line else part
+  return "\n".join(lines + [line])
 
 
 def figure_dose(results: dict) -> bytes:
@@ -227,7 +241,7 @@ def figure_dose(results: dict) -> bytes:
     ax.axhline(results["baseline"]["accuracy"], color="k", linestyle="--")
     ax.set_xscale("log")
     ax.set_xlabel("K")
-    ax.set_title(f"{sel}, {mode}", fontsize=9)
+    ax.set_title(f"{_wrap(sel, 28)}, {mode}", fontsize=8)
   axes[0][0].set_ylabel("accuracy")
   axes[0][0].legend(fontsize=7)
   return _png(fig)

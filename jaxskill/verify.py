@@ -265,6 +265,9 @@ def verify(config, *, progress: bool = True) -> dict:
             "random_accuracy_drop_mean": mean_drop,
             "random_accuracy_drop_std": control["accuracy_drop"]["std"],
             "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
+            # How far outside the random spread: (top drop - mean random drop) / random std.
+            "drop_z": ((drop - mean_drop) / control["accuracy_drop"]["std"]
+                       if control["accuracy_drop"]["std"] > 0 else None),
             "layers": sorted({layer for layer, _ in ranked[:k]}),
             "random_neurons": [[list(x) for x in draw] for draw in random_sets[sel, k]]}
       per_sel["modes"][mode] = per_k

@@ -27,7 +27,7 @@ def main(pid: int, nproc: int, port: str, out: str) -> None:
                                  n_test=0, seed=0)
   encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
                             max_length=40)
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, model.config.hidden_size))}
   r, st = discover.correlate(
       model, params, prompt, encoded, kind="classification",
       verbalizer=data_lib.verbalizer_ids(tok, task.verbalizer), sites=("prompt", "last_input"),

@@ -16,6 +16,11 @@ from jaxskill.config import load_config
 from jaxskill.tasks import table
 from jaxskill.train import make_mesh
 
+# The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
+_DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())
+H, I, L = _DEMO["hidden_size"], _DEMO["intermediate_size"], _DEMO["num_hidden_layers"]
+
+
 PLANTED = 37  # layer-0 neuron wired to fire on the token "7"
 
 
@@ -65,7 +70,7 @@ def planted(tmp_path_factory):
 
 def _correlate(planted, names, **kw):
   model, params, encoded, verbalizer = planted
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
   return discover.correlate(model, params, prompt, encoded, kind="classification",
                             verbalizer=verbalizer, sites=kw.pop("sites", ("last_input",)),
                             prompt_length=4, names=names, mesh=make_mesh(1), batch_size=16, **kw)
@@ -73,7 +78,7 @@ def _correlate(planted, names, **kw):
 
 def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
   r, st = _correlate(planted, ("label", "meta_is7", "meta_shuffled"))
-  assert r.shape == (3, 4, 1, 256)
+  assert r.shape == (3, L, 1, I)
   label_top = discover.top_k(discover.neuron_scores(r[0])[0], 5)
   is7_top = discover.top_k(discover.neuron_scores(r[1])[0], 5)
   shuffled_scores = discover.neuron_scores(r[2])[0]
@@ -85,7 +90,7 @@ def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
 
 def test_capture_metrics_match_a_hand_computation(planted):
   model, params, encoded, verbalizer = planted
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
   batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
   acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
                                  verbalizer=jnp.asarray(verbalizer), sites=("answer",),
@@ -102,7 +107,7 @@ def test_capture_metrics_match_a_hand_computation(planted):
           "entropy": -(p * np.log(p)).sum(1)}
   for j, name in enumerate(capture.BUILTIN_METRICS):
     np.testing.assert_allclose(np.asarray(y[:, j]), want[name], atol=1e-5, err_msg=name)
-  assert acts.shape == (8, 4, 1, 256)
+  assert acts.shape == (8, L, 1, I)
 
 
 def test_prefix_prompt_sites_are_refused():
@@ -148,10 +153,10 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
   assert sorted(out.files) == sorted(["correct", "confidence", "meta_last_digit_only",
                                       "half_nan", "label"])
   pred = np.load(tmp_path / "f" / "predictivity.npz")
-  assert pred["accuracy"].shape == (4, 6, 256)
+  assert pred["accuracy"].shape == (L, 6, I)
   np.testing.assert_allclose(pred["score"], np.abs(pred["accuracy"] - 0.5))
   assert summary["predictivity_2022"]["f"]["n_dev"] == 8
-  assert out["correct"].shape == (4, 4 + 2, 256)  # layers, 4 prompt + last_input + answer
+  assert out["correct"].shape == (L, 4 + 2, I)  # layers, 4 prompt + last_input + answer
   # 40 examples in batches of 16: NaN for rows 0-7 of each batch, real rows only -> 8 + 8 + 8.
   assert summary["metrics"]["half_nan"]["nan_excluded"] == 24
   assert summary["metrics"]["half_nan"]["n"] == 16
@@ -188,11 +193,11 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
   model, params, encoded, verbalizer = planted
   r, st = _correlate(planted, ("label",))
   baseline = st["mean_x"][0] + st["ref_x"]
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, 64))}
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
   acc, n = discover.predictivity(model, params, prompt, encoded, baseline.astype(np.float32),
                                  verbalizer=verbalizer, sites=("last_input",), prompt_length=4,
                                  mesh=make_mesh(1), batch_size=16)
-  assert n == len(encoded) and acc.shape == (4, 1, 256)
+  assert n == len(encoded) and acc.shape == (L, 1, I)
   # numpy reference from the captured activations themselves
   acts, _ = capture.capture_step(prompt, params, {k: jnp.asarray(v) for k, v in
                                                   encoded.arrays().items()},

@@ -21,6 +21,9 @@ from jaxskill import cli
 from jaxskill.config import TrainConfig, load_config
 from jaxskill.train import init_prompt, make_optimizer, prepare, train, train_step
 
+# The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
+_DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())
+H = _DEMO["hidden_size"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +57,7 @@ def test_prompt_training_learns_a_task_the_frozen_model_fails(data_file, tmp_pat
   assert summary["best_dev_accuracy"] >= 0.95
   log = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log if r["split"] == "dev"] == [0, 20, 40, 60, 80, 100, 120, 140, 150]
-  assert np.load(config.run_dir / "prompt_best.npy").shape == (4, 64)
+  assert np.load(config.run_dir / "prompt_best.npy").shape == (4, H)
 
 
 def test_model_params_frozen_and_optimizer_state_prompt_shaped(data_file, tmp_path):
@@ -65,7 +68,7 @@ def test_model_params_frozen_and_optimizer_state_prompt_shaped(data_file, tmp_pa
   params = setup.params
   before = jax.tree.map(np.array, params)
   optimizer = make_optimizer(TrainConfig(clip_norm=1.0, warmup_steps=2, decay="cosine", steps=5))
-  prompt = {"embeddings": jnp.ones((4, 64)) * 0.01}
+  prompt = {"embeddings": jnp.ones((4, H)) * 0.01}
   state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
            "rng": jax.random.PRNGKey(0)}
   step = jax.jit(lambda s, p, b: train_step(s, p, b, model=setup.model, optimizer=optimizer,
@@ -78,8 +81,8 @@ def test_model_params_frozen_and_optimizer_state_prompt_shaped(data_file, tmp_pa
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
   # The optimizer state holds prompt-shaped moments and scalar counters, nothing model-sized.
   for leaf in jax.tree.leaves(state["opt_state"]):
-    assert leaf.shape in ((4, 64), ()), leaf.shape
-  assert sum(leaf.shape == (4, 64) for leaf in jax.tree.leaves(state["opt_state"])) == 2
+    assert leaf.shape in ((4, H), ()), leaf.shape
+  assert sum(leaf.shape == (4, H) for leaf in jax.tree.leaves(state["opt_state"])) == 2
   # A full run leaves the checkpoint on disk untouched.
   train(config, progress=False)
   assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest
@@ -214,7 +217,7 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
   setup = prepare(config)
   assert setup.split > 0
   batch = {k: jnp.asarray(v[:16]) for k, v in setup.train.arrays().items()}
-  prompt = {"embeddings": 0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, 64))}
+  prompt = {"embeddings": 0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H))}
   kw = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
   grad = jax.grad(loss_fn, has_aux=True)
   g_split, m_split = grad(prompt, setup.params, batch, split=setup.split, **kw)
