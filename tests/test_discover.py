@@ -210,7 +210,9 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
   want = ((a > baseline.astype(np.float32)) == (encoded.label[:, None] > 0)).mean(0)
   np.testing.assert_allclose(acc.reshape(-1), want, atol=1e-12)
   score = np.abs(acc - 0.5)
-  assert discover.top_k(discover.neuron_scores(score[:, :, :])[0], 1)[0] == (0, PLANTED)
+  # The planted detector predicts the label perfectly; the trained organism has natural "7"
+  # neurons that may tie with it, so it must reach the maximum rather than rank first by index.
+  assert score[0, 0, PLANTED] == score.max() >= 0.45
 
 
 def test_undefined_r_is_never_ranked():
