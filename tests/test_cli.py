@@ -34,3 +34,18 @@ def test_shipped_model_loads_in_transformers():
     want = hf(torch.tensor(ids)).logits.numpy()
   np.testing.assert_allclose(np.asarray(model.apply({"params": params}, ids)), want, atol=1e-4,
                              rtol=0)
+
+
+def test_shipped_tokenizer_loads_with_autotokenizer():
+  """The organism's tokenizer is a plain HF tokenizer: AutoTokenizer reads it, digits are single
+  tokens (as in Qwen's), and the verbalizer words are one token each."""
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(cli.DEMO_MODEL)
+  text = "Q: What is 86 plus 53?\nA: 139\nCorrect? no"
+  ids = tok(text, add_special_tokens=False)["input_ids"]
+  assert tok.decode(ids) == text
+  pieces = tok.convert_ids_to_tokens(ids)
+  assert [p for p in pieces if any(c.isdigit() for c in p)] == list("8653") + ["1", "3", "9"]
+  assert len(tok(" yes", add_special_tokens=False)["input_ids"]) == 1
+  assert len(tok(" no", add_special_tokens=False)["input_ids"]) == 1
+  assert tok.eos_token == "<|endoftext|>"
