@@ -95,7 +95,7 @@ def last_digit_shortcut(activations: dict, *, min_effect: float = 0.25,
                  "shortcut": bool(abs(auc_last - 0.5) >= min_effect
                                   and abs(auc_else - 0.5) <= max_other),
                  "score": abs(auc_last - 0.5) - abs(auc_else - 0.5)})
-  rows.sort(key=lambda r: -r["score"])
+  rows.sort(key=lambda r: (not r["shortcut"], -r["score"]))  # neurons meeting it first
   return {"answer": "yes" if any(r["shortcut"] for r in rows) else "no",
           "criterion": f"|AUC(correct vs last-digit-wrong) - 0.5| >= {min_effect} and "
                        f"|AUC(correct vs elsewhere-wrong) - 0.5| <= {max_other}",
