@@ -77,7 +77,9 @@ class TrainConfig:
   max_to_keep: int = 3
   async_checkpoint: bool = True
   seed: int = 0
-  data_parallel: int = 0  # devices on the mesh's data axis; 0 = all
+  data_parallel: int = 0  # devices on the mesh's data axis; 0 = all the model axis leaves
+  model_parallel: int = 1  # devices on the mesh's model axis (params split over it)
+  param_sharding: str = "tensor"  # tensor | fsdp: how params are split (jaxskill.sharding)
 
   def __post_init__(self):
     import math
@@ -87,7 +89,7 @@ class TrainConfig:
            warmup_steps=0 <= self.warmup_steps, clip_norm=self.clip_norm >= 0,
            eval_every=self.eval_every >= 1, log_every=self.log_every >= 1,
            checkpoint_every=self.checkpoint_every >= 1, max_to_keep=self.max_to_keep >= 1,
-           data_parallel=self.data_parallel >= 0)
+           data_parallel=self.data_parallel >= 0, model_parallel=self.model_parallel >= 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +157,7 @@ _CHOICES = {
     ("prompt", "placement"): ("infix", "prefix"),
     ("data", "truncation"): ("left", "right", "error"),
     ("train", "decay"): ("constant", "linear", "cosine"),
+    ("train", "param_sharding"): ("tensor", "fsdp"),
 }
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, checkpointing, stats
+from jaxskill import capture, checkpointing, sharding, stats
 from jaxskill import data as data_lib
 
 log = logging.getLogger("jaxskill.discover")
@@ -91,9 +91,10 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
     acts, y = step(prompt, params, batch)
     return stats.reference(acts.reshape(acts.shape[0], -1), y, batch["valid"])
 
-  fused_fn = jax.jit(fused, in_shardings=(replicated, replicated, sharded, replicated, replicated),
-                     out_shardings=replicated)
-  prompt, params = jax.device_put((prompt, params), replicated)
+  prompt = jax.device_put(prompt, replicated)
+  params, param_shardings = sharding.place_params(params, mesh)
+  fused_fn = jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
+                                          replicated), out_shardings=replicated)
   arrays = _arrays_with_metadata(encoded, names)
   n_batches = -(-len(encoded) // batch_size)
 
@@ -158,9 +159,8 @@ def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.
     acts, _ = step(prompt, params, batch)
     return counts_fn(acts.reshape(acts.shape[0], -1), batch["label"], batch["valid"], baseline)
 
-  prompt, params, baseline_dev = jax.device_put((prompt, params, jnp.asarray(baseline,
-                                                                             jnp.float32)),
-                                                replicated)
+  prompt, baseline_dev = jax.device_put((prompt, jnp.asarray(baseline, jnp.float32)), replicated)
+  params, _ = sharding.place_params(params, mesh)
   correct, n = 0, 0
   for batch in data_lib.eval_batches(encoded, batch_size):
     batch = jax.device_put(batch, sharded)
@@ -189,7 +189,8 @@ def top_activations(model, params, prompt, encoded: data_lib.Encoded,
     acts, y = step(prompt, params, batch)
     return acts[:, layer, pos, neuron], y
 
-  prompt, params = jax.device_put((prompt, params), replicated)
+  prompt = jax.device_put(prompt, replicated)
+  params, _ = sharding.place_params(params, mesh)
   out_a, out_y = [], []
   for batch in data_lib.eval_batches(encoded, batch_size, _arrays_with_metadata(encoded, names)):
     valid = batch["valid"] > 0
@@ -308,11 +309,12 @@ def find(config, *, progress: bool = True) -> dict:
       train(run, progress=progress)
     if setup is None:
       setup = prepare(run)
-      mesh = make_mesh(run.train.data_parallel)
+      mesh = make_mesh(run.train.data_parallel, run.train.model_parallel)
+      params, _ = sharding.place_params(setup.params, mesh, run.train.param_sharding)
       encoded = encoded_split(setup, run, fc.split)
       names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
     prompt = {"embeddings": jnp.asarray(np.load(run.run_dir / "prompt_best.npy"))}
-    r, st = correlate(setup.model, setup.params, prompt, encoded, kind=setup.task.kind,
+    r, st = correlate(setup.model, params, prompt, encoded, kind=setup.task.kind,
                       verbalizer=setup.verbalizer, sites=fc.sites,
                       prompt_length=run.prompt.length, names=names, custom=custom, mesh=mesh,
                       batch_size=fc.batch_size, ckpt_dir=run.run_dir / "find_checkpoints",
@@ -323,7 +325,7 @@ def find(config, *, progress: bool = True) -> dict:
       # 2022 baseline: threshold = the train mean activation (from the statistics just taken)
       j = names.index("label")
       baseline = (st["mean_x"][j] + st["ref_x"]).astype(np.float32)
-      acc, n_dev = predictivity(setup.model, setup.params, prompt, setup.dev, baseline,
+      acc, n_dev = predictivity(setup.model, params, prompt, setup.dev, baseline,
                                 verbalizer=setup.verbalizer, sites=fc.sites,
                                 prompt_length=run.prompt.length, mesh=mesh,
                                 batch_size=fc.batch_size)
@@ -349,7 +351,7 @@ def find(config, *, progress: bool = True) -> dict:
   if features:
     first_prompt = {"embeddings": jnp.asarray(np.load(runs[0].run_dir / "prompt_best.npy"))}
     acts, values = top_activations(
-        setup.model, setup.params, first_prompt, encoded, features, kind=setup.task.kind,
+        setup.model, params, first_prompt, encoded, features, kind=setup.task.kind,
         verbalizer=setup.verbalizer, sites=fc.sites, prompt_length=config.prompt.length,
         names=names, custom=custom, mesh=mesh, batch_size=fc.batch_size)
     if jax.process_index() == 0:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import checkpointing
+from jaxskill import checkpointing, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config,
@@ -171,12 +171,12 @@ def prepare(config: RunConfig) -> Setup:
   return Setup(model, params, tokenizer, task, train, dev, verbalizer, split)
 
 
-def make_mesh(data_parallel: int) -> Mesh:
-  devices = jax.devices()
-  n = data_parallel or len(devices)
-  if n > len(devices):
-    raise RunConfigError(f"train.data_parallel={n} but only {len(devices)} devices exist")
-  return Mesh(np.asarray(devices[:n]), ("data",))
+def make_mesh(data_parallel: int, model_parallel: int = 1) -> Mesh:
+  """The (data, model) device mesh of a run (see `jaxskill.sharding`)."""
+  try:
+    return sharding.make_mesh(data_parallel, model_parallel)
+  except sharding.MeshError as e:
+    raise RunConfigError(str(e)) from None
 
 
 # Keys a re-run may change and still continue the same run: how long and how often, not what.
@@ -245,7 +245,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   cfg = config.train
   run_dir = config.run_dir
   _check_resume_config(run_dir, config)
-  mesh = make_mesh(cfg.data_parallel)
+  mesh = make_mesh(cfg.data_parallel, cfg.model_parallel)
   n_data = mesh.shape["data"]
   if cfg.batch_size % n_data:
     raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
@@ -255,7 +255,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   dump_config(config, run_dir / "config.yaml")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = lambda batch: jax.device_put(batch, sharded)  # noqa: E731
-  params = jax.device_put(setup.params, replicated)
+  params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
   optimizer = make_optimizer(cfg)
   statics = dict(model=setup.model, kind=setup.task.kind,
                  verbalizer=jnp.asarray(setup.verbalizer), split=setup.split)
@@ -283,10 +283,11 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
     _truncate_log(log_path, start)
 
     step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
-                      in_shardings=(replicated, replicated, sharded),
+                      in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=(replicated, replicated))
     eval_fn = jax.jit(functools.partial(eval_step, **statics),
-                      in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+                      in_shardings=(replicated, param_shardings, sharded),
+                      out_shardings=replicated)
     arrays = setup.train.arrays()
     n_train = len(setup.train)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",

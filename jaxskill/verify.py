@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, interventions
+from jaxskill import capture, interventions, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.discover import neuron_scores, top_k
@@ -169,12 +169,13 @@ def verify(config, *, progress: bool = True) -> dict:
                        f"{run_dir / 'correlations.npz'}: {sorted(correlations.files)}")
   prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
   prompt = {"embeddings": jnp.asarray(np.load(prompt_dir / "prompt_best.npy"))}
-  mesh = make_mesh(config.train.data_parallel)
+  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
   if vc.batch_size % mesh.shape["data"]:
     raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
                      f"{mesh.shape['data']} devices of the data axis")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  prompt, params = jax.device_put((prompt, setup.params), replicated)
+  prompt = jax.device_put(prompt, replicated)
+  params, _ = sharding.place_params(setup.params, mesh, config.train.param_sharding)
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
   statics = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))

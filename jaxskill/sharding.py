@@ -1,0 +1,93 @@
+"""Device meshes and parameter layouts.
+
+The mesh has a data axis (the batch is split over it) and a model axis (params are split over
+it). Two layouts of the Qwen params over the model axis, chosen with `train.param_sharding`:
+  tensor  Megatron-style tensor parallelism: attention heads and MLP neurons are split (q/k/v and
+          gate/up by output columns, o_proj and down_proj by input rows), the embedding table
+          by vocabulary rows; norms replicated.
+  fsdp    every param split along its first splittable non-layer axis and gathered by XLA where
+          a layer needs it (less memory for params, more communication).
+A dimension that the model axis does not divide stays whole (replicated) rather than failing;
+results do not depend on the layout (XLA inserts the collectives), only speed and memory do.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+LAYOUTS = ("tensor", "fsdp")
+
+# Param name (without the "layers/" prefix) -> the axes after the stacked layer axis.
+_TENSOR = {
+    "embed_tokens/embedding": ("model", None),
+    "self_attn/q_proj/kernel": (None, "model"), "self_attn/q_proj/bias": ("model",),
+    "self_attn/k_proj/kernel": (None, "model"), "self_attn/k_proj/bias": ("model",),
+    "self_attn/v_proj/kernel": (None, "model"), "self_attn/v_proj/bias": ("model",),
+    "self_attn/o_proj/kernel": ("model", None),
+    "mlp/gate_proj/kernel": (None, "model"), "mlp/up_proj/kernel": (None, "model"),
+    "mlp/down_proj/kernel": ("model", None),
+    "lm_head/kernel": (None, "model"),
+}
+
+
+class MeshError(ValueError):
+  pass
+
+
+def make_mesh(data_parallel: int = 0, model_parallel: int = 1,
+              devices: list | None = None) -> Mesh:
+  """A (data, model) mesh over the first data_parallel * model_parallel devices;
+  data_parallel 0 = all the devices the model axis leaves."""
+  devices = jax.devices() if devices is None else devices
+  if model_parallel < 1 or len(devices) % model_parallel:
+    raise MeshError(f"train.model_parallel={model_parallel} does not divide the "
+                    f"{len(devices)} devices")
+  data = data_parallel or len(devices) // model_parallel
+  if data * model_parallel > len(devices):
+    raise MeshError(f"train.data_parallel={data} x train.model_parallel={model_parallel} needs "
+                    f"{data * model_parallel} devices, only {len(devices)} exist")
+  grid = np.asarray(devices[:data * model_parallel]).reshape(data, model_parallel)
+  return Mesh(grid, ("data", "model"))
+
+
+def param_specs(params, layout: str, model_size: int):
+  """PartitionSpecs for the param tree (any array-like leaves with .shape)."""
+  if layout not in LAYOUTS:
+    raise MeshError(f"train.param_sharding must be one of {list(LAYOUTS)}, got {layout!r}")
+
+  def spec(path, leaf):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    layered = name.startswith("layers/")
+    dims = leaf.shape[1:] if layered else leaf.shape
+    if model_size == 1:
+      axes = (None,) * len(dims)
+    elif layout == "tensor":
+      axes = _TENSOR.get(name.removeprefix("layers/"), (None,) * len(dims))
+    else:
+      first = next((j for j, d in enumerate(dims) if d % model_size == 0 and d >= model_size),
+                   None)
+      axes = tuple("model" if j == first else None for j in range(len(dims)))
+    axes = tuple(a if a is None or dims[j] % model_size == 0 else None
+                 for j, a in enumerate(axes))
+    return P(*(((None,) if layered else ()) + axes))
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def param_shardings(params, mesh: Mesh, layout: str = "tensor"):
+  model_size = mesh.shape["model"] if "model" in mesh.axis_names else 1
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, layout, model_size),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def place_params(params, mesh: Mesh, layout: str = "tensor"):
+  """(params on `mesh` in `layout`, their shardings). Params already on this mesh stay where
+  they are, so a caller can place them once in another layout."""
+  leaves = jax.tree.leaves(params)
+  if leaves and all(isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+                    and x.sharding.mesh == mesh for x in leaves):
+    return params, jax.tree.map(lambda x: x.sharding, params)
+  shardings = param_shardings(params, mesh, layout)
+  return jax.device_put(params, shardings), shardings

@@ -1,0 +1,91 @@
+"""Helper for tests/test_sharding.py, run in a subprocess with 8 fake CPU devices: the same
+forward, capture, prompt-training step and correlation on one device and on a (2 data x 4 model)
+mesh with the params split (tensor and fsdp layouts). Writes the results to an .npz."""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import jaxskill
+from jaxskill import data as data_lib
+from jaxskill import discover, sharding
+from jaxskill.config import TrainConfig
+from jaxskill.tasks import arithmetic_verification
+from jaxskill.train import make_optimizer, train_step
+
+
+def run(mesh, layout, params, model, encoded, verbalizer):
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  placed, shardings = sharding.place_params(params, mesh, layout)
+  c = model.config
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, c.hidden_size))}
+  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+  positions = jnp.tile(jnp.arange(batch["input_ids"].shape[1]), (8, 1))
+
+  @functools.partial(jax.jit, in_shardings=(shardings, rows, rows), out_shardings=replicated)
+  def forward(params, ids, positions):
+    logits, variables = model.apply({"params": params}, ids, capture_positions=positions,
+                                    mutable=["intermediates"])
+    return logits, jaxskill.neuron_activations(variables)
+
+  logits, acts = forward(placed, batch["input_ids"], positions)
+  optimizer = make_optimizer(TrainConfig(lr=1e-2))
+  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
+           "rng": jax.random.PRNGKey(1)}
+  step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
+                                   kind="classification", verbalizer=jnp.asarray(verbalizer),
+                                   split=int(encoded.prompt_start[0])),
+                 in_shardings=(replicated, shardings, rows), out_shardings=replicated)
+  state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
+  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
+                            verbalizer=verbalizer, sites=("prompt", "last_input"),
+                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
+                            mesh=mesh, batch_size=8)
+  split_dims = sum(s.spec != P(*([None] * len(s.spec))) for s in jax.tree.leaves(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding)))
+  return {"logits": np.asarray(logits), "acts": np.asarray(acts),
+          "prompt": np.asarray(state["prompt"]["embeddings"]), "r": r,
+          "split_params": np.int64(split_dims),
+          "gate_shard": np.asarray(placed["layers"]["mlp"]["gate_proj"]["kernel"]
+                                   .addressable_shards[0].data.shape)}
+
+
+def main(dst):
+  assert jax.device_count() == 8, jax.devices()
+  model, params = jaxskill.load_model("demo")
+  tok = jaxskill.load_tokenizer("demo")
+  task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=36,
+                                 n_dev=0, n_test=0, seed=0)
+  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
+                            max_length=40)
+  verbalizer = data_lib.verbalizer_ids(tok, task.verbalizer)
+  out = {}
+  for name, mesh, layout in (("single", sharding.make_mesh(1, 1), "tensor"),
+                             ("tensor", sharding.make_mesh(2, 4), "tensor"),
+                             ("fsdp", sharding.make_mesh(2, 4), "fsdp")):
+    for key, value in run(mesh, layout, params, model, encoded, verbalizer).items():
+      out[f"{name}_{key}"] = value
+  # The stages themselves, from a config: training, then find's correlations.npz.
+  from pathlib import Path
+  from jaxskill.config import load_config
+  from jaxskill.discover import find
+  for name, mesh in (("single", ("1", "1")), ("tensor", ("2", "4"))):
+    config = load_config(None, [
+        f"out_dir={Path(dst).parent / 'runs'}", f"name={name}", "task.operations=plus,minus",
+        "task.digits=2", "task.n_train=32", "task.n_dev=8", "task.n_test=8", "train.steps=3",
+        "train.batch_size=8", "train.eval_every=3", "data.max_length=40", "prompt.length=4",
+        "find.batch_size=8", "find.metrics=label,confidence,meta_last_digit_only",
+        f"train.data_parallel={mesh[0]}", f"train.model_parallel={mesh[1]}"])
+    find(config, progress=False)
+    r = np.load(config.run_dir / "correlations.npz")
+    for metric in r.files:
+      out[f"{name}_npz_{metric}"] = r[metric]
+  np.savez(dst, **out)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])

@@ -1,0 +1,75 @@
+"""Param sharding: the layouts by hand, and on 8 fake CPU devices a (2 data x 4 model) mesh gives
+the unsharded logits, activations, prompt-training step and correlations."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxskill import sharding
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_layouts_by_hand():
+  shapes = {"embed_tokens": {"embedding": jax.ShapeDtypeStruct((100, 16), np.float32)},
+            "layers": {"mlp": {"down_proj": {"kernel": jax.ShapeDtypeStruct((2, 64, 16),
+                                                                            np.float32)},
+                               "gate_proj": {"kernel": jax.ShapeDtypeStruct((2, 16, 64),
+                                                                            np.float32)}},
+                       "self_attn": {"k_proj": {"bias": jax.ShapeDtypeStruct((2, 6), np.float32)}},
+                       "input_layernorm": {"weight": jax.ShapeDtypeStruct((2, 16), np.float32)}},
+            "norm": {"weight": jax.ShapeDtypeStruct((16,), np.float32)}}
+  t = sharding.param_specs(shapes, "tensor", 4)
+  assert t["embed_tokens"]["embedding"] == P("model", None)  # vocab rows
+  assert t["layers"]["mlp"]["gate_proj"]["kernel"] == P(None, None, "model")  # neurons
+  assert t["layers"]["mlp"]["down_proj"]["kernel"] == P(None, "model", None)
+  assert t["layers"]["self_attn"]["k_proj"]["bias"] == P(None, None)  # 6 not divisible by 4
+  assert t["layers"]["input_layernorm"]["weight"] == P(None, None) and t["norm"]["weight"] == P(None)
+  f = sharding.param_specs(shapes, "fsdp", 4)
+  assert f["layers"]["mlp"]["down_proj"]["kernel"] == P(None, "model", None)
+  assert f["layers"]["mlp"]["gate_proj"]["kernel"] == P(None, "model", None)
+  assert f["norm"]["weight"] == P("model")
+  assert sharding.param_specs(shapes, "tensor", 1)["norm"]["weight"] == P(None)
+  with pytest.raises(sharding.MeshError, match="'zigzag'"):
+    sharding.param_specs(shapes, "zigzag", 4)
+
+
+def test_mesh_sizes_are_checked():
+  devices = jax.devices() * 1
+  with pytest.raises(sharding.MeshError, match="model_parallel=3"):
+    sharding.make_mesh(0, 3, devices=devices * 4)
+  with pytest.raises(sharding.MeshError, match="needs 8 devices"):
+    sharding.make_mesh(4, 2, devices=devices * 4)
+
+
+def test_sharded_params_give_the_unsharded_results(tmp_path):
+  dst = tmp_path / "out.npz"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(HERE / "sharded_run.py"), str(dst)], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=HERE.parent)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = np.load(dst)
+  for layout in ("tensor", "fsdp"):
+    for key in ("prompt", "r"):
+      np.testing.assert_allclose(out[f"{layout}_{key}"], out[f"single_{key}"], atol=1e-5, rtol=0,
+                                 err_msg=f"{key}, {layout} layout on 2 x 4")
+    # Logits and activations reach 18 and 52 on the organism; the split matmuls add their
+    # float32 partial sums in another order (one ulp at 32 is 3.8e-6), so the bound is 1e-5
+    # relative to the largest value (measured: about 1.3e-6 and 1e-6).
+    for key in ("logits", "acts"):
+      want = out[f"single_{key}"]
+      err = np.abs(out[f"{layout}_{key}"] - want).max() / np.abs(want).max()
+      assert err < 1e-5, (key, layout, err)
+    assert out[f"{layout}_split_params"] >= 7  # the layout really splits the params
+  for metric in ("label", "confidence", "meta_last_digit_only"):  # find's correlations.npz
+    np.testing.assert_allclose(out[f"tensor_npz_{metric}"], out[f"single_npz_{metric}"],
+                               atol=1e-5, rtol=0, err_msg=metric)
+  assert tuple(out["tensor_gate_shard"]) == (4, 128, 512 // 4)  # neurons split 4 ways
+  assert not np.allclose(out["single_prompt"], 0.05 * 0)  # the step moved the prompt
