@@ -107,6 +107,8 @@ def cmd_find(args) -> int:
   config = _run_config(args)
   summary = find(config, progress=not args.no_progress)
   print(f"run dir: {config.run_dir}")
+  if not summary:  # another process than 0 of a multi-process run: process 0 wrote and reports
+    return 0
   for name, m in summary["metrics"].items():
     best = m["top_k"][0] if m["top_k"] else None
     print(f"  {name:>24}: n={m['n']:<6} max|r|={m['max_abs_r']} top (layer, neuron)={best} "
@@ -232,9 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _maybe_init_distributed() -> None:
   """Multi-process runs: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID in the
-  environment start `jax.distributed` (on CPU with gloo collectives)."""
+  environment start `jax.distributed` (on CPU with gloo collectives); JAXSKILL_DISTRIBUTED=auto
+  lets jax detect the cluster (Cloud TPU, SLURM)."""
   import os
   address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if os.environ.get("JAXSKILL_DISTRIBUTED") == "auto":  # TPU pods, SLURM: jax finds the cluster
+    import jax
+    jax.distributed.initialize()
+    return
   if not address:
     return
   import jax

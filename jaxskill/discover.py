@@ -360,8 +360,14 @@ def find(config, *, progress: bool = True) -> dict:
                activations=acts, metrics=values, metric_names=np.asarray(names),
                position_names=np.asarray(position_names),
                texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
-  if jax.process_index() != 0:  # every process holds the same statistics; one writes them
-    return {}
+  summary = {}
+  if jax.process_index() == 0:  # every process holds the same statistics; one writes them
+    summary = _write_find_outputs(config, results, names, position_names, common, extra)
+  sharding.barrier("find: outputs written")
+  return summary
+
+
+def _write_find_outputs(config, results, names, position_names, common, extra) -> dict:
   if len(results) == 1:
     return write_outputs(config.run_dir, results[0][1], names, position_names, results[0][2],
                          **common, extra=extra)
@@ -370,7 +376,7 @@ def find(config, *, progress: bool = True) -> dict:
   mean_r = np.nanmean(np.stack([r for _, r, _ in results]), axis=0)  # mean over seeds
   overlap = {}
   for j, name in enumerate(names):
-    sets = [top_k(neuron_scores(r[j])[0], fc.top_k) for _, r, _ in results]
+    sets = [top_k(neuron_scores(r[j])[0], common["top_k_n"]) for _, r, _ in results]
     pairs = [iou(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
     overlap[name] = float(np.mean(pairs))
   counts = np.min(np.stack([n for _, _, n in results]), axis=0)

@@ -39,6 +39,7 @@ def run(config: RunConfig, *, progress: bool = True,
   is called before each stage."""
   from jaxskill.discover import find, seed_runs
   from jaxskill.report import report
+  from jaxskill.sharding import barrier
   from jaxskill.train import train
   from jaxskill.verify import verify
   import jax
@@ -50,7 +51,7 @@ def run(config: RunConfig, *, progress: bool = True,
       "train": lambda: [train(c, progress=progress) for c in seed_runs(config)],
       "find": lambda: find(config, progress=progress),
       "verify": lambda: verify(config, progress=progress),
-      "report": lambda: report(run_dir),
+      "report": lambda: report(run_dir) if jax.process_index() == 0 else None,
   }
   out = {}
   for stage in STAGES:
@@ -69,6 +70,7 @@ def run(config: RunConfig, *, progress: bool = True,
     if jax.process_index() == 0:
       run_dir.mkdir(parents=True, exist_ok=True)
       record_path.write_text(json.dumps(record, indent=2) + "\n")
+    barrier(f"pipeline: {stage} done")
   return out
 
 

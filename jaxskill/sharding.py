@@ -91,3 +91,15 @@ def place_params(params, mesh: Mesh, layout: str = "tensor"):
     return params, jax.tree.map(lambda x: x.sharding, params)
   shardings = param_shardings(params, mesh, layout)
   return jax.device_put(params, shardings), shardings
+
+
+def is_writer() -> bool:
+  """Multi-process runs share the run directory: process 0 alone writes its files."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """All processes wait here (no-op in one process): what process 0 wrote is then readable."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

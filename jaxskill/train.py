@@ -216,6 +216,8 @@ def _evaluate(eval_fn, prompt, params, encoded, batch_size, put) -> dict:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
+  if not sharding.is_writer():
+    return
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
@@ -223,7 +225,7 @@ def _append_jsonl(path: Path, record: dict) -> None:
 def _truncate_log(path: Path, step: int) -> None:
   """Drops log lines past the restored step (all of them for a fresh start): they will be
   written again, identically. A line cut short by a crash is dropped too."""
-  if not path.exists():
+  if not path.exists() or not sharding.is_writer():
     return
   keep = []
   for line in path.read_text().splitlines():
@@ -251,8 +253,10 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
     raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
                          "devices of the data axis (set train.data_parallel)")
   setup = prepare(config)  # before the config is written: a config that fails here leaves no run
-  run_dir.mkdir(parents=True, exist_ok=True)
-  dump_config(config, run_dir / "config.yaml")
+  if sharding.is_writer():
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.yaml")
+  sharding.barrier("train: run dir ready")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = lambda batch: jax.device_put(batch, sharded)  # noqa: E731
   params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
@@ -325,9 +329,11 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   final = np.asarray(state["prompt"]["embeddings"])
   has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
   best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
-  np.save(run_dir / "prompt_final.npy", final)
-  np.save(run_dir / "prompt_best.npy", best)
-  dev_log = [json.loads(line) for line in log_path.read_text().splitlines()]
+  if sharding.is_writer():
+    np.save(run_dir / "prompt_final.npy", final)
+    np.save(run_dir / "prompt_best.npy", best)
+  dev_log = ([json.loads(line) for line in log_path.read_text().splitlines()]
+             if sharding.is_writer() else [])
   dev_at_init = [r["accuracy"] for r in dev_log if r["split"] == "dev" and r["step"] == 0]
   summary = {
       "steps": cfg.steps, "resumed_from": start,
@@ -338,5 +344,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
                     "dev": setup.dev.n_truncated if setup.dev is not None else 0},
       "devices": n_data, "seconds": time.perf_counter() - t0,
   }
-  (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+  if sharding.is_writer():
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+  sharding.barrier("train: outputs written")
   return summary

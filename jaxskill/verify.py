@@ -180,11 +180,12 @@ def verify(config, *, progress: bool = True) -> dict:
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
   statics = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
   metrics_fn = jax.jit(functools.partial(example_metrics, **statics), out_shardings=replicated)
-  batches = [jax.device_put(b, sharded) for b in data_lib.eval_batches(encoded, vc.batch_size)]
+  host = list(data_lib.eval_batches(encoded, vc.batch_size))
+  batches = [jax.device_put(b, sharded) for b in host]
 
   def run(edit) -> dict:
-    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[np.asarray(b["valid"]) > 0]
-            for i, b in enumerate(batches)]
+    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[h["valid"] > 0]
+            for i, (b, h) in enumerate(zip(batches, host))]
     return summarize(np.concatenate(rows), groups)
 
   mean = None
@@ -209,6 +210,7 @@ def verify(config, *, progress: bool = True) -> dict:
                              (run_dir / "correlations.npz").read_bytes(), to_dict(vc),
                              to_dict(config.task))
   done = _read_progress(progress_path, fingerprint)
+  sharding.barrier("verify: progress read")
   ks = sorted(set(vc.k_list) | {vc.k})
   jobs = [("baseline", None)]
   random_sets = {}
@@ -275,4 +277,5 @@ def verify(config, *, progress: bool = True) -> dict:
     results["selections"][sel] = per_sel
   if jax.process_index() == 0:
     (run_dir / "verify.json").write_text(json.dumps(results, indent=2) + "\n")
+  sharding.barrier("verify: outputs written")
   return results
