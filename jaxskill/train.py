@@ -155,7 +155,10 @@ class Setup:
 
 def prepare(config: RunConfig) -> Setup:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-  model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat)
+  # Read straight into the run's layout: each device loads only its shard of the params.
+  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
+  model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat,
+                             mesh=mesh, layout=config.train.param_sharding)
   tokenizer = load_tokenizer(config.model.path)
   task = build_task(config.task)
   encode = functools.partial(

@@ -69,6 +69,27 @@ def main(dst):
                              ("fsdp", sharding.make_mesh(2, 4), "fsdp")):
     for key, value in run(mesh, layout, params, model, encoded, verbalizer).items():
       out[f"{name}_{key}"] = value
+  # Loading straight into the sharded layout: each device's shard is read on its own.
+  from jaxskill.model import checkpoint as ck
+  reads, original = [], ck.LazyParam.read
+
+  def spy(self, index=None):
+    out = original(self, index)
+    reads.append((self.shape, out.shape))
+    return out
+  ck.LazyParam.read = spy
+  try:
+    _, loaded = jaxskill.load_model("demo", mesh=sharding.make_mesh(2, 4), layout="tensor")
+  finally:
+    ck.LazyParam.read = original
+  want = sharding.param_shardings(params, sharding.make_mesh(2, 4), "tensor")
+  out["load_same_values"] = np.int64(all(jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), loaded, params))))
+  out["load_same_layout"] = np.int64(all(jax.tree.leaves(jax.tree.map(
+      lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), loaded, want))))
+  gate = tuple(params["layers"]["mlp"]["gate_proj"]["kernel"].shape)
+  out["load_gate_reads"] = np.asarray([r for shape, r in reads if shape == gate])
+
   # The stages themselves, from a config: training, then find's correlations.npz.
   from pathlib import Path
   from jaxskill.config import load_config

@@ -71,5 +71,9 @@ def test_sharded_params_give_the_unsharded_results(tmp_path):
   for metric in ("label", "confidence", "meta_last_digit_only"):  # find's correlations.npz
     np.testing.assert_allclose(out[f"tensor_npz_{metric}"], out[f"single_npz_{metric}"],
                                atol=1e-5, rtol=0, err_msg=metric)
+  assert out["load_same_values"] and out["load_same_layout"]
+  # gate_proj and up_proj [4 layers, 128, 512] split 4 ways over neurons: 8 device reads of one
+  # quarter each (the 2 data replicas read their own), never the whole tensor.
+  assert out["load_gate_reads"].tolist() == [[4, 128, 128]] * 16
   assert tuple(out["tensor_gate_shard"]) == (4, 128, 512 // 4)  # neurons split 4 ways
   assert not np.allclose(out["single_prompt"], 0.05 * 0)  # the step moved the prompt

@@ -183,8 +183,23 @@ def _set(tree: dict, path: str, value) -> None:
   tree[last] = value
 
 
-def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
-  """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy)."""
+class LazyParam:
+  """One param of the jaxskill tree, backed by memory-mapped HF tensors: `read(index)` reads
+  only that slice (a tuple of slices, as `jax.make_array_from_callback` asks), so a device that
+  holds a shard of a param pulls just its shard from disk."""
+
+  def __init__(self, shape: tuple[int, ...], dtype, read):
+    self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
+
+  def read(self, index=None) -> np.ndarray:
+    index = tuple(index) if index is not None else ()
+    index += (slice(None),) * (len(self.shape) - len(index))
+    return self._read(index)
+
+
+def lazy_params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
+  """Validates the HF tensors of `hf_dir` (names, shapes) and returns the jaxskill param tree
+  with `LazyParam` leaves; nothing but the headers is read yet."""
   hf_dir = Path(hf_dir)
   tensors, files = _hf_tensors(hf_dir)
   expected = abstract_params(config, dtype)
@@ -197,14 +212,14 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
     return f"{files[name]}: tensor '{name}'"
 
   def fetch(name, transpose, want_shape):
+    """The tensor as a (possibly transposed) view, after checking its shape."""
     array = tensors[name]
     shape = array.shape[::-1] if transpose else array.shape
     if tuple(shape) != tuple(want_shape):
       hf_shape = tuple(want_shape[::-1]) if transpose else tuple(want_shape)
       raise CheckpointError(f"{where(name)} has shape {list(array.shape)}, the config asks for "
                             f"{list(hf_shape)}")
-    array = np.asarray(array)
-    return (array.T if transpose else array).astype(np_dtype)
+    return array.T if transpose else array
 
   for name in tensors:
     if name.endswith(".rotary_emb.inv_freq"):  # a buffer that old exports persisted
@@ -228,7 +243,9 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
       hint = (" (config says tie_word_embeddings=false; is the checkpoint tied?)"
               if hf_name == "lm_head.weight" else "")
       raise CheckpointError(f"{hf_dir}: missing tensor '{hf_name}'{hint}")
-    _set(params, path, fetch(hf_name, transpose, _get(expected, path).shape))
+    view = fetch(hf_name, transpose, _get(expected, path).shape)
+    _set(params, path, LazyParam(view.shape, np_dtype,
+                                 lambda idx, view=view: np.asarray(view[idx]).astype(np_dtype)))
   for template, (path, transpose) in _LAYER_TABLE.items():
     want = _get(expected, "layers/" + path).shape[1:]
     per_layer = []
@@ -237,8 +254,32 @@ def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) ->
       if name not in tensors:
         raise CheckpointError(f"{hf_dir}: missing tensor '{name}'")
       per_layer.append(fetch(name, transpose, want))
-    _set(params, "layers/" + path, np.stack(per_layer))
+
+    def read(idx, per_layer=per_layer):
+      return np.stack([np.asarray(view[idx[1:]]).astype(np_dtype)
+                       for view in per_layer[idx[0]]]).reshape(
+                           (len(per_layer[idx[0]]),) + _sliced_shape(per_layer[0].shape, idx[1:]))
+    _set(params, "layers/" + path, LazyParam((L,) + tuple(want), np_dtype, read))
   return params
+
+
+def _sliced_shape(shape, idx) -> tuple[int, ...]:
+  return tuple(len(range(*s.indices(n))) for s, n in zip(idx, shape))
+
+
+def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
+  """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy)."""
+  return jax.tree.map(lambda p: p.read(), lazy_params_from_hf(hf_dir, config, dtype))
+
+
+def sharded_params_from_hf(hf_dir: str | Path, config: QwenConfig, shardings,
+                           dtype=jnp.float32) -> dict:
+  """The params straight into `shardings` (a tree of `jax.sharding.Sharding`): each device's
+  shard is read from disk on its own, and a process reads only the shards of its devices; the
+  whole model is never assembled on one host."""
+  lazy = lazy_params_from_hf(hf_dir, config, dtype)
+  return jax.tree.map(lambda p, s: jax.make_array_from_callback(p.shape, s, p.read), lazy,
+                      shardings)
 
 
 def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[str, np.ndarray]:
@@ -306,9 +347,14 @@ def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
   return out_dir
 
 
-def load_converted(model_dir: Path, config: QwenConfig, dtype) -> dict:
+def load_converted(model_dir: Path, config: QwenConfig, dtype, shardings=None) -> dict:
+  """The orbax params of a converted dir; with `shardings`, restored straight into them (orbax
+  reads each shard's chunks only)."""
   import orbax.checkpoint as ocp
   target = abstract_params(config, dtype)
+  if shardings is not None:
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          target, shardings)
   path = model_dir.absolute() / "params"
   if not path.is_dir():
     raise CheckpointError(f"{model_dir}: has jaxskill.json but no params/ (interrupted "
@@ -349,17 +395,26 @@ def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
       shutil.copy(Path(src) / name, dst / name)
 
 
-def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = False):
+def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = False,
+               mesh=None, layout: str = "tensor"):
   """`(model, params)` from an HF Qwen1.5 directory, a converted one, or a cached hub id.
 
-  `dtype` is both the param and the compute dtype (float32 or bfloat16).
+  `dtype` is both the param and the compute dtype (float32 or bfloat16). With a `mesh`, the
+  params are read straight into their `layout` on it (see `jaxskill.sharding`): each device
+  reads its own shard, never the whole model on one host.
   """
   model_dir = resolve_model_dir(path)
   if not (model_dir / "config.json").exists():
     raise CheckpointError(f"{model_dir}: no config.json")
   config = QwenConfig.from_json_file(model_dir / "config.json")
+  shardings = None
+  if mesh is not None:
+    from jaxskill.sharding import param_shardings
+    shardings = param_shardings(abstract_params(config, dtype), mesh, layout)
   if is_converted(model_dir):
-    params = load_converted(model_dir, config, dtype)
+    params = load_converted(model_dir, config, dtype, shardings)
+  elif shardings is not None:
+    params = sharded_params_from_hf(model_dir, config, shardings, dtype)
   else:
     params = jax.tree.map(jnp.asarray, params_from_hf(model_dir, config, dtype))
   return Qwen2LM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
