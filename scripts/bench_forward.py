@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-from benchlib import append_json, run_info, time_calls, torch_model
+from benchlib import append_json, peak_rss_mib, run_info, time_calls, torch_model
 
 
 def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
@@ -117,6 +117,8 @@ def main(argv=None):
                   help="params and compute, both sides")
   ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   ap.add_argument("--skip-torch", action="store_true")
+  ap.add_argument("--skip-jax", action="store_true", help="PyTorch only (scripts/bench.py runs "
+                  "each side in its own process to read its peak memory)")
   ap.add_argument("--json", help="append the result as one JSON line to this file")
   args = ap.parse_args(argv)
 
@@ -134,14 +136,14 @@ def main(argv=None):
   result["matmul_peak_gflops"] = matmul_peak(jnp.dtype(args.dtype))
   print(f"{flops / 1e9:.0f} GFLOP per step; measured {args.dtype} matmul peak "
         f"{result['matmul_peak_gflops']:.0f} GFLOP/s", flush=True)
-  result["jaxskill"] = bench_jax(config, ids, capture, args.logits, args.iters, args.dtype,
-                                 args.scan_unroll)
-  result["jaxskill"]["tokens_per_s"] = tokens / result["jaxskill"]["step_s"]
-  result["jaxskill"]["gflops"] = flops / 1e9 / result["jaxskill"]["step_s"]
-  print(f"jaxskill: {result['jaxskill']['tokens_per_s']:.0f} tokens/s, "
-        f"{result['jaxskill']['gflops']:.0f} GFLOP/s "
-        f"(step {result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",
-        flush=True)
+  if not args.skip_jax:
+    result["jaxskill"] = bench_jax(config, ids, capture, args.logits, args.iters, args.dtype,
+                                   args.scan_unroll)
+    result["jaxskill"]["tokens_per_s"] = tokens / result["jaxskill"]["step_s"]
+    result["jaxskill"]["gflops"] = flops / 1e9 / result["jaxskill"]["step_s"]
+    print(f"jaxskill: {result['jaxskill']['tokens_per_s']:.0f} tokens/s, "
+          f"{result['jaxskill']['gflops']:.0f} GFLOP/s (step {result['jaxskill']['step_s']:.3f}s, "
+          f"compile {result['jaxskill']['compile_s']:.1f}s)", flush=True)
   if not args.skip_torch:
     torch_logits = args.torch_logits or args.logits
     result["torch_logits"] = torch_logits
@@ -151,12 +153,14 @@ def main(argv=None):
                                   args.threads or os.cpu_count(), args.dtype)
     result["torch"]["tokens_per_s"] = tokens / result["torch"]["step_s"]
     result["torch"]["gflops"] = torch_flops / 1e9 / result["torch"]["step_s"]
-    result["ratio"] = result["jaxskill"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
     print(f"torch:    {result['torch']['tokens_per_s']:.0f} tokens/s, "
           f"{result['torch']['gflops']:.0f} GFLOP/s "
           f"(step {result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
-    print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
-    assert result["jaxskill"]["acts_shape"] == result["torch"]["acts_shape"]
+    if "jaxskill" in result:
+      result["ratio"] = result["jaxskill"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+      print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
+      assert result["jaxskill"]["acts_shape"] == result["torch"]["acts_shape"]
+  result["peak_rss_mib"] = peak_rss_mib()
   if args.json:
     append_json(args.json, result)
   return result

@@ -2,6 +2,7 @@
 the number of examples grows tenfold (it must not grow: the data is streamed).
 
   python scripts/bench_stats.py overhead [--preset qwen1.5-0.5b] [--batch 8] [--seq 64]
+  python scripts/bench_stats.py overhead-torch [...]   # the PyTorch reference of the same
   python scripts/bench_stats.py memory [--preset ...] [--examples 64]   # runs n and 10n
 
 Random weights and random token ids (no download); infix layout with an 8-vector prompt; sites
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -118,16 +120,57 @@ def memory(args):
   return result
 
 
+def overhead_torch(args):
+  """The PyTorch reference of `overhead`: HF forward with down_proj hooks gathering the same
+  number of positions, then the same sufficient statistics (sums, centred cross-products with
+  the 7 metrics) in torch, float32, against the forward with hooks alone."""
+  import torch
+  from benchlib import torch_model
+  torch.set_num_threads(os.cpu_count())
+  config = PRESETS[args.preset]
+  model = torch_model(config)
+  k = PROMPT + 2
+  ids = torch.randint(0, config.vocab_size, (args.batch, args.seq))
+  pos = torch.arange(args.seq - k, args.seq)
+  captured = []
+  for layer in model.model.layers:
+    layer.mlp.down_proj.register_forward_hook(
+        lambda mod, inp, out: captured.append(inp[0][:, pos]))
+  y = torch.randn(args.batch, len(capture.BUILTIN_METRICS))
+
+  def forward():
+    captured.clear()
+    with torch.inference_mode():
+      model(input_ids=ids, logits_to_keep=1)
+      return torch.stack(captured, 1).reshape(args.batch, -1)
+
+  def forward_stats():
+    with torch.inference_mode():
+      x = forward()
+      xc, yc = x - x.mean(0), y - y.mean(0)
+      return x.sum(0), (xc * xc).sum(0), yc.T @ xc, y.sum(0), (yc * yc).sum(0)
+
+  forward_stats()
+  t_forward = time_calls(forward, args.iters)
+  t_fused = time_calls(forward_stats, args.iters)
+  result = dict(mode="overhead-torch", preset=args.preset, batch=args.batch, seq=args.seq,
+                forward_s=t_forward, forward_plus_stats_s=t_fused,
+                overhead=(t_fused - t_forward) / t_forward, torch=torch.__version__, **run_info())
+  print(json.dumps(result))
+  return result
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("mode", choices=["overhead", "memory", "memory-one"])
+  ap.add_argument("mode", choices=["overhead", "overhead-torch", "memory", "memory-one"])
   ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=64)
   ap.add_argument("--examples", type=int, default=64)
   ap.add_argument("--iters", type=int, default=3)
   args = ap.parse_args(argv)
-  return {"overhead": overhead, "memory": memory, "memory-one": memory_one}[args.mode](args)
+  return {"overhead": overhead, "overhead-torch": overhead_torch, "memory": memory,
+          "memory-one": memory_one}[args.mode](args)
 
 
 if __name__ == "__main__":

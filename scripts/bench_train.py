@@ -24,7 +24,7 @@ import numpy as np
 import jaxskill
 from jaxskill.config import TrainConfig
 from jaxskill.model.config import PRESETS
-from benchlib import append_json, run_info, time_calls, torch_model
+from benchlib import append_json, peak_rss_mib, run_info, time_calls, torch_model
 from jaxskill.train import make_optimizer, train_step
 
 
@@ -105,6 +105,8 @@ def main(argv=None):
                   help="jaxskill differentiates the whole sequence (as PyTorch does) instead of "
                        "running the input columns once as a constant cache")
   ap.add_argument("--skip-torch", action="store_true")
+  ap.add_argument("--skip-jax", action="store_true", help="PyTorch only (scripts/bench.py runs "
+                  "each side in its own process to read its peak memory)")
   ap.add_argument("--json")
   args = ap.parse_args(argv)
   config = PRESETS[args.preset]
@@ -112,19 +114,22 @@ def main(argv=None):
   split = 0 if args.no_split else args.seq - args.prompt
   result = dict(preset=args.preset, batch=args.batch, seq=args.seq, prompt=args.prompt,
                 split=split, **run_info())
-  result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters, split)
-  result["jaxskill"]["steps_per_s"] = 1 / result["jaxskill"]["step_s"]
-  print(f"jaxskill: {result['jaxskill']['steps_per_s']:.3f} steps/s (step "
-        f"{result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",
-        flush=True)
+  if not args.skip_jax:
+    result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters, split)
+    result["jaxskill"]["steps_per_s"] = 1 / result["jaxskill"]["step_s"]
+    print(f"jaxskill: {result['jaxskill']['steps_per_s']:.3f} steps/s (step "
+          f"{result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",
+          flush=True)
   if not args.skip_torch:
     result["torch"] = bench_torch(config, batch, args.prompt, args.iters,
                                   args.threads or os.cpu_count())
     result["torch"]["steps_per_s"] = 1 / result["torch"]["step_s"]
-    result["ratio"] = result["jaxskill"]["steps_per_s"] / result["torch"]["steps_per_s"]
     print(f"torch:    {result['torch']['steps_per_s']:.3f} steps/s (step "
           f"{result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
-    print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
+    if "jaxskill" in result:
+      result["ratio"] = result["jaxskill"]["steps_per_s"] / result["torch"]["steps_per_s"]
+      print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
+  result["peak_rss_mib"] = peak_rss_mib()
   if args.json:
     append_json(args.json, result)
   return result

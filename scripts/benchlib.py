@@ -41,3 +41,9 @@ def append_json(path: str, result: dict) -> None:
   """Appends one result as a JSON line (the runs kept for BENCHMARKS.md)."""
   with open(path, "a") as f:
     f.write(json.dumps(result) + "\n")
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory so far (Linux reports KiB)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,109 @@
+"""The benchmark suite: one table of jaxskill against the PyTorch HF reference, same machine, same
+run. Each side of each row runs in its own process, so that its peak memory is its own.
+
+Rows (Qwen1.5-0.5B-shaped model, random weights, float32):
+  forward + capture   tokens/s; logits at the captured positions on both sides (same work)
+  prompt training     steps/s of one soft-prompt step (jaxskill runs the input columns once
+                      without gradients; PyTorch differentiates the whole sequence)
+  statistics          forward + capture + correlation statistics per batch, s; and the share
+                      the statistics add on top of that side's forward
+Columns: jaxskill, PyTorch, the speed ratio (jaxskill / PyTorch, > 1 is faster), jaxskill's
+compile time against PyTorch's first call, and each side's peak resident memory.
+A GPU row (bf16 MFU on a 1.8B-shaped model) needs a GPU and is not run on CPU.
+
+  python scripts/bench.py [--preset qwen1.5-0.5b] [--iters 5] [--json results.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _child(script: str, *args: str) -> dict:
+  """Runs a bench script in a fresh process; its last JSON result."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = Path(tmp) / "r.jsonl"
+    extra = ["--json", str(out)] if script != "bench_stats.py" else []
+    proc = subprocess.run([sys.executable, str(HERE / script), *args, *extra], cwd=HERE,
+                          capture_output=True, text=True)
+    if proc.returncode:
+      raise SystemExit(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    if script == "bench_stats.py":  # prints its result as the last JSON line
+      line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
+      return json.loads(line)
+    return json.loads(out.read_text().splitlines()[-1])
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--preset", default="qwen1.5-0.5b")
+  ap.add_argument("--iters", type=int, default=5)
+  ap.add_argument("--json", help="append the table's rows as JSON lines to this file")
+  args = ap.parse_args(argv)
+  common = ["--preset", args.preset, "--iters", str(args.iters)]
+  rows = []
+
+  fwd = ["--batch", "4", "--seq", "128", "--capture", "4", "--logits", "captured", *common]
+  j, t = _child("bench_forward.py", *fwd, "--skip-torch"), _child("bench_forward.py", *fwd,
+                                                                   "--skip-jax")
+  rows.append(dict(row="forward + capture (4 x 128 tokens), tokens/s",
+                   jax=j["jaxskill"]["tokens_per_s"], torch=t["torch"]["tokens_per_s"],
+                   ratio=j["jaxskill"]["tokens_per_s"] / t["torch"]["tokens_per_s"],
+                   jax_compile_s=j["jaxskill"]["compile_s"],
+                   torch_first_call_s=t["torch"]["first_call_s"],
+                   jax_peak_mib=j["peak_rss_mib"], torch_peak_mib=t["peak_rss_mib"]))
+
+  for seq in (64, 128):
+    tr = ["--batch", "4", "--seq", str(seq), "--prompt", "8", *common]
+    j, t = _child("bench_train.py", *tr, "--skip-torch"), _child("bench_train.py", *tr,
+                                                                  "--skip-jax")
+    rows.append(dict(row=f"prompt training step (4 x {seq} tokens), steps/s",
+                     jax=j["jaxskill"]["steps_per_s"], torch=t["torch"]["steps_per_s"],
+                     ratio=j["jaxskill"]["steps_per_s"] / t["torch"]["steps_per_s"],
+                     jax_compile_s=j["jaxskill"]["compile_s"],
+                     torch_first_call_s=t["torch"]["first_call_s"],
+                     jax_peak_mib=j["peak_rss_mib"], torch_peak_mib=t["peak_rss_mib"]))
+
+  st = ["--preset", args.preset, "--iters", str(max(2, args.iters // 2))]
+  j, t = _child("bench_stats.py", "overhead", *st), _child("bench_stats.py", "overhead-torch", *st)
+  j_total = j["forward_plus_stats_s"] + j["host_merge_s"]
+  rows.append(dict(row="capture + statistics (8 x 64 tokens), s per batch",
+                   jax=j_total, torch=t["forward_plus_stats_s"],
+                   ratio=t["forward_plus_stats_s"] / j_total,
+                   jax_overhead=j["overhead"], torch_overhead=t["overhead"]))
+
+  info = {k: j[k] for k in ("machine", "jax", "device", "date")}
+  print(f"\n{info['date']}, {info['machine']}, jax {info['jax']} on {info['device']}, "
+        f"torch {t.get('torch', '')}, preset {args.preset}\n")
+  print("| row | jaxskill | PyTorch | ratio | compile (jax) / first call (torch), s | "
+        "peak RSS MiB jax / torch |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    if "jax_overhead" in r:
+      extra = (f"statistics add {100 * r['jax_overhead']:.1f}% (jax) / "
+               f"{100 * r['torch_overhead']:.1f}% (torch) to the forward")
+      print(f"| {r['row']} | {r['jax']:.3f} | {r['torch']:.3f} | {r['ratio']:.2f}x | "
+            f"{extra} | |")
+    else:
+      print(f"| {r['row']} | {r['jax']:.2f} | {r['torch']:.2f} | {r['ratio']:.2f}x | "
+            f"{r['jax_compile_s']:.1f} / {r['torch_first_call_s']:.1f} | "
+            f"{r['jax_peak_mib']:.0f} / {r['torch_peak_mib']:.0f} |")
+  print("| bf16 MFU, 1.8B-shaped, 32 x 512 | needs a GPU (none here) | | | | |")
+  if args.json:
+    with open(args.json, "a") as f:
+      for r in rows:
+        f.write(json.dumps({**r, **info, "preset": args.preset}) + "\n")
+  return rows
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  main()
