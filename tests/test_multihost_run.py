@@ -52,3 +52,37 @@ def test_two_processes_run_the_pipeline_like_one(tmp_path):
     row_a, row_b = (v["selections"]["label"]["modes"][mode]["4"] for v in (va, vb))
     assert abs(row_a["top"]["accuracy"] - row_b["top"]["accuracy"]) <= 1 / 16
   assert (b / "report.html").exists()
+
+
+def test_two_processes_resume_training_from_their_orbax_checkpoint(tmp_path):
+  """Both processes restore the step-4 checkpoint and continue to step 6: the same prompt as
+  one process that trained 6 steps straight."""
+  base = ["train", "--no-progress", "configs/base.yaml", "name=res", "task.operations=plus",
+          "task.digits=2", "task.n_train=32", "task.n_dev=8", "task.n_test=0",
+          "train.batch_size=8", "train.eval_every=2", "train.checkpoint_every=2",
+          "train.async_checkpoint=false", "data.max_length=40", "prompt.length=4"]
+
+  def launch(out_dir, steps, env):
+    return subprocess.Popen([sys.executable, "-m", "jaxskill.cli", *base, f"out_dir={out_dir}",
+                             f"train.steps={steps}"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  def both(steps):
+    port = _free_port()
+    procs = [launch(tmp_path / "two", steps, {
+        **_env(2), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, text in zip(procs, outs):
+      assert p.returncode == 0, text[-3000:]
+    return outs
+
+  both(4)
+  outs = both(6)
+  assert "resumed from 4" in outs[0]
+  one = launch(tmp_path / "one", 6, _env(4))
+  text = one.communicate(timeout=600)[0]
+  assert one.returncode == 0, text[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "two" / "res" / "prompt_final.npy"),
+                             np.load(tmp_path / "one" / "res" / "prompt_final.npy"),
+                             atol=1e-5, rtol=0)
