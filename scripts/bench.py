@@ -72,7 +72,7 @@ def main(argv=None):
                      torch_first_call_s=t["torch"]["first_call_s"],
                      jax_peak_mib=j["peak_rss_mib"], torch_peak_mib=t["peak_rss_mib"]))
 
-  st = ["--preset", args.preset, "--iters", str(max(2, args.iters // 2))]
+  st = ["--preset", args.preset, "--iters", str(args.iters)]
   j, t = _child("bench_stats.py", "overhead", *st), _child("bench_stats.py", "overhead-torch", *st)
   j_total = j["forward_plus_stats_s"] + j["host_merge_s"]
   rows.append(dict(row="capture + statistics (8 x 64 tokens), s per batch",
