@@ -232,32 +232,49 @@ def build_parser() -> argparse.ArgumentParser:
   return ap
 
 
-def _maybe_init_distributed() -> None:
-  """Multi-process runs: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID in the
-  environment start `jax.distributed` (on CPU with gloo collectives); JAXSKILL_DISTRIBUTED=auto
-  lets jax detect the cluster (Cloud TPU, SLURM)."""
-  import os
-  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if os.environ.get("JAXSKILL_DISTRIBUTED") == "auto":  # TPU pods, SLURM: jax finds the cluster
-    import jax
-    jax.distributed.initialize()
-    return
+def distributed_settings(args, environ) -> dict | None:
+  """The `jax.distributed.initialize` arguments of this run, or None for one process: the run
+  config's `distributed` section, each field overridden by the environment (JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID; JAXSKILL_DISTRIBUTED=auto lets jax find a Cloud TPU or
+  SLURM cluster). Read before anything starts a JAX backend."""
+  from jaxskill.config import DistributedConfig, RunConfigError, load_config
+  d = DistributedConfig()
+  if getattr(args, "config", None) is not None:
+    try:
+      d = load_config(args.config, getattr(args, "overrides", [])).distributed
+    except RunConfigError:
+      pass  # reported by the command itself, with the rest of the config
+  if environ.get("JAXSKILL_DISTRIBUTED") == "auto" or d.auto:
+    return {}
+  address = environ.get("JAX_COORDINATOR_ADDRESS", d.coordinator_address)
   if not address:
+    return None
+  try:
+    num = int(environ.get("JAX_NUM_PROCESSES", d.num_processes))
+    pid = int(environ.get("JAX_PROCESS_ID", d.process_id))
+  except ValueError:
+    raise SystemExit("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers") from None
+  if num < 1 or not 0 <= pid < num:
+    raise SystemExit(f"distributed run at {address}: num_processes={num} and process_id={pid} "
+                     "must satisfy 0 <= process_id < num_processes (set them in the config's "
+                     "distributed section or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+  return {"coordinator_address": address, "num_processes": num, "process_id": pid}
+
+
+def _maybe_init_distributed(args) -> None:
+  import os
+  settings = distributed_settings(args, os.environ)
+  if settings is None:
     return
   import jax
-  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+  if settings and os.environ.get("JAX_PLATFORMS", "") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  try:
-    num, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
-  except (KeyError, ValueError):
-    raise SystemExit("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must "
-                     "be set to integers too") from None
-  jax.distributed.initialize(address, num_processes=num, process_id=pid)
+  jax.distributed.initialize(**settings)
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  _maybe_init_distributed()
+  _maybe_init_distributed(args)
   from jaxskill.checkpointing import CheckpointRestoreError
   from jaxskill.config import RunConfigError
   from jaxskill.model import CheckpointError, ConfigError

@@ -135,6 +135,19 @@ class VerifyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-process runs (one process per host). The environment overrides each field:
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, JAXSKILL_DISTRIBUTED=auto."""
+  coordinator_address: str = ""  # host:port of process 0; "" = a single process
+  num_processes: int = 0
+  process_id: int = -1  # usually from the environment: it differs per process
+  auto: bool = False  # let jax find the cluster (Cloud TPU, SLURM)
+
+  def __post_init__(self):
+    _check(self, num_processes=self.num_processes >= 0, process_id=self.process_id >= -1)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   name: str = "run"
   out_dir: str = "runs"
@@ -145,6 +158,7 @@ class RunConfig:
   train: TrainConfig = TrainConfig()
   find: FindConfig = FindConfig()
   verify: VerifyConfig = VerifyConfig()
+  distributed: DistributedConfig = DistributedConfig()
 
   @property
   def run_dir(self) -> Path:

@@ -196,8 +196,10 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
            for k in new[s] if old[s].get(k) != new[s][k]]
   diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
             if not isinstance(new[k], dict) and old[k] != new[k]]
-  # Later stages are not training's concern; out_dir and name are what found this directory.
-  diffs = [d for d in diffs if not d.startswith(("find.", "out_dir:", "name:"))]
+  # Later stages and the process layout are not training's concern; out_dir and name are what
+  # found this directory.
+  diffs = [d for d in diffs if not d.startswith(("find.", "verify.", "distributed.", "out_dir:",
+                                                 "name:"))]
   extend = [d for d in diffs if d.split(":")[0] in _RESUMABLE_CHANGES]
   diffs = [d for d in diffs if d not in extend]
   if extend and not diffs:

@@ -49,3 +49,21 @@ def test_shipped_tokenizer_loads_with_autotokenizer():
   assert len(tok(" yes", add_special_tokens=False)["input_ids"]) == 1
   assert len(tok(" no", add_special_tokens=False)["input_ids"]) == 1
   assert tok.eos_token == "<|endoftext|>"
+
+
+def test_distributed_settings_from_config_and_environment(tmp_path):
+  import argparse
+  import pytest
+  config = tmp_path / "c.yaml"
+  config.write_text("distributed:\n  coordinator_address: host0:1234\n  num_processes: 4\n")
+  args = argparse.Namespace(config=str(config), overrides=[])
+  assert cli.distributed_settings(args, {"JAX_PROCESS_ID": "2"}) == {
+      "coordinator_address": "host0:1234", "num_processes": 4, "process_id": 2}
+  # The environment wins field by field; a one-process config stays one process.
+  assert cli.distributed_settings(args, {"JAX_PROCESS_ID": "1", "JAX_NUM_PROCESSES": "2"})[
+      "num_processes"] == 2
+  single = argparse.Namespace(config=None)
+  assert cli.distributed_settings(single, {}) is None
+  assert cli.distributed_settings(single, {"JAXSKILL_DISTRIBUTED": "auto"}) == {}
+  with pytest.raises(SystemExit, match="process_id=-1"):
+    cli.distributed_settings(args, {})  # the per-process id was never given
