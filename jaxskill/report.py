@@ -261,6 +261,10 @@ def _table(header: list[str], rows: list[list]) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _num(x, digits: int = 4) -> str:
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def _load_json(path: Path):
   return json.loads(path.read_text()) if path.exists() else None
 
@@ -312,8 +316,8 @@ def report(run_dir: str | Path) -> Path:
   if train_summary:
     parts.append("<h2>Prompt training</h2>" + _table(
         ["steps", "dev accuracy at init", "best dev accuracy", "train examples", "seconds"],
-        [[train_summary["steps"], train_summary.get("dev_accuracy_at_init"),
-          train_summary.get("best_dev_accuracy"), train_summary.get("n_train"),
+        [[train_summary["steps"], _num(train_summary.get("dev_accuracy_at_init")),
+          _num(train_summary.get("best_dev_accuracy")), train_summary.get("n_train"),
           f"{train_summary.get('seconds', 0):.1f}"]]))
   parts.append("<h2>Skill neurons</h2>")
   rows = [[name, m["n"], m["max_abs_r"] if m["max_abs_r"] is None else f"{m['max_abs_r']:.4f}",
@@ -332,10 +336,12 @@ def report(run_dir: str | Path) -> Path:
                      f"{row['accuracy_drop']:+.4f}",
                      f"{row['random_accuracy_drop_mean']:+.4f} +- "
                      f"{row['random_accuracy_drop_std']:.4f}",
-                     "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}"])
+                     "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}",
+                     _num(row.get("drop_z"), 1)])
     parts.append(_table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
                          f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
-                         "drop / random drop"], rows))
+                         "drop / mean random drop", "(drop - mean random drop) / random std"],
+                        rows))
     if results.get("group_by"):
       grows = []
       for sel, per_sel in results["selections"].items():
