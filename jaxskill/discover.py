@@ -339,9 +339,9 @@ def find(config, *, progress: bool = True) -> dict:
                 threshold=fc.threshold)
   extra = {"split": fc.split, "examples": len(encoded), "sites": list(fc.sites),
            "seeds": list(seeds), "predictivity_2022": predictivity_summary or None}
-  # The report's raw material: the top few neurons of each metric on every example.
-  r_all = results[0][1] if len(results) == 1 else np.nanmean(
+  r_all = results[0][1] if len(results) == 1 else np.nanmean(  # the mean over seeds
       np.stack([r for _, r, _ in results]), axis=0)
+  # The report's raw material: the top few neurons of each metric on every example.
   features = []
   for j in range(len(names)):
     scores, pos = neuron_scores(r_all[j])
@@ -362,18 +362,18 @@ def find(config, *, progress: bool = True) -> dict:
                texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
   summary = {}
   if jax.process_index() == 0:  # every process holds the same statistics; one writes them
-    summary = _write_find_outputs(config, results, names, position_names, common, extra)
+    summary = _write_find_outputs(config, results, r_all, names, position_names, common, extra)
   sharding.barrier("find: outputs written")
   return summary
 
 
-def _write_find_outputs(config, results, names, position_names, common, extra) -> dict:
+def _write_find_outputs(config, results, mean_r, names, position_names, common, extra) -> dict:
+  """mean_r: r averaged over the seeds' runs (the one run's r for a single seed)."""
   if len(results) == 1:
     return write_outputs(config.run_dir, results[0][1], names, position_names, results[0][2],
                          **common, extra=extra)
   for run, r, n in results:
     write_outputs(run.run_dir, r, names, position_names, n, **common, extra=extra)
-  mean_r = np.nanmean(np.stack([r for _, r, _ in results]), axis=0)  # mean over seeds
   overlap = {}
   for j, name in enumerate(names):
     sets = [top_k(neuron_scores(r[j])[0], common["top_k_n"]) for _, r, _ in results]

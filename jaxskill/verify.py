@@ -214,8 +214,9 @@ def verify(config, *, progress: bool = True) -> dict:
   ks = sorted(set(vc.k_list) | {vc.k})
   jobs = [("baseline", None)]
   random_sets = {}
+  ranked_by = {sel: top_k(neuron_scores(correlations[sel])[0], max(ks)) for sel in selection}
   for sel in selection:
-    ranked = top_k(neuron_scores(correlations[sel])[0], max(ks))
+    ranked = ranked_by[sel]
     for k in ks:
       chosen = ranked[:k]
       draws = [random_matched(chosen, c.intermediate_size,
@@ -253,7 +254,7 @@ def verify(config, *, progress: bool = True) -> dict:
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),
              "baseline": baseline, "selections": {}}
   for sel in selection:
-    ranked = top_k(neuron_scores(correlations[sel])[0], max(ks))
+    ranked = ranked_by[sel]
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
     for mode in vc.modes:
       per_k = {}
