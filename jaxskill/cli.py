@@ -86,7 +86,15 @@ def _run_config(args):
   """The merged run config of a pipeline command, with INFO logging for the run."""
   import logging
   from jaxskill.config import load_config
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  # jaxskill's own logger: the root logger may already carry a handler (absl installs one when
+  # orbax is imported), which would make logging.basicConfig a no-op.
+  logger = logging.getLogger("jaxskill")
+  if not logger.handlers:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
   return load_config(args.config, args.overrides)
 
 

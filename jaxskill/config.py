@@ -105,11 +105,13 @@ class FindConfig:
   seeds: tuple[int, ...] = ()  # train one prompt per seed and average; () = train.seed only
   checkpoint_every: int = 50  # batches between checkpoints of the running statistics
   report_neurons: int = 4  # per metric: activations on every example kept for the report
+  merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
 
   def __post_init__(self):
     _check(self, batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
            top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
-           checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0)
+           checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0,
+           merge_every=self.merge_every >= 1)
 
 
 @dataclasses.dataclass(frozen=True)

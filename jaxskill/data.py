@@ -33,7 +33,10 @@ class Encoded:
   input_end: int32 `[n]`, one past the last input token (the last input token is input_end - 1).
   prompt_start: int32 `[n]`, the first prompt position.
   metadata: column name -> `[n]` array (numbers as float64; strings as object arrays).
-  n_truncated: how many inputs were cut to fit `max_length`.
+  n_truncated: how many of the encoded inputs were cut to fit `max_length`.
+  present: bool `[n]`, the rows that were tokenized, or None for all of them. In a multi-process
+    run each process tokenizes only the rows it feeds (`encode(rows=...)`); the others stay
+    padding and must not be fed (`take_rows` refuses them).
   """
   input_ids: np.ndarray
   attention_mask: np.ndarray
@@ -46,6 +49,8 @@ class Encoded:
   prompt_start: np.ndarray
   metadata: dict
   n_truncated: int
+  present: np.ndarray | None = None
+  truncated: np.ndarray | None = None  # bool `[n]`: the rows counted in n_truncated
 
   def __len__(self) -> int:
     return self.input_ids.shape[0]
@@ -53,7 +58,14 @@ class Encoded:
   def arrays(self) -> dict[str, np.ndarray]:
     """The arrays a model step needs (no metadata)."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name not in ("metadata", "n_truncated")}
+            if f.name not in ("metadata", "n_truncated", "present", "truncated")}
+
+  def check_rows(self, idx: np.ndarray, what: str = "") -> None:
+    """Raises if any of the rows `idx` was not tokenized (see `present`)."""
+    if self.present is not None and not self.present[idx].all():
+      missing = np.asarray(idx)[~self.present[idx]]
+      raise RuntimeError(f"{what}rows {missing[:8].tolist()} were not encoded by this process "
+                         "(its row plan does not cover them)")
 
 
 def verbalizer_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
@@ -94,8 +106,11 @@ def answer_budget(task: Task, tokenizer, append_eos: bool = True) -> int:
 
 def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: str,
            max_length: int, truncation: str = "left", append_eos: bool = True,
-           budget: int | None = None) -> Encoded:
-  """Encodes one split. `budget`: answer tokens to leave room for (default: `answer_budget`)."""
+           budget: int | None = None, rows: np.ndarray | None = None) -> Encoded:
+  """Encodes one split. `budget`: answer tokens to leave room for (default: `answer_budget`).
+  `rows`: tokenize only these example indices (the rows one process feeds, see `eval_rows` and
+  `train_rows`); the rest stay padding rows marked absent in `present`. Labels and metadata,
+  which need no tokenizer, are filled for every row."""
   if split not in task.splits:
     raise TaskError(f"task '{task.name}' has no split {split!r} (has {sorted(task.splits)})")
   examples = task.splits[split]
@@ -117,12 +132,17 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
   if width < 1:
     raise TaskError(f"task '{task.name}': prompt ({P}) + the longest answer ({budget} tokens) "
                     f"leave no room for the input in data.max_length={t}")
-  n_truncated = 0
-  for i, ex in enumerate(examples):
+  n_truncated, truncated = 0, np.zeros(n, bool)
+  if task.kind == "classification":
+    label[:] = [ex.label for ex in examples]
+  present = None
+  if rows is not None:
+    present = np.zeros(n, bool)
+    present[np.asarray(rows, np.int64)] = True
+  for i in (range(n) if present is None else np.flatnonzero(present)):
+    ex = examples[i]
     inp = tokenizer(ex.input, add_special_tokens=False)["input_ids"]
     answer = _answer_ids(task, tokenizer, ex.answer, append_eos)
-    if task.kind == "classification":
-      label[i] = ex.label
     if len(answer) > budget:
       raise TaskError(f"task '{task.name}' {split} example {i}: answer is {len(answer)} tokens, "
                       f"more than the budget {budget}")
@@ -133,6 +153,7 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
                         "data.truncation=left|right")
       inp = inp[len(inp) - width:] if truncation == "left" else inp[:width]
       n_truncated += 1
+      truncated[i] = True
     if placement == "infix":
       lead = width - len(inp)  # left padding: the prompt starts at column `width` in every row
       tokens = [pad] * lead + inp + [pad] * P + answer
@@ -154,7 +175,8 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
       out["targets"][i, before_answer:L - 1] = answer
       out["loss_mask"][i, before_answer:L - 1] = 1
   return Encoded(**out, answer_pos=answer_pos, label=label, input_end=input_end,
-                 prompt_start=prompt_start, metadata=_columns(examples), n_truncated=n_truncated)
+                 prompt_start=prompt_start, metadata=_columns(examples), n_truncated=n_truncated,
+                 present=present, truncated=truncated)
 
 
 def _columns(examples) -> dict:
@@ -169,15 +191,38 @@ def _columns(examples) -> dict:
   return cols
 
 
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _stream_rows(n: int, seed: int, positions: np.ndarray) -> np.ndarray:
+  """The example at each position of the training stream (epoch-major seeded permutations)."""
+  epoch, within = np.divmod(positions, n)
+  out = np.empty(positions.shape, np.int64)
+  for e in np.unique(epoch):
+    sel = epoch == e
+    out[sel] = _epoch_order(n, seed, int(e))[within[sel]]
+  return out
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """The example indices of training batch `step`: a stream of seeded per-epoch permutations,
   so the data position is the step itself and a resumed run sees the same batches."""
-  start = step * batch_size
-  idx = np.empty(batch_size, np.int64)
-  for j in range(batch_size):
-    epoch, pos = divmod(start + j, n)
-    idx[j] = np.random.default_rng([seed, epoch]).permutation(n)[pos]
-  return idx
+  return _stream_rows(n, seed, step * batch_size + np.arange(batch_size, dtype=np.int64))
+
+
+def train_rows(n: int, batch_size: int, steps: int, seed: int, local: np.ndarray) -> np.ndarray:
+  """The examples one process feeds in `steps` training batches when it holds the batch rows
+  `local` (offsets into each global batch): its share of the data, sorted."""
+  pos = (np.arange(steps, dtype=np.int64)[:, None] * batch_size + np.asarray(local)[None]).ravel()
+  return np.unique(_stream_rows(n, seed, pos))
+
+
+def eval_rows(n: int, batch_size: int, local: np.ndarray) -> np.ndarray:
+  """The examples one process feeds when a split is streamed in order (`eval_batches`) in global
+  batches of `batch_size`, holding the batch rows `local`."""
+  idx = (np.arange(0, n, batch_size)[:, None] + np.asarray(local)[None]).ravel()
+  return np.unique(np.minimum(idx, n - 1))
 
 
 def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -185,14 +230,23 @@ def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray
 
 
 def eval_batches(encoded: Encoded, batch_size: int,
-                 arrays: dict[str, np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 arrays: dict[str, np.ndarray] | None = None,
+                 local: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows.
-  `arrays` replaces `encoded.arrays()` (e.g. with metadata columns added)."""
+  `arrays` replaces `encoded.arrays()` (e.g. with metadata columns added). `local`: yield only
+  these rows of each global batch (the ones this process feeds; `eval_rows` gives the examples
+  they cover); `valid` then covers those rows, and `global_valid` gives the whole batch's."""
   arrays = encoded.arrays() if arrays is None else arrays
   n = len(encoded)
   for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    valid = (idx < n).astype(np.float32)
-    batch = take(arrays, np.minimum(idx, n - 1))
-    batch["valid"] = valid
+    idx = start + (np.arange(batch_size) if local is None else np.asarray(local))
+    rows = np.minimum(idx, n - 1)
+    encoded.check_rows(rows)
+    batch = take(arrays, rows)
+    batch["valid"] = (idx < n).astype(np.float32)
     yield batch
+
+
+def global_valid(n: int, batch_size: int, start: int) -> np.ndarray:
+  """bool `[batch_size]`: which rows of the global batch starting at example `start` are real."""
+  return start + np.arange(batch_size) < n

@@ -68,10 +68,15 @@ def _arrays_with_metadata(encoded: data_lib.Encoded, names) -> dict[str, np.ndar
 def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
               verbalizer, sites: tuple[str, ...], prompt_length: int, names: tuple[str, ...],
               custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh, batch_size: int,
-              ckpt_dir: Path | None = None, checkpoint_every: int = 0,
+              ckpt_dir: Path | None = None, checkpoint_every: int = 0, merge_every: int = 16,
               progress: bool = False) -> tuple[np.ndarray, dict]:
   """Streams `encoded` in batches; returns (r `[m, l, k, i]`, host float64 statistics with the
-  shift "ref_x", "ref_y": the mean activation is `mean_x + ref_x`)."""
+  shift "ref_x", "ref_y": the mean activation is `mean_x + ref_x`).
+
+  Each batch's statistics are merged into a float32 accumulator on the device; every
+  `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
+  float64 statistics, in a background thread while the device runs the next batches."""
+  from concurrent.futures import ThreadPoolExecutor
   from tqdm.auto import tqdm
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   if batch_size % mesh.shape["data"]:
@@ -83,38 +88,41 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
                            in_specs=(P("data"), P("data"), P("data"), P(), P()), out_specs=P())
 
-  def fused(prompt, params, batch, ref_x, ref_y):
+  def fused(prompt, params, batch, ref_x, ref_y, acc):
     acts, y = step(prompt, params, batch)
-    return batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"], ref_x, ref_y)
+    return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
+                                          ref_x, ref_y))
 
-  def first_reference(prompt, params, batch):
+  def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
     acts, y = step(prompt, params, batch)
-    return stats.reference(acts.reshape(acts.shape[0], -1), y, batch["valid"])
+    x = acts.reshape(acts.shape[0], -1)
+    ref_x, ref_y = stats.reference(x, y, batch["valid"])
+    return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
 
   prompt = jax.device_put(prompt, replicated)
   params, param_shardings = sharding.place_params(params, mesh)
   fused_fn = jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
-                                          replicated), out_shardings=replicated)
+                                          replicated, replicated),
+                     out_shardings=replicated, donate_argnums=5)
+  first_fn = jax.jit(first, in_shardings=(replicated, param_shardings, sharded, replicated),
+                     out_shardings=replicated, donate_argnums=3)
   arrays = _arrays_with_metadata(encoded, names)
   n_batches = -(-len(encoded) // batch_size)
-
-  # Each process feeds only the rows of the global batch that its own devices hold.
-  rows = [idx[0] for idx in sharded.addressable_devices_indices_map((batch_size,)).values()]
-  local = np.arange(min(r.start or 0 for r in rows),
-                    max(r.stop if r.stop is not None else batch_size for r in rows))
+  local = sharding.local_rows(mesh, batch_size)  # each process feeds only its rows
 
   def batch_at(i):
     idx = i * batch_size + local
-    batch = data_lib.take(arrays, np.minimum(idx, len(encoded) - 1))
+    rows = np.minimum(idx, len(encoded) - 1)
+    encoded.check_rows(rows, "find: ")
+    batch = data_lib.take(arrays, rows)
     batch["valid"] = (idx < len(encoded)).astype(np.float32)  # pad rows of the last batch
-    return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
+    return sharding.put_local(batch, mesh, batch_size)
 
-  first = batch_at(0)
-  shape = jax.eval_shape(step, prompt, params, first)[0].shape[1:]  # [l, k, i]
-  ref_x, ref_y = jax.device_get(jax.jit(first_reference, out_shardings=replicated)(
-      prompt, params, first))
-  state = {"stats": stats.init(len(names), int(np.prod(shape))), "ref_x": np.asarray(ref_x),
-           "ref_y": np.asarray(ref_y), "next_batch": np.int64(0)}
+  shape = jax.eval_shape(step, prompt, params, batch_at(0))[0].shape[1:]  # [l, k, i]
+  f = int(np.prod(shape))
+  fresh = jax.jit(functools.partial(stats.zeros, len(names), f), out_shardings=replicated)
+  state = {"stats": stats.init(len(names), f), "ref_x": np.zeros(f, np.float32),
+           "ref_y": np.zeros(len(names), np.float32), "next_batch": np.int64(0)}
   mngr = None
   if ckpt_dir is not None:
     mngr = checkpointing.manager(ckpt_dir, max_to_keep=2, async_save=False)
@@ -125,20 +133,37 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
       log.info("resuming statistics at batch %d of %d", int(state["next_batch"]), n_batches)
   bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
              desc="correlate")
-  for i in range(int(state["next_batch"]), n_batches):
-    batch_stats = fused_fn(prompt, params, batch_at(i), state["ref_x"], state["ref_y"])
-    state = dict(state, stats=stats.merge(state["stats"], jax.device_get(batch_stats)),
-                 next_batch=np.int64(i + 1))
-    if mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
-                                                  or i + 1 == n_batches):
-      checkpointing.save(mngr, i + 1, state)
-    bar.update(1)
+  ref = jax.device_put((state["ref_x"], state["ref_y"]), replicated)
+  merged, pending, acc, held = state["stats"], None, fresh(), 0
+  with ThreadPoolExecutor(1) as pool:
+    for i in range(int(state["next_batch"]), n_batches):
+      if i == 0:
+        ref_x, ref_y, acc = first_fn(prompt, params, batch_at(0), acc)
+        ref = (ref_x, ref_y)
+        state = dict(state, ref_x=np.asarray(ref_x), ref_y=np.asarray(ref_y))
+      else:
+        acc = fused_fn(prompt, params, batch_at(i), *ref, acc)
+      held += 1
+      save = mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
+                                                        or i + 1 == n_batches)
+      if held == merge_every or save or i + 1 == n_batches:
+        if pending is not None:
+          merged = pending.result()
+        pending = pool.submit(lambda m, a: stats.merge(m, jax.device_get(a)), merged, acc)
+        acc, held = fresh(), 0
+        if save:
+          merged, pending = pending.result(), None
+          state = dict(state, stats=merged, next_batch=np.int64(i + 1))
+          checkpointing.save(mngr, i + 1, state)
+      bar.update(1)
+    if pending is not None:
+      merged = pending.result()
   bar.close()
   if mngr is not None:
     mngr.wait_until_finished()
     mngr.close()
-  r = stats.finalize(state["stats"]).reshape(len(names), *shape)
-  return r, {**state["stats"], "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
+  r = stats.finalize(merged).reshape(len(names), *shape)
+  return r, {**merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
 
 
 def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.ndarray, *,
@@ -146,7 +171,7 @@ def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.
                  batch_size: int) -> tuple[np.ndarray, int]:
   """The 2022 method (Wang et al.): accuracy of `activation > train mean` as a predictor of the
   binary label on `encoded` (the dev split), per feature. Returns (accuracy `[l, k, i]`, n)."""
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
   step = functools.partial(capture.capture_step, model=model, kind="classification",
                            verbalizer=jnp.asarray(verbalizer), sites=sites,
                            prompt_length=prompt_length, metric_names=("label",))
@@ -162,8 +187,9 @@ def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.
   prompt, baseline_dev = jax.device_put((prompt, jnp.asarray(baseline, jnp.float32)), replicated)
   params, _ = sharding.place_params(params, mesh)
   correct, n = 0, 0
-  for batch in data_lib.eval_batches(encoded, batch_size):
-    batch = jax.device_put(batch, sharded)
+  local = sharding.local_rows(mesh, batch_size)
+  for batch in data_lib.eval_batches(encoded, batch_size, local=local):
+    batch = sharding.put_local(batch, mesh, batch_size)
     out = jax.device_get(batch_counts(prompt, params, batch, baseline_dev))
     correct, n = correct + out["correct"].astype(np.int64), n + int(out["n"])
   shape = jax.eval_shape(step, prompt, params, batch)[0].shape[1:]
@@ -178,7 +204,7 @@ def top_activations(model, params, prompt, encoded: data_lib.Encoded,
   """The activations of a few features (layer, position index, neuron) on every example of
   `encoded`, with the metrics: (`[n, len(features)]`, `[n, len(names)]`), for the report's
   distributions and top-activating examples."""
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
   step = functools.partial(capture.capture_step, model=model, kind=kind,
                            verbalizer=jnp.asarray(verbalizer), sites=sites,
                            prompt_length=prompt_length, metric_names=names, custom=dict(custom))
@@ -192,9 +218,12 @@ def top_activations(model, params, prompt, encoded: data_lib.Encoded,
   prompt = jax.device_put(prompt, replicated)
   params, _ = sharding.place_params(params, mesh)
   out_a, out_y = [], []
-  for batch in data_lib.eval_batches(encoded, batch_size, _arrays_with_metadata(encoded, names)):
-    valid = batch["valid"] > 0
-    a, y = jax.device_get(gather(prompt, params, jax.device_put(batch, sharded)))
+  local = sharding.local_rows(mesh, batch_size)
+  batches = data_lib.eval_batches(encoded, batch_size, _arrays_with_metadata(encoded, names),
+                                  local=local)
+  for start, batch in zip(range(0, len(encoded), batch_size), batches):
+    valid = data_lib.global_valid(len(encoded), batch_size, start)
+    a, y = jax.device_get(gather(prompt, params, sharding.put_local(batch, mesh, batch_size)))
     out_a.append(np.asarray(a)[valid])
     out_y.append(np.asarray(y)[valid])
   return np.concatenate(out_a), np.concatenate(out_y)
@@ -275,11 +304,7 @@ def encoded_split(setup, config, split: str) -> data_lib.Encoded:
     return setup.train
   if split == "dev" and setup.dev is not None:
     return setup.dev
-  return data_lib.encode(
-      setup.task, split, setup.tokenizer, prompt_length=config.prompt.length,
-      placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos,
-      budget=data_lib.answer_budget(setup.task, setup.tokenizer, config.data.append_eos))
+  return setup.encode(config, split)
 
 
 def seed_runs(config) -> list:
@@ -295,7 +320,7 @@ def seed_runs(config) -> list:
 
 def find(config, *, progress: bool = True) -> dict:
   """Trains the prompt(s) if needed, then correlates; returns the summary."""
-  from jaxskill.train import make_mesh, prepare, train
+  from jaxskill.train import eval_plan, make_mesh, prepare, train
   fc = config.find
   position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   seeds = fc.seeds or (config.train.seed,)
@@ -308,8 +333,8 @@ def find(config, *, progress: bool = True) -> dict:
     if not done.exists() or json.loads(done.read_text())["steps"] != run.train.steps:
       train(run, progress=progress)
     if setup is None:
-      setup = prepare(run)
       mesh = make_mesh(run.train.data_parallel, run.train.model_parallel)
+      setup = prepare(run, eval_plan(mesh, fc.batch_size))
       params, _ = sharding.place_params(setup.params, mesh, run.train.param_sharding)
       encoded = encoded_split(setup, run, fc.split)
       names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
@@ -318,7 +343,8 @@ def find(config, *, progress: bool = True) -> dict:
                       verbalizer=setup.verbalizer, sites=fc.sites,
                       prompt_length=run.prompt.length, names=names, custom=custom, mesh=mesh,
                       batch_size=fc.batch_size, ckpt_dir=run.run_dir / "find_checkpoints",
-                      checkpoint_every=fc.checkpoint_every, progress=progress)
+                      checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
+                      progress=progress)
     results.append((run, r, st["n"]))
     if (setup.task.kind == "classification" and len(setup.task.verbalizer) == 2
         and setup.dev is not None and fc.split == "train" and "label" in names):

@@ -93,6 +93,46 @@ def place_params(params, mesh: Mesh, layout: str = "tensor"):
   return jax.device_put(params, shardings), shardings
 
 
+def local_rows(mesh: Mesh, batch_size: int, axis: str = "data") -> np.ndarray:
+  """The rows of a global batch of `batch_size` (split over `axis`) that this process's devices
+  hold: the offsets it feeds. All of them in a single-process run."""
+  sharded = NamedSharding(mesh, P(axis))
+  slices = [idx[0] for idx in sharded.addressable_devices_indices_map((batch_size,)).values()]
+  rows = np.unique(np.concatenate([np.arange(batch_size)[s] for s in slices]))
+  return rows
+
+
+def put_local(batch: dict, mesh: Mesh, batch_size: int, axis: str = "data") -> dict:
+  """Global arrays split over `axis` from this process's rows of the batch (`local_rows`)."""
+  sharded = NamedSharding(mesh, P(axis))
+  return {k: jax.make_array_from_process_local_data(sharded, v, (batch_size, *v.shape[1:]))
+          for k, v in batch.items()}
+
+
+def raise_together(fn, error=ValueError):
+  """`fn()`, with the processes of a multi-process run failing together: if `fn` raises
+  `error` in any process (say a bad row only that process reads), every process raises it,
+  with that process's message, instead of the others waiting at the next collective forever."""
+  message = ""
+  try:
+    out = fn()
+  except error as e:
+    if jax.process_count() == 1:
+      raise
+    message, out = str(e), None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    buf = np.zeros(2048, np.uint8)
+    raw = message.encode()[:2048]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(buf))  # [processes, 2048]
+    for k, row in enumerate(every):
+      if row.any():
+        text = bytes(row).rstrip(b"\0").decode(errors="replace")
+        raise error(text if k == jax.process_index() else f"(process {k}) {text}")
+  return out
+
+
 def is_writer() -> bool:
   """Multi-process runs share the run directory: process 0 alone writes its files."""
   return jax.process_index() == 0

@@ -7,7 +7,8 @@ of that metric only. Numerics, for data that never has to fit in memory:
   * within a batch, sums are taken around the batch's mean (two passes) on the device;
   * across the devices of a mesh, per-device centred sums are combined exactly with `psum`
     (sum of counts, sums, and the Chan correction terms);
-  * across batches, the host merges in float64 with Chan et al.'s parallel formulas.
+  * across batches, Chan et al.'s parallel formulas: a few batches (`find.merge_every`) in
+    float32 on the device, then into the host's float64 state.
 Never `sum(x^2) - sum(x)^2 / n` on raw values.
 
 Shapes: x `[n, f]` (features: any flattened (layer, position, neuron) grid), y `[n, m]` (metrics),
@@ -79,12 +80,10 @@ def init(num_metrics: int, num_features: int) -> dict:
           "c_xy": z((num_metrics, num_features))}
 
 
-def merge(a: dict, b: dict) -> dict:
-  """Chan et al.'s pairwise merge of two sets of statistics (same shift); float64 on the host."""
-  a = {k: np.asarray(v, np.float64) for k, v in a.items()}
-  b = {k: np.asarray(v, np.float64) for k, v in b.items()}
+def _chan(a: dict, b: dict, xp) -> dict:
+  """Chan et al.'s pairwise merge of two sets of statistics (same shift), in `xp` (np or jnp)."""
   n = a["n"] + b["n"]
-  safe = np.where(n > 0, n, 1.0)
+  safe = xp.where(n > 0, n, 1.0)
   wa, wb = a["n"] / safe, b["n"] / safe  # [m]
   cross = a["n"] * b["n"] / safe  # [m]
   dx = b["mean_x"] - a["mean_x"]  # [m, f]
@@ -97,6 +96,28 @@ def merge(a: dict, b: dict) -> dict:
       "m2_y": a["m2_y"] + b["m2_y"] + cross * dy * dy,
       "c_xy": a["c_xy"] + b["c_xy"] + cross[:, None] * dx * dy[:, None],
   }
+
+
+def merge(a: dict, b: dict) -> dict:
+  """Chan et al.'s pairwise merge of two sets of statistics (same shift); float64 on the host."""
+  return _chan({k: np.asarray(v, np.float64) for k, v in a.items()},
+               {k: np.asarray(v, np.float64) for k, v in b.items()}, np)
+
+
+def accumulate(a: dict, b: dict) -> dict:
+  """The same merge on the device in float32 (jnp; inside `jit`): a few batches are summed
+  there between host merges, so that the `[m, f]` statistics do not cross to the host and
+  through a float64 merge after every batch. Every batch's statistics are centred on its own
+  mean first, so only a few small float32 merges happen before the float64 state takes over."""
+  return _chan(a, b, jnp)
+
+
+def zeros(num_metrics: int, num_features: int, dtype=jnp.float32) -> dict:
+  """Empty statistics for `accumulate` (jnp; merging into them returns the other operand)."""
+  z = functools.partial(jnp.zeros, dtype=dtype)
+  return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
+          "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
+          "c_xy": z((num_metrics, num_features))}
 
 
 def finalize(stats: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from jaxskill import prompt as prompt_lib
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config,
                              load_config, to_dict)
 from jaxskill.model import Qwen2LM, load_model, load_tokenizer
-from jaxskill.tasks import Task, build_task
+from jaxskill.tasks import Task, TaskError, build_task
 
 log = logging.getLogger("jaxskill.train")
 
@@ -140,6 +140,10 @@ def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prom
 
 # --- the run ------------------------------------------------------------------------------------
 
+# (split name, number of examples) -> the example indices this process feeds.
+RowPlan = Callable[[str, int], np.ndarray]
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What a run builds from its config before training: model, data and task."""
@@ -151,9 +155,42 @@ class Setup:
   dev: data_lib.Encoded | None
   verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
   split: int  # the prompt's first column in every row (infix), or 0 (prefix)
+  rows: RowPlan | None = None  # which rows of a split this process tokenizes (None: all)
+
+  def encode(self, config: RunConfig, split: str) -> data_lib.Encoded:
+    """Another split of the task, in the same layout and row plan."""
+    return sharding.raise_together(
+        lambda: encode_split(config, self.task, self.tokenizer, split, self.rows), TaskError)
 
 
-def prepare(config: RunConfig) -> Setup:
+def encode_split(config: RunConfig, task: Task, tokenizer, split: str,
+                 rows: RowPlan | None = None) -> data_lib.Encoded:
+  """One split in the run's layout; with a row plan, only this process's rows are tokenized."""
+  n = len(task.splits.get(split, ()))
+  chosen = rows(split, n) if rows is not None and n else None
+  encoded = data_lib.encode(
+      task, split, tokenizer, prompt_length=config.prompt.length,
+      placement=config.prompt.placement, max_length=config.data.max_length,
+      truncation=config.data.truncation, append_eos=config.data.append_eos,
+      budget=data_lib.answer_budget(task, tokenizer, config.data.append_eos), rows=chosen)
+  if chosen is not None:
+    log.info("process %d of %d tokenized %d of the %d %s rows (its share)",
+             jax.process_index(), jax.process_count(), len(chosen), n, split)
+  return encoded
+
+
+def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:
+  """Multi-process runs: each process tokenizes only the rows it feeds when splits are streamed
+  in order in global batches of `batch_size`. None (every row) in a single process."""
+  if jax.process_count() == 1:
+    return None
+  local = sharding.local_rows(mesh, batch_size)
+  return lambda split, n: data_lib.eval_rows(n, batch_size, local)
+
+
+def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
+  """Model, tokenizer, task and the encoded train and dev splits of `config`. `rows`: the row
+  plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
   # Read straight into the run's layout: each device loads only its shard of the params.
   mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
@@ -161,17 +198,14 @@ def prepare(config: RunConfig) -> Setup:
                              mesh=mesh, layout=config.train.param_sharding)
   tokenizer = load_tokenizer(config.model.path)
   task = build_task(config.task)
-  encode = functools.partial(
-      data_lib.encode, task, tokenizer=tokenizer, prompt_length=config.prompt.length,
-      placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos,
-      budget=data_lib.answer_budget(task, tokenizer, config.data.append_eos))
-  train = encode("train")
-  dev = encode("dev") if task.splits.get("dev") else None
+  train, dev = sharding.raise_together(lambda: (
+      encode_split(config, task, tokenizer, "train", rows),
+      encode_split(config, task, tokenizer, "dev", rows) if task.splits.get("dev") else None),
+      TaskError)
   verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
                 if task.kind == "classification" else np.zeros(1, np.int32))
   split = int(train.prompt_start[0]) if config.prompt.placement == "infix" else 0
-  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split)
+  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split, rows)
 
 
 def make_mesh(data_parallel: int, model_parallel: int = 1) -> Mesh:
@@ -211,13 +245,20 @@ def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
                          "directory")
 
 
-def _evaluate(eval_fn, prompt, params, encoded, batch_size, put) -> dict:
+def _evaluate(eval_fn, prompt, params, encoded, batch_size, put, local) -> dict:
   totals = {"loss": 0.0, "correct": 0.0, "n": 0.0}
-  for batch in data_lib.eval_batches(encoded, batch_size):
+  for batch in data_lib.eval_batches(encoded, batch_size, local=local):
     sums = eval_fn(prompt, params, put(batch))
     for k in totals:
       totals[k] += float(sums[k])
   return {"loss": totals["loss"] / totals["n"], "accuracy": totals["correct"] / totals["n"]}
+
+
+def _count_truncated(encoded: data_lib.Encoded) -> int:
+  if jax.process_count() == 1 or encoded.truncated is None:
+    return encoded.n_truncated
+  from jax.experimental import multihost_utils
+  return int(np.asarray(multihost_utils.process_allgather(encoded.truncated)).any(0).sum())
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -257,13 +298,20 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   if cfg.batch_size % n_data:
     raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
                          "devices of the data axis (set train.data_parallel)")
-  setup = prepare(config)  # before the config is written: a config that fails here leaves no run
+  # Each process tokenizes and feeds only its rows of every batch (all rows in one process).
+  local = sharding.local_rows(mesh, cfg.batch_size)
+  plan = None
+  if jax.process_count() > 1:
+    plan = lambda split, n: (  # noqa: E731
+        data_lib.train_rows(n, cfg.batch_size, cfg.steps, cfg.seed, local) if split == "train"
+        else data_lib.eval_rows(n, cfg.batch_size, local))
+  setup = prepare(config, plan)  # before the config is written: a bad config leaves no run
   if sharding.is_writer():
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
   sharding.barrier("train: run dir ready")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  put = lambda batch: jax.device_put(batch, sharded)  # noqa: E731
+  put = functools.partial(sharding.put_local, mesh=mesh, batch_size=cfg.batch_size)
   params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
   optimizer = make_optimizer(cfg)
   statics = dict(model=setup.model, kind=setup.task.kind,
@@ -303,11 +351,12 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
                dynamic_ncols=True)
     t0 = time.perf_counter()
     if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
-      dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
+      dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
       _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
       state = dict(state, best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
     for step in range(start, cfg.steps):
-      idx = data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed)
+      idx = data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed)[local]
+      setup.train.check_rows(idx, "train: ")
       batch = data_lib.take(arrays, idx)
       state, metrics = step_fn(state, params, put(batch))
       done = step + 1
@@ -317,7 +366,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
         _append_jsonl(log_path, record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
       if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-        dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put)
+        dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
         _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
         if dev["accuracy"] > float(state["best_dev"]):
           state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
@@ -345,8 +394,9 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
       "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
       "dev_accuracy_at_init": dev_at_init[0] if dev_at_init else None,
       "n_train": n_train, "n_dev": len(setup.dev) if setup.dev is not None else 0,
-      "truncated": {"train": setup.train.n_truncated,
-                    "dev": setup.dev.n_truncated if setup.dev is not None else 0},
+      # Over the rows every process tokenized (in several processes: the rows the run fed).
+      "truncated": {"train": _count_truncated(setup.train),
+                    "dev": _count_truncated(setup.dev) if setup.dev is not None else 0},
       "devices": n_data, "seconds": time.perf_counter() - t0,
   }
   if sharding.is_writer():

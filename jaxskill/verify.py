@@ -153,12 +153,16 @@ def verify(config, *, progress: bool = True) -> dict:
   returns the results written to `run_dir/verify.json`."""
   from tqdm.auto import tqdm
   from jaxskill.discover import encoded_split, find, seed_runs
-  from jaxskill.train import make_mesh, prepare
+  from jaxskill.train import eval_plan, make_mesh, prepare
   vc = config.verify
   run_dir = config.run_dir
   if not (run_dir / "correlations.npz").exists():
     find(config, progress=progress)
-  setup = prepare(config)
+  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
+  if vc.batch_size % mesh.shape["data"]:
+    raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
+                     f"{mesh.shape['data']} devices of the data axis")
+  setup = prepare(config, eval_plan(mesh, vc.batch_size))
   c = setup.model.config
   kind = setup.task.kind
   selection = vc.selection or (("label",) if kind == "classification" else ("correct",))
@@ -169,23 +173,22 @@ def verify(config, *, progress: bool = True) -> dict:
                        f"{run_dir / 'correlations.npz'}: {sorted(correlations.files)}")
   prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
   prompt = {"embeddings": jnp.asarray(np.load(prompt_dir / "prompt_best.npy"))}
-  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
-  if vc.batch_size % mesh.shape["data"]:
-    raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
-                     f"{mesh.shape['data']} devices of the data axis")
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
   prompt = jax.device_put(prompt, replicated)
   params, _ = sharding.place_params(setup.params, mesh, config.train.param_sharding)
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
   statics = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
   metrics_fn = jax.jit(functools.partial(example_metrics, **statics), out_shardings=replicated)
-  host = list(data_lib.eval_batches(encoded, vc.batch_size))
-  batches = [jax.device_put(b, sharded) for b in host]
+  local = sharding.local_rows(mesh, vc.batch_size)  # each process feeds only its rows
+  put = functools.partial(sharding.put_local, mesh=mesh, batch_size=vc.batch_size)
+  batches = [put(b) for b in data_lib.eval_batches(encoded, vc.batch_size, local=local)]
+  valid = [data_lib.global_valid(len(encoded), vc.batch_size, start)
+           for start in range(0, len(encoded), vc.batch_size)]
 
   def run(edit) -> dict:
-    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[h["valid"] > 0]
-            for i, (b, h) in enumerate(zip(batches, host))]
+    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
+            for i, (b, v) in enumerate(zip(batches, valid))]
     return summarize(np.concatenate(rows), groups)
 
   mean = None
@@ -197,8 +200,8 @@ def verify(config, *, progress: bool = True) -> dict:
       mean_fn = jax.jit(functools.partial(position_mean, model=setup.model),
                         out_shardings=replicated)
       total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
-      for b in data_lib.eval_batches(setup.train, vc.batch_size):
-        s, n = mean_fn(prompt, params, jax.device_put(b, sharded))
+      for b in data_lib.eval_batches(setup.train, vc.batch_size, local=local):
+        s, n = mean_fn(prompt, params, put(b))
         total, count = total + np.asarray(s, np.float64), count + float(n)
       mean = (total / count).astype(np.float32)
       if jax.process_index() == 0:

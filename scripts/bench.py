@@ -5,8 +5,9 @@ Rows (Qwen1.5-0.5B-shaped model, random weights, float32):
   forward + capture   tokens/s; logits at the captured positions on both sides (same work)
   prompt training     steps/s of one soft-prompt step (jaxskill runs the input columns once
                       without gradients; PyTorch differentiates the whole sequence)
-  statistics          forward + capture + correlation statistics per batch, s; and the share
-                      the statistics add on top of that side's forward
+  statistics          forward + capture + correlation statistics per batch, s (jaxskill: the
+                      real discovery loop, host merges every 4 batches); and the share the
+                      statistics add on top of that side's forward
 Columns: jaxskill, PyTorch, the speed ratio (jaxskill / PyTorch, > 1 is faster), jaxskill's
 compile time against PyTorch's first call, and each side's peak resident memory.
 A GPU row (bf16 MFU on a 1.8B-shaped model) needs a GPU and is not run on CPU.
@@ -73,8 +74,10 @@ def main(argv=None):
                      jax_peak_mib=j["peak_rss_mib"], torch_peak_mib=t["peak_rss_mib"]))
 
   st = ["--preset", args.preset, "--iters", str(args.iters)]
-  j, t = _child("bench_stats.py", "overhead", *st), _child("bench_stats.py", "overhead-torch", *st)
-  j_total = j["forward_plus_stats_s"] + j["host_merge_s"]
+  # merge_every 4 (find's default is 16): a host merge every 4 batches, the costlier setting.
+  j = _child("bench_stats.py", "overhead", *st, "--merge-every", "4")
+  t = _child("bench_stats.py", "overhead-torch", *st)
+  j_total = j["forward_plus_stats_s"]
   rows.append(dict(row="capture + statistics (8 x 64 tokens), s per batch",
                    jax=j_total, torch=t["forward_plus_stats_s"],
                    ratio=t["forward_plus_stats_s"] / j_total,

@@ -2,6 +2,7 @@
 the number of examples grows tenfold (it must not grow: the data is streamed).
 
   python scripts/bench_stats.py overhead [--preset qwen1.5-0.5b] [--batch 8] [--seq 64]
+                                        [--merge-every 16]
   python scripts/bench_stats.py overhead-torch [...]   # the PyTorch reference of the same
   python scripts/bench_stats.py memory [--preset ...] [--examples 64]   # runs n and 10n
 
@@ -23,10 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 import jaxskill
-from jaxskill import capture, discover, stats
+from jaxskill import capture, discover
 from jaxskill import data as data_lib
 from jaxskill.model.config import PRESETS
 from jaxskill.train import make_mesh
@@ -60,36 +60,50 @@ def setup(preset):
 
 
 def overhead(args):
+  """Per-batch time of discovery's real loop (`discover.correlate`: forward, statistics, device
+  accumulation, host float64 merges every `--merge-every` batches) against the capture forward
+  alone over the same batches. correlate is run over B and 2B batches, B = merge_every, and the
+  difference is taken: its compile and first-batch costs cancel and exactly one host merge
+  stays in. The forward is one jitted function, compiled before timing, dispatched B times
+  and waited for once (as correlate does)."""
   config, model, params, prompt = setup(args.preset)
-  enc = synthetic(args.batch, args.seq, config.vocab_size)
-  batch = {k: jnp.asarray(v) for k, v in enc.arrays().items()}
-  batch["valid"] = jnp.ones(args.batch)
-  step = functools.partial(capture.capture_step, model=model, kind="classification",
-                           verbalizer=jnp.array([3, 5]), sites=SITES, prompt_length=PROMPT,
-                           metric_names=capture.BUILTIN_METRICS)
+  nb = args.merge_every
+  enc = synthetic(2 * nb * args.batch, args.seq, config.vocab_size)
+  verbalizer = jnp.array([3, 5])
   mesh = make_mesh(1)
-  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
-                           in_specs=(P("data"), P("data"), P("data"), P(), P()), out_specs=P())
-  forward = jax.jit(step)
-  acts, y = forward(prompt, params, batch)
-  f = int(np.prod(acts.shape[1:]))
-  ref_x, ref_y = jax.jit(stats.reference)(acts.reshape(args.batch, -1), y, batch["valid"])
 
-  @jax.jit
-  def fused(prompt, params, batch):
-    acts, y = step(prompt, params, batch)
-    return batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"], ref_x, ref_y)
+  def run_correlate(n_batches):
+    part = data_lib.Encoded(**{k: v[:n_batches * args.batch] for k, v in enc.arrays().items()},
+                            metadata={}, n_truncated=0)
+    t0 = time.perf_counter()
+    r, st = discover.correlate(model, params, prompt, part, kind="classification",
+                               verbalizer=verbalizer, sites=SITES, prompt_length=PROMPT,
+                               names=capture.BUILTIN_METRICS, mesh=mesh, batch_size=args.batch,
+                               merge_every=args.merge_every)
+    return time.perf_counter() - t0, r
 
-  jax.block_until_ready(fused(prompt, params, batch))
-  t_forward = time_calls(lambda: jax.block_until_ready(forward(prompt, params, batch)), args.iters)
-  t_fused = time_calls(lambda: jax.block_until_ready(fused(prompt, params, batch)), args.iters)
-  running = stats.init(len(capture.BUILTIN_METRICS), f)
-  got = jax.device_get(fused(prompt, params, batch))
-  t_merge = time_calls(lambda: stats.merge(running, got), args.iters)
+  step = jax.jit(functools.partial(capture.capture_step, model=model, kind="classification",
+                                   verbalizer=verbalizer, sites=SITES, prompt_length=PROMPT,
+                                   metric_names=capture.BUILTIN_METRICS))
+  arrays = enc.arrays()
+  batches = []
+  for i in range(nb):
+    batch = {k: jnp.asarray(v[i * args.batch:(i + 1) * args.batch]) for k, v in arrays.items()}
+    batches.append(dict(batch, valid=jnp.ones(args.batch)))
+  acts = jax.block_until_ready(step(prompt, params, batches[0]))[0]
+
+  def forward_all():
+    jax.block_until_ready([step(prompt, params, b) for b in batches])
+
+  t_forward = time_calls(forward_all, args.iters) / nb
+  t_short, _ = run_correlate(nb)
+  t_long, r = run_correlate(2 * nb)
+  t_stats = (t_long - t_short) / nb
   result = dict(mode="overhead", preset=args.preset, batch=args.batch, seq=args.seq,
-                features=f, metrics=len(capture.BUILTIN_METRICS), forward_s=t_forward,
-                forward_plus_stats_s=t_fused, host_merge_s=t_merge,
-                overhead=(t_fused + t_merge - t_forward) / t_forward, **run_info())
+                batches=nb, merge_every=args.merge_every, features=int(np.prod(acts.shape[1:])),
+                metrics=len(capture.BUILTIN_METRICS), forward_s=t_forward,
+                forward_plus_stats_s=t_stats, overhead=(t_stats - t_forward) / t_forward,
+                finite_r=float(np.isfinite(r).mean()), **run_info())
   print(json.dumps(result))
   return result
 
@@ -168,6 +182,7 @@ def main(argv=None):
   ap.add_argument("--seq", type=int, default=64)
   ap.add_argument("--examples", type=int, default=64)
   ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--merge-every", type=int, default=16, help="overhead: find.merge_every")
   args = ap.parse_args(argv)
   return {"overhead": overhead, "overhead-torch": overhead_torch, "memory": memory,
           "memory-one": memory_one}[args.mode](args)

@@ -110,6 +110,29 @@ def test_capture_metrics_match_a_hand_computation(planted):
   assert acts.shape == (8, L, 1, I)
 
 
+def test_streamed_r_equals_float64_corrcoef_of_all_activations(planted):
+  """300 examples in 19 batches of 16, merged on the device 3 at a time (7 host merges, the
+  last one partial), against numpy float64 corrcoef of every example's activations."""
+  model, params, encoded, verbalizer = planted
+  names = ("label", "confidence", "entropy")
+  r, _ = _correlate(planted, names, merge_every=3)
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
+  step = jax.jit(lambda b: capture.capture_step(
+      prompt, params, b, model=model, kind="classification", verbalizer=jnp.asarray(verbalizer),
+      sites=("last_input",), prompt_length=4, metric_names=names))
+  xs, ys = zip(*(jax.device_get(step({k: jnp.asarray(v[i:i + 50]) for k, v in
+                                      encoded.arrays().items()})) for i in range(0, 300, 50)))
+  x = np.concatenate(xs).reshape(300, -1).astype(np.float64)
+  y = np.concatenate(ys).astype(np.float64)
+  xc, yc = x - x.mean(0), y - y.mean(0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    want = (yc.T @ xc) / np.sqrt(np.outer((yc ** 2).sum(0), (xc ** 2).sum(0)))
+  got = r.reshape(len(names), -1)
+  defined = np.isfinite(want) & (x.std(0) > 1e-6)[None]
+  assert defined.mean() > 0.9
+  np.testing.assert_allclose(got[defined], want[defined], atol=1e-5, rtol=0)
+
+
 def test_prefix_prompt_sites_are_refused():
   with pytest.raises(ValueError, match="identical for every example"):
     capture.site_positions(("prompt",), 4, "prefix")
@@ -119,7 +142,9 @@ def test_prefix_prompt_sites_are_refused():
 
 def test_interrupted_statistics_resume_to_the_same_arrays(planted, tmp_path, monkeypatch):
   names = ("label", "confidence")
-  want, _ = _correlate(planted, names, sites=("prompt", "answer"))
+  # An uninterrupted run with the same checkpoints: the host merges at the same batches.
+  want, _ = _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "straight",
+                       checkpoint_every=2)
   real_merge = stats.merge
   calls = {"n": 0}
 

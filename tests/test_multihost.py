@@ -44,3 +44,15 @@ def test_two_processes_equal_one(tmp_path):
   sa = json.loads((one / "summary.json").read_text())
   sb = json.loads((two / "summary.json").read_text())
   assert sa["metrics"]["correct"]["n"] == sb["metrics"]["correct"]["n"] == 44
+
+
+def test_an_error_in_one_process_stops_both():
+  port = str(_free_port())
+  script = Path(__file__).resolve().parent / "multihost_errors.py"
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), "2", port], env=_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [3, 3], outs
+  assert "raised: (process 1) task 't' train example 7: input is 90 tokens" in outs[0]
+  assert "raised: task 't' train example 7" in outs[1]

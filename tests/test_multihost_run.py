@@ -37,6 +37,12 @@ def test_two_processes_run_the_pipeline_like_one(tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, text in zip(procs, outs):
     assert p.returncode == 0, text[-3000:]
+  # Each process tokenized only its share. Training: 4 steps x 4 of the 8 rows of a batch
+  # within the first epoch of 32, so 16 disjoint rows each; streamed splits: half of each batch.
+  for i, text in enumerate(outs):
+    for rows, n, split in ((16, 32, "train"), (4, 8, "dev"), (8, 16, "test")):
+      assert f"process {i} of 2 tokenized {rows} of the {n} {split} rows" in text, text[-3000:]
+  assert "tokenized" not in out  # one process: every row, no plan
   a, b = tmp_path / "one" / "mh", tmp_path / "two" / "mh"
   np.testing.assert_allclose(np.load(b / "prompt_best.npy"), np.load(a / "prompt_best.npy"),
                              atol=1e-5, rtol=0)

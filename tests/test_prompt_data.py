@@ -119,3 +119,67 @@ def test_vocab_init_skips_padding_rows_of_the_table():
     p = init_prompt(PromptConfig(length=4), jax.random.PRNGKey(seed), table, FiveTokens())
     rows = np.asarray(p["embeddings"])[:, 0] // 2
     assert rows.max() < 5 and len(set(rows)) == 4
+
+
+# --- each process's share of the rows ---------------------------------------------------------
+
+def _batch_indices_by_hand(n, batch_size, step, seed):
+  """The stream's definition, one example at a time: position p is example
+  permutation(seed, p // n)[p % n]."""
+  return np.array([np.random.default_rng([seed, p // n]).permutation(n)[p % n]
+                   for p in range(step * batch_size, (step + 1) * batch_size)])
+
+
+def test_batch_indices_match_the_stream_definition():
+  for step in range(7):  # 5 examples, batches of 3: batches that straddle epochs
+    np.testing.assert_array_equal(data_lib.batch_indices(5, 3, step, seed=11),
+                                  _batch_indices_by_hand(5, 3, step, 11))
+
+
+def test_train_rows_are_what_a_process_feeds():
+  n, b, steps, seed = 10, 4, 6, 3  # 24 positions: 2.4 epochs
+  halves = [np.arange(0, 2), np.arange(2, 4)]  # two processes, two rows of each batch
+  for local in halves:
+    fed = np.concatenate([_batch_indices_by_hand(n, b, s, seed)[local] for s in range(steps)])
+    np.testing.assert_array_equal(data_lib.train_rows(n, b, steps, seed, local), np.unique(fed))
+  # Within the first epoch the two shares are disjoint (2 steps = 8 of 10 examples).
+  a, c = (data_lib.train_rows(n, b, 2, seed, local) for local in halves)
+  assert len(a) == len(c) == 4 and not set(a) & set(c)
+
+
+def test_eval_rows_cover_the_split_once_between_processes():
+  n, b = 11, 4  # batches 0-3, 4-7, 8-11 (the last padded with example 10)
+  assert data_lib.eval_rows(n, b, np.arange(0, 2)).tolist() == [0, 1, 4, 5, 8, 9]
+  assert data_lib.eval_rows(n, b, np.arange(2, 4)).tolist() == [2, 3, 6, 7, 10]
+  assert data_lib.eval_rows(n, b, np.arange(4)).tolist() == list(range(n))
+
+
+def test_encode_only_some_rows(tokenizer):
+  examples = tuple(Example(f"Q: {i} plus {i}?", f" {2 * i}", metadata={"i": i})
+                   for i in range(6))
+  task = Task("t", "generation", {"train": examples})
+  kw = dict(prompt_length=2, placement="infix", max_length=16)
+  whole = data_lib.encode(task, "train", tokenizer, **kw)
+  part = data_lib.encode(task, "train", tokenizer, rows=np.array([1, 4]), **kw)
+  assert whole.present is None and part.present.tolist() == [0, 1, 0, 0, 1, 0]
+  for name, arr in part.arrays().items():
+    np.testing.assert_array_equal(arr[[1, 4]], whole.arrays()[name][[1, 4]], err_msg=name)
+  assert not part.attention_mask[[0, 2, 3, 5]].any()  # never tokenized: all padding
+  np.testing.assert_array_equal(part.metadata["i"], np.arange(6))  # no tokenizer needed
+  part.check_rows(np.array([4, 1]))
+  with pytest.raises(RuntimeError, match=r"rows \[0, 5\] were not encoded"):
+    part.check_rows(np.array([0, 1, 5]))
+  with pytest.raises(RuntimeError, match="not encoded"):
+    next(data_lib.eval_batches(part, 2))  # rows 0 and 1: row 0 is another process's
+  got = [b["input_ids"] for b in data_lib.eval_batches(part, 3, local=np.array([1]))]
+  np.testing.assert_array_equal(np.concatenate(got), whole.input_ids[[1, 4]])
+
+
+def test_raise_together_in_one_process_is_the_plain_error():
+  from jaxskill import sharding
+
+  def bad():
+    raise TaskError("row 3: too long")
+  with pytest.raises(TaskError, match="row 3: too long"):
+    sharding.raise_together(bad, TaskError)
+  assert sharding.raise_together(lambda: 5, TaskError) == 5

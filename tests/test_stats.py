@@ -46,6 +46,24 @@ def test_single_device_plain_and_ill_conditioned():
     assert list(c.stats["n"]) == [101, 101, 99]
 
 
+def test_float32_device_accumulation_between_host_merges():
+  """How discovery streams: batches merged on the device in float32, 16 at a time, then into
+  the host's float64 state (31 batches: one full group, one partial)."""
+  import jax
+  for mean, spread in ((0.0, 1.0), (1e4, 1e-2)):
+    x, y = make_data(1, n=301, mean=mean, spread=spread)
+    ref = jax.device_get(jax.jit(stats.reference)(x[:10], y[:10], np.ones(10)))
+    step = jax.jit(lambda acc, x, y, v: stats.accumulate(acc, stats.batch_stats(x, y, v, *ref)))
+    host, acc = stats.init(y.shape[1], x.shape[1]), stats.zeros(y.shape[1], x.shape[1])
+    for i, start in enumerate(range(0, len(x), 10)):
+      acc = step(acc, x[start:start + 10], y[start:start + 10], np.ones(len(x[start:start + 10])))
+      if (i + 1) % 16 == 0:
+        host, acc = stats.merge(host, jax.device_get(acc)), stats.zeros(y.shape[1], x.shape[1])
+    host = stats.merge(host, jax.device_get(acc))
+    np.testing.assert_allclose(stats.finalize(host), reference_r(x, y), atol=1e-5, rtol=0)
+    assert list(host["n"]) == [301, 301, 299]
+
+
 def test_naive_formula_would_fail_on_ill_conditioned_data():
   """Guards the test above: float32 raw moments lose r completely on this data."""
   x, y = make_data(0, mean=1e4, spread=1e-2)
