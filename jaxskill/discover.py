@@ -134,7 +134,10 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
              desc="correlate")
   ref = jax.device_put((state["ref_x"], state["ref_y"]), replicated)
-  merged, pending, acc, held = state["stats"], None, fresh(), 0
+  # The host statistics are merged into in place (stats.merge_into), one merge at a time.
+  merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
+  scratch = np.empty((2, len(names), f))
+  pending, acc, held = None, fresh(), 0
   with ThreadPoolExecutor(1) as pool:
     for i in range(int(state["next_batch"]), n_batches):
       if i == 0:
@@ -148,16 +151,18 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
                                                         or i + 1 == n_batches)
       if held == merge_every or save or i + 1 == n_batches:
         if pending is not None:
-          merged = pending.result()
-        pending = pool.submit(lambda m, a: stats.merge(m, jax.device_get(a)), merged, acc)
+          pending.result()
+        pending = pool.submit(lambda a: stats.merge_into(merged, jax.device_get(a), scratch),
+                              acc)
         acc, held = fresh(), 0
         if save:
-          merged, pending = pending.result(), None
+          pending.result()
+          pending = None
           state = dict(state, stats=merged, next_batch=np.int64(i + 1))
           checkpointing.save(mngr, i + 1, state)
       bar.update(1)
     if pending is not None:
-      merged = pending.result()
+      pending.result()
   bar.close()
   if mngr is not None:
     mngr.wait_until_finished()

@@ -104,6 +104,32 @@ def merge(a: dict, b: dict) -> dict:
                {k: np.asarray(v, np.float64) for k, v in b.items()}, np)
 
 
+def merge_into(a: dict, b: dict, scratch: np.ndarray | None = None) -> dict:
+  """`merge`, written into `a` (host float64 arrays it owns) and returned. Every pass over the
+  `[m, f]` arrays is in place: fresh temporaries of that size (tens of MB) are page-faulted in
+  on every call, because large blocks go back to the OS when freed; that made the pure merge
+  of 0.5B-scale statistics several times slower. `scratch`: float64 `[2, m, f]`, reused."""
+  b = {k: np.asarray(v) for k, v in b.items()}
+  if scratch is None:
+    scratch = np.empty((2, *a["mean_x"].shape))
+  n = a["n"] + b["n"]
+  safe = np.where(n > 0, n, 1.0)
+  wb = b["n"] / safe  # [m]
+  cross = a["n"] * b["n"] / safe  # [m]
+  dy = b["mean_y"] - a["mean_y"]  # [m]
+  dx, tmp = np.subtract(b["mean_x"], a["mean_x"], out=scratch[0]), scratch[1]  # [m, f]
+  a["c_xy"] += b["c_xy"]
+  a["c_xy"] += np.multiply(dx, (cross * dy)[:, None], out=tmp)
+  a["m2_x"] += b["m2_x"]
+  np.multiply(dx, cross[:, None], out=tmp)
+  a["m2_x"] += np.multiply(tmp, dx, out=tmp)
+  a["mean_x"] += np.multiply(dx, wb[:, None], out=tmp)  # = wa mean_a + wb mean_b
+  a["mean_y"] = a["mean_y"] + wb * dy
+  a["m2_y"] = a["m2_y"] + b["m2_y"] + cross * dy * dy
+  a["n"] = n
+  return a
+
+
 def accumulate(a: dict, b: dict) -> dict:
   """The same merge on the device in float32 (jnp; inside `jit`): a few batches are summed
   there between host merges, so that the `[m, f]` statistics do not cross to the host and

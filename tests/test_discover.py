@@ -145,20 +145,20 @@ def test_interrupted_statistics_resume_to_the_same_arrays(planted, tmp_path, mon
   # An uninterrupted run with the same checkpoints: the host merges at the same batches.
   want, _ = _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "straight",
                        checkpoint_every=2)
-  real_merge = stats.merge
+  real_merge = stats.merge_into
   calls = {"n": 0}
 
-  def failing_merge(a, b):
+  def failing_merge(a, b, scratch=None):
     calls["n"] += 1
     if calls["n"] == 7:
       raise KeyboardInterrupt("simulated interruption")
-    return real_merge(a, b)
+    return real_merge(a, b, scratch)
 
-  monkeypatch.setattr(stats, "merge", failing_merge)
+  monkeypatch.setattr(stats, "merge_into", failing_merge)
   with pytest.raises(KeyboardInterrupt):
     _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "ck",
                checkpoint_every=2)
-  monkeypatch.setattr(stats, "merge", real_merge)
+  monkeypatch.setattr(stats, "merge_into", real_merge)
   got, st = _correlate(planted, names, sites=("prompt", "answer"), ckpt_dir=tmp_path / "ck",
                        checkpoint_every=2)
   np.testing.assert_array_equal(got, want)

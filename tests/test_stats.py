@@ -64,6 +64,33 @@ def test_float32_device_accumulation_between_host_merges():
     assert list(host["n"]) == [301, 301, 299]
 
 
+def test_in_place_merge_equals_the_pure_merge():
+  rng = np.random.default_rng(0)
+  parts = []
+  for n in (0, 5, 7, 1):  # an empty start, then batches of different sizes
+    x, y = rng.standard_normal((n, 9)).astype(np.float32), rng.standard_normal((n, 2))
+    y = y.astype(np.float32)
+    parts.append(jax_free_batch_stats(x, y) if n else stats.init(2, 9))
+  pure, in_place = stats.init(2, 9), stats.init(2, 9)
+  scratch = np.empty((2, 2, 9))
+  for b in parts:
+    pure = stats.merge(pure, b)
+    out = stats.merge_into(in_place, b, scratch)
+    assert out is in_place
+  for k in pure:
+    np.testing.assert_allclose(in_place[k], pure[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def jax_free_batch_stats(x, y):
+  """A batch's centred statistics in numpy float64 (the shape batch_stats returns)."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  mx, my = x.mean(0), y.mean(0)
+  n = np.full(y.shape[1], float(len(x)))
+  return {"n": n, "mean_x": np.tile(mx, (y.shape[1], 1)), "mean_y": my,
+          "m2_x": np.tile(((x - mx) ** 2).sum(0), (y.shape[1], 1)),
+          "m2_y": ((y - my) ** 2).sum(0), "c_xy": (y - my).T @ (x - mx)}
+
+
 def test_naive_formula_would_fail_on_ill_conditioned_data():
   """Guards the test above: float32 raw moments lose r completely on this data."""
   x, y = make_data(0, mean=1e4, spread=1e-2)
