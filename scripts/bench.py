@@ -83,8 +83,9 @@ def main(argv=None):
                    ratio=t["forward_plus_stats_s"] / j_total,
                    jax_overhead=j["overhead"], torch_overhead=t["overhead"]))
 
-  info = {k: j[k] for k in ("machine", "jax", "device", "date")}
-  print(f"\n{info['date']}, {info['machine']}, jax {info['jax']} on {info['device']}, "
+  info = {k: j[k] for k in ("machine", "device", "date")}
+  info["jax_version"] = j["jax"]  # not "jax": that key holds each row's jaxskill number
+  print(f"\n{info['date']}, {info['machine']}, jax {info['jax_version']} on {info['device']}, "
         f"torch {t.get('torch', '')}, preset {args.preset}\n")
   print("| row | jaxskill | PyTorch | ratio | compile (jax) / first call (torch), s | "
         "peak RSS MiB jax / torch |")

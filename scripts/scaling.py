@@ -44,7 +44,7 @@ def main(argv=None):
   ap.add_argument("--mfu", type=float, default=0.35)
   ap.add_argument("--cpu-gflops", type=float, default=160.0)
   args = ap.parse_args(argv)
-  print("| size | params | bf16 / f32 | statistics (host, f64) | "
+  print("| size | params | bf16 / f32 | statistics: device f32 per chip / host f64 | "
         + " | ".join(f"{h}: mesh (data x model), time" for h in HARDWARE)
         + " | PFLOP | 2-core CPU |")
   print("|---|---|---|---|" + "---|" * len(HARDWARE) + "---|---|")
@@ -52,6 +52,8 @@ def main(argv=None):
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(c)))
     features = c.num_hidden_layers * (PROMPT + 2) * c.intermediate_size
     stats_gb = 3 * 5 * features * 8 / 1e9  # mean_x, m2_x, c_xy per (metric, feature), 5 metrics
+    # On every chip: the float32 accumulator and the one being merged on the host (replicated).
+    device_stats_gib = 2 * 3 * 5 * features * 4 / 2**30
     flops = experiment_flops(n)
     cells = []
     for chips, tflops, gib in HARDWARE.values():
@@ -59,15 +61,16 @@ def main(argv=None):
       model = 1
       while need / model > 0.5 * gib and model < chips:  # params at most half of a chip
         model *= 2
-      if need / model > 0.75 * gib:  # no room left for activations, prompt and statistics
-        cells.append(f"does not fit ({need / chips:.0f} GiB/chip of {gib})")
+      if need / model + device_stats_gib > 0.75 * gib:  # no room left for activations
+        cells.append(f"does not fit ({need / model + device_stats_gib:.0f} GiB/chip of {gib})")
         continue
       hours = flops / (chips * tflops * 1e12 * args.mfu) / 3600
-      tight = f" (tight: {need / model:.0f} of {gib} GiB)" if need / model > 0.5 * gib else ""
+      per_chip = need / model + device_stats_gib
+      tight = f" (tight: {per_chip:.0f} of {gib} GiB)" if per_chip > 0.5 * gib else ""
       cells.append(f"{chips // model} x {model}, {max(hours * 60, 1):.0f} min{tight}")
     cpu_days = flops / (args.cpu_gflops * 1e9) / 86400
     print(f"| {name} | {n / 1e9:.2f} B | {2 * n / 2**30:.1f} / {4 * n / 2**30:.1f} GiB | "
-          f"{stats_gb:.2f} GB | " + " | ".join(cells)
+          f"{device_stats_gib:.2f} GiB / {stats_gb:.2f} GB | " + " | ".join(cells)
           + f" | {flops / 1e15:.0f} | {cpu_days:.0f} days |")
 
 

@@ -28,6 +28,12 @@ Dtype = Any
 NEURONS = "neurons"
 
 
+def wide(dtype: Dtype) -> Dtype:
+  """The dtype that sums, norms and softmax run in: float32, or float64 for a float64 model
+  (used to check sharded programs without float32 rounding)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 class RMSNorm(nn.Module):
   """x * rsqrt(mean(x^2) + eps) in float32, cast back to x's dtype, then times the weight."""
   eps: float
@@ -36,7 +42,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(wide(x.dtype))
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
@@ -73,7 +79,7 @@ class Linear(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
                         self.param_dtype)
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                preferred_element_type=jnp.float32)
+                preferred_element_type=wide(self.dtype))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     return y.astype(self.out_dtype or self.dtype)
@@ -106,11 +112,11 @@ class Attention(nn.Module):
       v = jnp.concatenate([past[1].astype(v.dtype), v], axis=1)
     # Query head n = k * g + j reads key/value head k, as HF's repeat_kv does.
     q = q.reshape(b, t, c.num_key_value_heads, c.num_kv_groups, c.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores * (c.head_dim ** -0.5),
-                       jnp.finfo(jnp.float32).min)
+    acc = wide(self.dtype)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=acc)
+    scores = jnp.where(mask[:, None, None], scores * (c.head_dim ** -0.5), jnp.finfo(acc).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=acc)
     out = out.astype(self.dtype).reshape(b, t, -1)
     return dense(c.hidden_size, use_bias=False, name="o_proj")(out), new_kv
 
@@ -194,7 +200,7 @@ class Qwen2LM(nn.Module):
     self.norm = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype)
     if not c.tie_word_embeddings:
       self.lm_head = Linear(c.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                            out_dtype=jnp.float32)
+                            out_dtype=wide(self.dtype))
 
   def embed(self, input_ids: Array) -> Array:
     """int `[b, t]` -> `[b, t, h]`: the input embeddings, for building `inputs_embeds`."""
@@ -212,7 +218,7 @@ class Qwen2LM(nn.Module):
       past: dict | None = None,
       neuron_edit: dict | None = None,
   ) -> Array:
-    """Logits, float32.
+    """Logits, float32 (float64 for a float64 model).
 
     Args:
       input_ids: int `[b, t]`; or give `inputs_embeds` `[b, t, h]` instead.
@@ -235,7 +241,7 @@ class Qwen2LM(nn.Module):
       x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
     if self.config.tie_word_embeddings:
       table = self.embed_tokens.embedding.astype(self.dtype)
-      return jnp.einsum("bth,vh->btv", x, table, preferred_element_type=jnp.float32)
+      return jnp.einsum("bth,vh->btv", x, table, preferred_element_type=wide(self.dtype))
     return self.lm_head(x)
 
 

@@ -1,0 +1,65 @@
+"""Helper for tests/test_sharding.py, run in a subprocess with 8 fake CPU devices and float64
+enabled: the demo model's logits and captured activations computed in float64 on one device
+and on a (2 data x 4 model) mesh (tensor and fsdp layouts). In float64 the split matmul sums
+of the mesh differ from one device's only at the 1e-13 level, so what is left of a difference
+is the program, not float32 rounding. Writes the largest absolute differences to a JSON file.
+
+  python tests/sharded_x64.py OUT.json
+"""
+
+import functools
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import jaxskill  # noqa: E402
+from jaxskill import data as data_lib, sharding  # noqa: E402
+from jaxskill.tasks import arithmetic_verification  # noqa: E402
+
+
+def forward(model, params, ids, mesh, layout):
+  placed, shardings = sharding.place_params(params, mesh, layout)
+  rows = NamedSharding(mesh, P("data"))
+  positions = jnp.tile(jnp.arange(ids.shape[1]), (ids.shape[0], 1))
+
+  @functools.partial(jax.jit, in_shardings=(shardings, rows, rows),
+                     out_shardings=NamedSharding(mesh, P()))
+  def run(params, ids, positions):
+    logits, variables = model.apply({"params": params}, ids, capture_positions=positions,
+                                    mutable=["intermediates"])
+    return logits, jaxskill.neuron_activations(variables)
+
+  logits, acts = run(placed, ids, positions)
+  return np.asarray(logits), np.asarray(acts)
+
+
+def main(dst):
+  assert jax.device_count() == 8, jax.devices()
+  model, params = jaxskill.load_model("demo", dtype=jnp.float64)
+  assert jax.tree.leaves(params)[0].dtype == jnp.float64
+  tok = jaxskill.load_tokenizer("demo")
+  task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=8,
+                                 n_dev=0, n_test=0, seed=0)
+  enc = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix", max_length=40)
+  ids = jnp.asarray(enc.input_ids)
+  single = forward(model, params, ids, sharding.make_mesh(1, 1), "tensor")
+  out = {"logits_dtype": str(single[0].dtype), "max_abs_logit": float(np.abs(single[0]).max()),
+         "max_abs_act": float(np.abs(single[1]).max())}
+  for layout in ("tensor", "fsdp"):
+    logits, acts = forward(model, params, ids, sharding.make_mesh(2, 4), layout)
+    out[f"{layout}_logits"] = float(np.abs(logits - single[0]).max())
+    out[f"{layout}_acts"] = float(np.abs(acts - single[1]).max())
+  with open(dst, "w") as f:
+    json.dump(out, f)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
