@@ -49,14 +49,18 @@ def test_mesh_sizes_are_checked():
     sharding.make_mesh(4, 2, devices=devices * 4)
 
 
-def test_sharded_params_give_the_unsharded_results(tmp_path):
-  dst = tmp_path / "out.npz"
+def _on_8_devices(script: str, dst: Path) -> Path:
+  """Runs a helper script on 8 fake CPU devices (a fresh process); returns its output file."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(HERE / "sharded_run.py"), str(dst)], env=env,
+  proc = subprocess.run([sys.executable, str(HERE / script), str(dst)], env=env,
                         capture_output=True, text=True, timeout=600, cwd=HERE.parent)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = np.load(dst)
+  return dst
+
+
+def test_sharded_params_give_the_unsharded_results(tmp_path):
+  out = np.load(_on_8_devices("sharded_run.py", tmp_path / "out.npz"))
   for layout in ("tensor", "fsdp"):
     for key in ("prompt", "r"):
       np.testing.assert_allclose(out[f"{layout}_{key}"], out[f"single_{key}"], atol=1e-5, rtol=0,
@@ -83,13 +87,7 @@ def test_sharded_params_give_the_unsharded_results(tmp_path):
 def test_sharded_float64_logits_and_activations_equal_within_1e5_absolute(tmp_path):
   """The same comparison in float64: the split sums' rounding drops to ~1e-13, so logits and
   activations must agree in absolute terms (the issue's 1e-5) - here far below it."""
-  dst = tmp_path / "x64.json"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(HERE / "sharded_x64.py"), str(dst)], env=env,
-                        capture_output=True, text=True, timeout=600, cwd=HERE.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(dst.read_text())
+  out = json.loads(_on_8_devices("sharded_x64.py", tmp_path / "x64.json").read_text())
   assert out["logits_dtype"] == "float64" and out["max_abs_act"] > 10
   for layout in ("tensor", "fsdp"):
     for key in ("logits", "acts"):
