@@ -85,27 +85,8 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   step = functools.partial(capture.capture_step, model=model, kind=kind,
                            verbalizer=jnp.asarray(verbalizer), sites=sites,
                            prompt_length=prompt_length, metric_names=names, custom=dict(custom))
-  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
-                           in_specs=(P("data"), P("data"), P("data"), P(), P()), out_specs=P())
-
-  def fused(prompt, params, batch, ref_x, ref_y, acc):
-    acts, y = step(prompt, params, batch)
-    return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
-                                          ref_x, ref_y))
-
-  def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
-    acts, y = step(prompt, params, batch)
-    x = acts.reshape(acts.shape[0], -1)
-    ref_x, ref_y = stats.reference(x, y, batch["valid"])
-    return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
-
   prompt = jax.device_put(prompt, replicated)
   params, param_shardings = sharding.place_params(params, mesh)
-  fused_fn = jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
-                                          replicated, replicated),
-                     out_shardings=replicated, donate_argnums=5)
-  first_fn = jax.jit(first, in_shardings=(replicated, param_shardings, sharded, replicated),
-                     out_shardings=replicated, donate_argnums=3)
   arrays = _arrays_with_metadata(encoded, names)
   n_batches = -(-len(encoded) // batch_size)
   local = sharding.local_rows(mesh, batch_size)  # each process feeds only its rows
@@ -120,7 +101,42 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
 
   shape = jax.eval_shape(step, prompt, params, batch_at(0))[0].shape[1:]  # [l, k, i]
   f = int(np.prod(shape))
-  fresh = jax.jit(functools.partial(stats.zeros, len(names), f), out_shardings=replicated)
+  # The statistics are per feature: split them over the model axis like the params, so that
+  # each device computes and keeps only its share of the [m, f] arrays.
+  model_size = mesh.shape.get("model", 1)
+  feat = "model" if model_size > 1 and f % model_size == 0 else None
+  specs = {"n": P(), "mean_x": P(None, feat), "mean_y": P(), "m2_x": P(None, feat),
+           "m2_y": P(), "c_xy": P(None, feat)}
+  acc_shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
+  ref_shardings = (NamedSharding(mesh, P(feat)), replicated)
+  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
+                           in_specs=(P("data", feat), P("data"), P("data"), P(feat), P()),
+                           out_specs=specs)
+
+  def fused(prompt, params, batch, ref_x, ref_y, acc):
+    acts, y = step(prompt, params, batch)
+    return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
+                                          ref_x, ref_y))
+
+  def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
+    acts, y = step(prompt, params, batch)
+    x = acts.reshape(acts.shape[0], -1)
+    ref_x, ref_y = stats.reference(x, y, batch["valid"])
+    return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
+
+  fused_fn = jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, *ref_shardings,
+                                          acc_shardings),
+                     out_shardings=acc_shardings, donate_argnums=5)
+  first_fn = jax.jit(first, in_shardings=(replicated, param_shardings, sharded, acc_shardings),
+                     out_shardings=(*ref_shardings, acc_shardings), donate_argnums=3)
+  fresh = jax.jit(functools.partial(stats.zeros, len(names), f), out_shardings=acc_shardings)
+  # To the host: directly where this process holds every shard; otherwise (a model axis across
+  # hosts) replicated first, on the main thread, so that every process runs that collective in
+  # the same order.
+  replicate = jax.jit(lambda tree: tree, out_shardings=replicated)
+
+  def host_ready(tree):
+    return tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree)) else replicate(tree)
   state = {"stats": stats.init(len(names), f), "ref_x": np.zeros(f, np.float32),
            "ref_y": np.zeros(len(names), np.float32), "next_batch": np.int64(0)}
   mngr = None
@@ -133,7 +149,7 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
       log.info("resuming statistics at batch %d of %d", int(state["next_batch"]), n_batches)
   bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
              desc="correlate")
-  ref = jax.device_put((state["ref_x"], state["ref_y"]), replicated)
+  ref = jax.device_put((state["ref_x"], state["ref_y"]), ref_shardings)
   # The host statistics are merged into in place (stats.merge_into), one merge at a time.
   merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
   scratch = np.empty((2, len(names), f))
@@ -143,7 +159,8 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
       if i == 0:
         ref_x, ref_y, acc = first_fn(prompt, params, batch_at(0), acc)
         ref = (ref_x, ref_y)
-        state = dict(state, ref_x=np.asarray(ref_x), ref_y=np.asarray(ref_y))
+        state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
+                                                      host_ready((ref_x, ref_y))))))
       else:
         acc = fused_fn(prompt, params, batch_at(i), *ref, acc)
       held += 1
@@ -153,7 +170,7 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
         if pending is not None:
           pending.result()
         pending = pool.submit(lambda a: stats.merge_into(merged, jax.device_get(a), scratch),
-                              acc)
+                              host_ready(acc))
         acc, held = fresh(), 0
         if save:
           pending.result()

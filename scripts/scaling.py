@@ -44,7 +44,8 @@ def main(argv=None):
   ap.add_argument("--mfu", type=float, default=0.35)
   ap.add_argument("--cpu-gflops", type=float, default=160.0)
   args = ap.parse_args(argv)
-  print("| size | params | bf16 / f32 | statistics: device f32 per chip / host f64 | "
+  print("| size | params | bf16 / f32 | statistics: device f32 (split over the model axis) / "
+        "host f64 | "
         + " | ".join(f"{h}: mesh (data x model), time" for h in HARDWARE)
         + " | PFLOP | 2-core CPU |")
   print("|---|---|---|---|" + "---|" * len(HARDWARE) + "---|---|")
@@ -52,7 +53,8 @@ def main(argv=None):
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(c)))
     features = c.num_hidden_layers * (PROMPT + 2) * c.intermediate_size
     stats_gb = 3 * 5 * features * 8 / 1e9  # mean_x, m2_x, c_xy per (metric, feature), 5 metrics
-    # On every chip: the float32 accumulator and the one being merged on the host (replicated).
+    # Discovery's float32 accumulator and the one being merged on the host, split over the
+    # model axis (divided by the model-parallel size below).
     device_stats_gib = 2 * 3 * 5 * features * 4 / 2**30
     flops = experiment_flops(n)
     cells = []
@@ -61,11 +63,12 @@ def main(argv=None):
       model = 1
       while need / model > 0.5 * gib and model < chips:  # params at most half of a chip
         model *= 2
-      if need / model + device_stats_gib > 0.75 * gib:  # no room left for activations
-        cells.append(f"does not fit ({need / model + device_stats_gib:.0f} GiB/chip of {gib})")
+      per_chip = (need + device_stats_gib) / model
+      if per_chip > 0.75 * gib:  # no room left for activations
+        cells.append(f"does not fit ({per_chip:.1f} of {gib} GiB per chip before activations; "
+                     "at most 75%)")
         continue
       hours = flops / (chips * tflops * 1e12 * args.mfu) / 3600
-      per_chip = need / model + device_stats_gib
       tight = f" (tight: {per_chip:.0f} of {gib} GiB)" if per_chip > 0.5 * gib else ""
       cells.append(f"{chips // model} x {model}, {max(hours * 60, 1):.0f} min{tight}")
     cpu_days = flops / (args.cpu_gflops * 1e9) / 86400

@@ -2,7 +2,9 @@
 (jax.distributed on localhost, CPU, gloo collectives). Process 0 writes the outputs
 (correlations.npz, neurons.csv, summary.json) into OUT_DIR.
 
-  python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
+  python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR [MODEL_PARALLEL]
+
+With MODEL_PARALLEL > 1 the model axis (and the statistics split over it) spans the processes.
 """
 
 import sys
@@ -10,7 +12,7 @@ import sys
 import jax
 
 
-def main(pid: int, nproc: int, port: str, out: str) -> None:
+def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> None:
   if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
@@ -32,7 +34,7 @@ def main(pid: int, nproc: int, port: str, out: str) -> None:
       model, params, prompt, encoded, kind="classification",
       verbalizer=data_lib.verbalizer_ids(tok, task.verbalizer), sites=("prompt", "last_input"),
       prompt_length=4, names=("correct", "confidence", "meta_last_digit_only"),
-      mesh=make_mesh(0), batch_size=8)
+      mesh=make_mesh(0, model_parallel), batch_size=8, merge_every=2)
   assert jax.device_count() == 4, jax.devices()
   if jax.process_index() == 0:
     from pathlib import Path
@@ -43,4 +45,4 @@ def main(pid: int, nproc: int, port: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], *map(int, sys.argv[5:]))

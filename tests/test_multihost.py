@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent / "multihost_correlate.py"
 
@@ -23,16 +24,17 @@ def _env(devices):
           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("model_parallel", ["1", "4"])  # 4: the model axis spans both processes
+def test_two_processes_equal_one(tmp_path, model_parallel):
   one = tmp_path / "one"
   single = subprocess.run([sys.executable, str(SCRIPT), "0", "1", "0", str(one)], env=_env(4),
                           capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
   two = tmp_path / "two"
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(i), "2", port, str(two)],
-                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(i), "2", port, str(two),
+                             model_parallel], env=_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
