@@ -9,8 +9,11 @@ Rows (Qwen1.5-0.5B-shaped model, random weights, float32):
                       real discovery loop, host merges every 4 batches); and the share the
                       statistics add on top of that side's forward
 Columns: jaxskill, PyTorch, the speed ratio (jaxskill / PyTorch, > 1 is faster), jaxskill's
-compile time against PyTorch's first call, and each side's peak resident memory.
-A GPU row (bf16 MFU on a 1.8B-shaped model) needs a GPU and is not run on CPU.
+compile time against PyTorch's first call, and each side's peak resident memory while it
+compiles / warms up and runs the timed work (params included; the count is restarted once the
+random params exist, so building them does not count: `benchlib.reset_peak_rss`).
+A GPU row (bf16 MFU on a 1.8B-shaped model, `bench_mfu.py`) runs where jax's default backend
+is a GPU or TPU; on a CPU the row says so.
 
   python scripts/bench.py [--preset qwen1.5-0.5b] [--iters 5] [--json results.jsonl]
 """
@@ -28,13 +31,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _child(script: str, *args: str) -> dict:
-  """Runs a bench script in a fresh process; its last JSON result."""
+def _default_backend() -> str:
+  """jax's default backend, asked in a child process: initialising it here would take the
+  accelerator's memory away from the children (jax preallocates on GPUs)."""
+  out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                       capture_output=True, text=True)
+  return out.stdout.strip() or "cpu"
+
+
+def _child(script: str, *args: str, cpu: bool = True) -> dict:
+  """Runs a bench script in a fresh process; its last JSON result. `cpu`: jax on the CPU, as
+  the PyTorch reference (a CPU wheel) is, even where an accelerator exists."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"} if cpu else None
   with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp) / "r.jsonl"
     extra = ["--json", str(out)] if script != "bench_stats.py" else []
     proc = subprocess.run([sys.executable, str(HERE / script), *args, *extra], cwd=HERE,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if proc.returncode:
       raise SystemExit(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     if script == "bench_stats.py":  # prints its result as the last JSON line
@@ -83,6 +96,9 @@ def main(argv=None):
                    ratio=t["forward_plus_stats_s"] / j_total,
                    jax_overhead=j["overhead"], torch_overhead=t["overhead"]))
 
+  mfu = None
+  if _default_backend() != "cpu":  # the accelerator row: jaxskill only (bench_mfu.py)
+    mfu = _child("bench_mfu.py", "--iters", str(max(args.iters, 10)), cpu=False)
   info = {k: j[k] for k in ("machine", "device", "date")}
   info["jax_version"] = j["jax"]  # not "jax": that key holds each row's jaxskill number
   print(f"\n{info['date']}, {info['machine']}, jax {info['jax_version']} on {info['device']}, "
@@ -100,11 +116,20 @@ def main(argv=None):
       print(f"| {r['row']} | {r['jax']:.2f} | {r['torch']:.2f} | {r['ratio']:.2f}x | "
             f"{r['jax_compile_s']:.1f} / {r['torch_first_call_s']:.1f} | "
             f"{r['jax_peak_mib']:.0f} / {r['torch_peak_mib']:.0f} |")
-  print("| bf16 MFU, 1.8B-shaped, 32 x 512 | needs a GPU (none here) | | | | |")
+  if mfu is None:
+    print("| bf16 MFU, 1.8B-shaped, 32 x 512 | needs a GPU or TPU (none here) | | | | |")
+  else:
+    print(f"| bf16 MFU, 1.8B-shaped, 32 x 512, {mfu['device_kind']} | "
+          f"{100 * mfu['mfu']:.1f}% ({mfu['achieved_tflops']:.1f} of a measured "
+          f"{mfu['matmul_peak_tflops']:.1f} TFLOP/s) | | | {mfu['compile_s']:.1f} / | "
+          f"{mfu['peak_rss_mib']:.0f} host, {mfu.get('device_peak_gib', float('nan')):.1f} GiB "
+          "device / |")
   if args.json:
     with open(args.json, "a") as f:
       for r in rows:
         f.write(json.dumps({**r, **info, "preset": args.preset}) + "\n")
+      if mfu is not None:
+        f.write(json.dumps({"row": "bf16 MFU, 1.8B-shaped, 32 x 512", **mfu}) + "\n")
   return rows
 
 

@@ -22,13 +22,15 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-from benchlib import append_json, peak_rss_mib, run_info, time_calls, torch_model
+from benchlib import (append_json, peak_rss_mib, random_params, reset_peak_rss, run_info,
+                      time_calls, torch_model)
 
 
 def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
   dtype = jnp.dtype(dtype)
   model = jaxskill.Qwen2LM(config, dtype=dtype, param_dtype=dtype, scan_unroll=unroll)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), ids[:, :8])["params"]
+  params = random_params(model, ids[:, :8])
+  reset_peak_rss()
   logits_pos = capture if logits_mode == "captured" else None
 
   @jax.jit
@@ -52,6 +54,7 @@ def bench_torch(config, ids, capture, logits_mode, iters, threads, dtype):
   import torch
   torch.set_num_threads(threads)
   model = torch_model(config, dtype)
+  reset_peak_rss()
   ids_t = torch.tensor(np.asarray(ids))
   cap = torch.tensor(np.asarray(capture))
   captured = []

@@ -30,7 +30,7 @@ from jaxskill import capture, discover
 from jaxskill import data as data_lib
 from jaxskill.model.config import PRESETS
 from jaxskill.train import make_mesh
-from benchlib import run_info, time_calls
+from benchlib import random_params, run_info, time_calls
 
 PROMPT = 8
 SITES = ("prompt", "last_input", "answer")
@@ -53,7 +53,7 @@ def synthetic(n, seq, vocab, seed=0) -> data_lib.Encoded:
 def setup(preset):
   config = PRESETS[preset]
   model = jaxskill.Qwen2LM(config)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = random_params(model, jnp.zeros((1, 8), jnp.int32))
   prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1),
                                                    (PROMPT, config.hidden_size))}
   return config, model, params, prompt

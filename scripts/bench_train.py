@@ -24,7 +24,8 @@ import numpy as np
 import jaxskill
 from jaxskill.config import TrainConfig
 from jaxskill.model.config import PRESETS
-from benchlib import append_json, peak_rss_mib, run_info, time_calls, torch_model
+from benchlib import (append_json, peak_rss_mib, random_params, reset_peak_rss, run_info,
+                      time_calls, torch_model)
 from jaxskill.train import make_optimizer, train_step
 
 
@@ -39,7 +40,8 @@ def make_batch(config, b, t, p, seed=0):
 
 def bench_jax(config, batch, p, iters, split):
   model = jaxskill.Qwen2LM(config)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["input_ids"][:, :8])["params"]
+  params = random_params(model, batch["input_ids"][:, :8])
+  reset_peak_rss()
   optimizer = make_optimizer(TrainConfig())
   prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1), (p, config.hidden_size))}
   state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
@@ -66,6 +68,7 @@ def bench_torch(config, batch, p, iters, threads):
   import torch
   torch.set_num_threads(threads)
   model = torch_model(config)
+  reset_peak_rss()
   model.requires_grad_(False)
   prompt = torch.nn.Parameter(0.02 * torch.randn(p, config.hidden_size))
   opt = torch.optim.AdamW([prompt], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
