@@ -98,8 +98,9 @@ def local_rows(mesh: Mesh, batch_size: int, axis: str = "data") -> np.ndarray:
   hold: the offsets it feeds. All of them in a single-process run."""
   sharded = NamedSharding(mesh, P(axis))
   slices = [idx[0] for idx in sharded.addressable_devices_indices_map((batch_size,)).values()]
-  rows = np.unique(np.concatenate([np.arange(batch_size)[s] for s in slices]))
-  return rows
+  if not slices:  # none of this process's devices is in the mesh
+    return np.zeros(0, np.int64)
+  return np.unique(np.concatenate([np.arange(batch_size)[s] for s in slices]))
 
 
 def put_local(batch: dict, mesh: Mesh, batch_size: int, axis: str = "data") -> dict:
@@ -119,7 +120,7 @@ def raise_together(fn, error=ValueError):
   except error as e:
     if jax.process_count() == 1:
       raise
-    message, out = str(e), None
+    message, out = str(e) or type(e).__name__, None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     buf = np.zeros(2048, np.uint8)

@@ -204,7 +204,11 @@ def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
       TaskError)
   verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
                 if task.kind == "classification" else np.zeros(1, np.int32))
-  split = int(train.prompt_start[0]) if config.prompt.placement == "infix" else 0
+  # From the layout, not from a row: under a row plan row 0 may be another process's, and
+  # every process must compile the same program.
+  budget = data_lib.answer_budget(task, tokenizer, config.data.append_eos)
+  split = (config.data.max_length - config.prompt.length - budget
+           if config.prompt.placement == "infix" else 0)
   return Setup(model, params, tokenizer, task, train, dev, verbalizer, split, rows)
 
 

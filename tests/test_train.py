@@ -261,3 +261,14 @@ def test_log_truncation(tmp_path):
   assert path.read_text().splitlines() == lines[:2]
   _truncate_log(path, 0)  # a fresh start keeps nothing: step 0 is evaluated again
   assert path.read_text() == ""
+
+
+def test_a_row_plan_without_row_0_keeps_the_layout(data_file, tmp_path):
+  """Under a multi-process row plan a process may not tokenize row 0; the prompt's column
+  (a static argument of the compiled step) must still be the layout's, in every process."""
+  config = load_config(None, _overrides(data_file, tmp_path, "plan"))
+  whole = prepare(config)
+  part = prepare(config, lambda split, n: np.arange(1, min(n, 5)))
+  assert part.train.present is not None and not part.train.present[0]
+  assert part.train.prompt_start[0] == 0 and whole.train.prompt_start[0] > 0  # row 0 not there
+  assert part.split == whole.split == int(whole.train.prompt_start[1]) > 0
