@@ -134,7 +134,8 @@ class MLP(nn.Module):
     edit: this layer's neuron intervention (see `jaxskill.interventions`), applied at every
       position: `a <- a * keep + add + noise_std * N(0, 1)`, with `[i]` arrays and a PRNG key.
     Sows the neuron activations `a[b, p, i]` (after any edit: what enters down_proj) gathered
-    at capture_positions, so that what is kept grows with p, not t. When `intermediates` is not
+    at capture_positions, so that what is kept grows with p, not t; a position outside
+    [-t, t) gives NaN rather than a clamped neighbour's values. When `intermediates` is not
     mutable nothing is gathered.
     """
     c = self.config
@@ -146,7 +147,8 @@ class MLP(nn.Module):
       a = (a * edit["keep"] + edit["add"] + noise).astype(a.dtype)
     if capture_positions is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", NEURONS,
-               jnp.take_along_axis(a, capture_positions[:, :, None], axis=1))  # [b, p, i]
+               jnp.take_along_axis(a, capture_positions[:, :, None], axis=1, mode="fill",
+                                   fill_value=jnp.nan))  # [b, p, i]
     return dense(c.hidden_size, name="down_proj")(a)
 
 
@@ -229,6 +231,7 @@ class Qwen2LM(nn.Module):
         at these positions are sown (read them with `neuron_activations`).
       logits_positions: int `[b, q]`; if given, logits only there: `[b, q, v]` instead of
         `[b, t, v]`, which skips most of the LM head when only a few positions matter.
+        Positions outside [-t, t), here and in capture_positions, give NaN.
       past: a cache from `prefill` of the tokens before these (same batch); then positions
         continue after the cached tokens and attention reaches them too.
       neuron_edit: an intervention on the neurons, `[l, ...]` arrays from
@@ -238,7 +241,8 @@ class Qwen2LM(nn.Module):
                         capture_positions, past, neuron_edit)
     x = self.norm(x)
     if logits_positions is not None:
-      x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1)
+      x = jnp.take_along_axis(x, logits_positions[:, :, None], axis=1, mode="fill",
+                              fill_value=jnp.nan)  # out of range: NaN logits, not a neighbour's
     if self.config.tie_word_embeddings:
       table = self.embed_tokens.embedding.astype(self.dtype)
       return jnp.einsum("bth,vh->btv", x, table, preferred_element_type=wide(self.dtype))
