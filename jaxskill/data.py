@@ -229,6 +229,21 @@ def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray
   return {k: v[idx] for k, v in arrays.items()}
 
 
+def eval_batch(encoded: Encoded, batch_size: int, i: int,
+               arrays: dict[str, np.ndarray] | None = None,
+               local: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Batch `i` of `eval_batches` (same arguments): rows i * batch_size + local, the last
+  batch padded by repeating the last example with `valid` = 0."""
+  arrays = encoded.arrays() if arrays is None else arrays
+  n = len(encoded)
+  idx = i * batch_size + (np.arange(batch_size) if local is None else np.asarray(local))
+  rows = np.minimum(idx, n - 1)
+  encoded.check_rows(rows)
+  batch = take(arrays, rows)
+  batch["valid"] = (idx < n).astype(np.float32)
+  return batch
+
+
 def eval_batches(encoded: Encoded, batch_size: int,
                  arrays: dict[str, np.ndarray] | None = None,
                  local: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -237,14 +252,8 @@ def eval_batches(encoded: Encoded, batch_size: int,
   these rows of each global batch (the ones this process feeds; `eval_rows` gives the examples
   they cover); `valid` then covers those rows, and `global_valid` gives the whole batch's."""
   arrays = encoded.arrays() if arrays is None else arrays
-  n = len(encoded)
-  for start in range(0, n, batch_size):
-    idx = start + (np.arange(batch_size) if local is None else np.asarray(local))
-    rows = np.minimum(idx, n - 1)
-    encoded.check_rows(rows)
-    batch = take(arrays, rows)
-    batch["valid"] = (idx < n).astype(np.float32)
-    yield batch
+  for i in range(-(-len(encoded) // batch_size)):
+    yield eval_batch(encoded, batch_size, i, arrays, local)
 
 
 def global_valid(n: int, batch_size: int, start: int) -> np.ndarray:

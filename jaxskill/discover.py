@@ -92,12 +92,8 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   local = sharding.local_rows(mesh, batch_size)  # each process feeds only its rows
 
   def batch_at(i):
-    idx = i * batch_size + local
-    rows = np.minimum(idx, len(encoded) - 1)
-    encoded.check_rows(rows, "find: ")
-    batch = data_lib.take(arrays, rows)
-    batch["valid"] = (idx < len(encoded)).astype(np.float32)  # pad rows of the last batch
-    return sharding.put_local(batch, mesh, batch_size)
+    return sharding.put_local(data_lib.eval_batch(encoded, batch_size, i, arrays, local), mesh,
+                              batch_size)
 
   shape = jax.eval_shape(step, prompt, params, batch_at(0))[0].shape[1:]  # [l, k, i]
   f = int(np.prod(shape))

@@ -155,15 +155,16 @@ class Setup:
   dev: data_lib.Encoded | None
   verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
   split: int  # the prompt's first column in every row (infix), or 0 (prefix)
+  budget: int  # answer tokens every row leaves room for (`data.answer_budget`)
   rows: RowPlan | None = None  # which rows of a split this process tokenizes (None: all)
 
   def encode(self, config: RunConfig, split: str) -> data_lib.Encoded:
     """Another split of the task, in the same layout and row plan."""
-    return sharding.raise_together(
-        lambda: encode_split(config, self.task, self.tokenizer, split, self.rows), TaskError)
+    return sharding.raise_together(lambda: encode_split(
+        config, self.task, self.tokenizer, split, self.budget, self.rows), TaskError)
 
 
-def encode_split(config: RunConfig, task: Task, tokenizer, split: str,
+def encode_split(config: RunConfig, task: Task, tokenizer, split: str, budget: int,
                  rows: RowPlan | None = None) -> data_lib.Encoded:
   """One split in the run's layout; with a row plan, only this process's rows are tokenized."""
   n = len(task.splits.get(split, ()))
@@ -171,8 +172,8 @@ def encode_split(config: RunConfig, task: Task, tokenizer, split: str,
   encoded = data_lib.encode(
       task, split, tokenizer, prompt_length=config.prompt.length,
       placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos,
-      budget=data_lib.answer_budget(task, tokenizer, config.data.append_eos), rows=chosen)
+      truncation=config.data.truncation, append_eos=config.data.append_eos, budget=budget,
+      rows=chosen)
   if chosen is not None:
     log.info("process %d of %d tokenized %d of the %d %s rows (its share)",
              jax.process_index(), jax.process_count(), len(chosen), n, split)
@@ -198,18 +199,18 @@ def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
                              mesh=mesh, layout=config.train.param_sharding)
   tokenizer = load_tokenizer(config.model.path)
   task = build_task(config.task)
+  budget = data_lib.answer_budget(task, tokenizer, config.data.append_eos)  # one for all splits
   train, dev = sharding.raise_together(lambda: (
-      encode_split(config, task, tokenizer, "train", rows),
-      encode_split(config, task, tokenizer, "dev", rows) if task.splits.get("dev") else None),
-      TaskError)
+      encode_split(config, task, tokenizer, "train", budget, rows),
+      encode_split(config, task, tokenizer, "dev", budget, rows) if task.splits.get("dev")
+      else None), TaskError)
   verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
                 if task.kind == "classification" else np.zeros(1, np.int32))
   # From the layout, not from a row: under a row plan row 0 may be another process's, and
   # every process must compile the same program.
-  budget = data_lib.answer_budget(task, tokenizer, config.data.append_eos)
   split = (config.data.max_length - config.prompt.length - budget
            if config.prompt.placement == "infix" else 0)
-  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split, rows)
+  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split, budget, rows)
 
 
 def make_mesh(data_parallel: int, model_parallel: int = 1) -> Mesh:
