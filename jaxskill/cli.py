@@ -98,40 +98,25 @@ def _run_config(args):
   return load_config(args.config, args.overrides)
 
 
-def cmd_train(args) -> int:
-  from jaxskill.train import train
-  config = _run_config(args)
-  summary = train(config, progress=not args.no_progress)
-  print(f"run dir: {config.run_dir}")
-  best = summary["best_dev_accuracy"]
-  print(f"best dev accuracy: {'no dev split' if best is None else f'{best:.4f}'} (steps "
-        f"{summary['steps']}, resumed from {summary['resumed_from']}, truncated inputs: "
-        f"{summary['truncated']})")
-  return 0
+def _print_stage(stage: str, skip: bool, why: str = "") -> None:
+  state = "done already, skipped" if skip else f"running ({why})" if why else "running"
+  print(f"== {stage}: {state}", flush=True)
 
 
-def cmd_find(args) -> int:
-  from jaxskill.discover import find
-  config = _run_config(args)
-  summary = find(config, progress=not args.no_progress)
-  print(f"run dir: {config.run_dir}")
-  if not summary:  # another process than 0 of a multi-process run: process 0 wrote and reports
+def _stage_command(until: str):
+  """`jaxskill train|find|verify|run CONFIG`: the pipeline up to that stage (what is stale
+  upstream is recomputed, or refused with the changed keys named), then its results."""
+  def command(args) -> int:
+    from jaxskill.pipeline import run
+    config = _run_config(args)
+    run(config, until=until, progress=not args.no_progress, on_stage=_print_stage)
+    _print_results(config.run_dir, until)
     return 0
-  for name, m in summary["metrics"].items():
-    best = m["top_k"][0] if m["top_k"] else None
-    print(f"  {name:>24}: n={m['n']:<6} max|r|={m['max_abs_r']} top (layer, neuron)={best} "
-          f"|r|>{summary['threshold']}: {m['above_threshold']}")
-  return 0
+  return command
 
 
-def cmd_verify(args) -> int:
-  from jaxskill.verify import verify
-  config = _run_config(args)
-  results = verify(config, progress=not args.no_progress)
-  print(f"run dir: {config.run_dir}")
-  for line in verify_lines(results):
-    print(line)
-  return 0
+def _fmt(x, digits: int = 4) -> str:
+  return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def verify_lines(results: dict) -> list[str]:
@@ -156,54 +141,69 @@ def verify_lines(results: dict) -> list[str]:
         base_g, rand_g = results["baseline"]["group_accuracy"], row["random"]["group_accuracy"]
         lines.append("      per group (none / top / random mean): " + "; ".join(
             f"{g} {base_g[g]:.3f} / {groups[g]:.3f} / {rand_g[g]:.3f}" for g in groups))
+  for sel, why in results.get("skipped", {}).items():
+    lines.append(f"  {sel}: not verified ({why})")
   return lines
 
 
 def cmd_report(args) -> int:
+  """`jaxskill report DIR`: the report of a finished run directory, refused if its stages are
+  not up to date with its config.yaml; `jaxskill report CONFIG`: the pipeline up to the report."""
+  from jaxskill.pipeline import checked_run_dir
   from jaxskill.report import report
-  print(f"wrote {report(args.run_dir)}")
+  path = Path(args.target)
+  if path.is_file():
+    return _stage_command("report")(argparse.Namespace(
+        config=path, overrides=args.overrides, no_progress=args.no_progress))
+  if args.overrides:
+    raise SystemExit(f"jaxskill report {path}: overrides ({' '.join(args.overrides)}) go with "
+                     "a config file, not a run directory")
+  checked_run_dir(path)
+  print(f"wrote {report(path)}")
   return 0
 
 
-def _print_stage(stage: str, skip: bool) -> None:
-  print(f"== {stage}: {'done already, skipped' if skip else 'running'}", flush=True)
-
-
-def cmd_run(args) -> int:
-  from jaxskill.pipeline import run
-  config = _run_config(args)
-  run(config, progress=not args.no_progress, on_stage=_print_stage)
-  _print_results(config.run_dir)
-  return 0
-
-
-def _print_results(run_dir) -> None:
-  import json
-  import numpy as np
-  from jaxskill.report import last_digit_shortcut
+def _print_results(run_dir: Path, until: str = "report") -> None:
+  """What the stages up to `until` found, from the files they wrote."""
+  from jaxskill import files
+  from jaxskill.report import train_summaries
   print(f"run dir: {run_dir}")
-  train = json.loads((run_dir / "train_summary.json").read_text())
-  fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-  print(f"prompt training: dev accuracy {fmt(train['dev_accuracy_at_init'])} at init -> "
-        f"{fmt(train['best_dev_accuracy'])} best ({train['steps']} steps, "
-        f"{train['seconds']:.0f}s)")
-  summary = json.loads((run_dir / "summary.json").read_text())
+  for name, t in train_summaries(run_dir):
+    print(f"prompt training ({name}): dev accuracy {_fmt(t['dev_accuracy_at_init'])} at init -> "
+          f"{_fmt(t['best_dev_accuracy'])} best ({t['steps']} steps, resumed from "
+          f"{t['resumed_from']}, {t['seconds']:.0f}s, truncated inputs {t['truncated']})")
+  if until == "train":
+    return
+  summary = files.read_json(run_dir / "summary.json")
   for name, m in summary["metrics"].items():
+    if m["max_abs_r"] is None:
+      print(f"  {name:>34}: undefined (the metric is constant over the {m['n']} examples)")
+      continue
     best = m["top_k"][0] if m["top_k"] else None
     print(f"  {name:>34}: max|r| {m['max_abs_r']:.3f} at (layer, neuron) {best}, "
           f"|r|>{summary['threshold']}: {m['above_threshold']}")
-  verify = json.loads((run_dir / "verify.json").read_text())
-  for line in verify_lines(verify):
+  if until == "find":
+    return
+  for line in verify_lines(files.read_json(run_dir / "verify.json")):
     print(line)
-  if (run_dir / "activations.npz").exists():
-    verdict = last_digit_shortcut(dict(np.load(run_dir / "activations.npz")))
-    if verdict is not None:
-      best = verdict["neurons"][0]
-      print(f"last-digit shortcut neuron? {verdict['answer']}: best candidate layer "
-            f"{best['layer']} neuron {best['neuron']} at {best['position']}: AUC correct vs "
-            f"last-digit-wrong {best['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
-            f"{best['auc_elsewhere_wrong']:.3f} ({verdict['criterion']})")
+  if until == "verify":
+    return
+  _print_shortcut(run_dir)
   print(f"report: {run_dir / 'report.html'}")
+
+
+def _print_shortcut(run_dir: Path) -> None:
+  from jaxskill import files
+  from jaxskill.report import last_digit_shortcut
+  if not (run_dir / "activations.npz").exists():
+    return
+  verdict = last_digit_shortcut(files.load_npz(run_dir / "activations.npz"))
+  if verdict is not None and verdict["neurons"]:
+    best = verdict["neurons"][0]
+    print(f"last-digit shortcut neuron? {verdict['answer']}: best candidate layer "
+          f"{best['layer']} neuron {best['neuron']} at {best['position']}: AUC correct vs "
+          f"last-digit-wrong {best['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
+          f"{best['auc_elsewhere_wrong']:.3f} ({verdict['criterion']})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,18 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("out_dir")
   p.add_argument("--dtype", default="float32")
   p.set_defaults(func=cmd_export)
-  for name, func, text in (
-      ("train", cmd_train, "train a soft prompt"),
-      ("find", cmd_find, "find skill neurons (trains first if needed)"),
-      ("verify", cmd_verify, "perturb the neurons found (finds first if needed)"),
-      ("run", cmd_run, "train, find, verify and report; each stage skipped when done")):
+  for name, text in (
+      ("train", "train the soft prompt(s)"),
+      ("find", "find skill neurons (trains first what is not trained)"),
+      ("verify", "perturb the neurons found (trains and finds first what is not done)"),
+      ("run", "train, find, verify and report; each stage skipped when done")):
     p = sub.add_parser(name, help=f"{text}: jaxskill {name} CONFIG [section.key=value ...]")
     p.add_argument("config", help="a YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=func)
-  p = sub.add_parser("report", help="figures and report.html of a run dir: jaxskill report DIR")
-  p.add_argument("run_dir")
+    p.set_defaults(func=_stage_command(name if name != "run" else "report"))
+  p = sub.add_parser("report", help="figures and report.html: jaxskill report DIR (a finished "
+                     "run directory) or jaxskill report CONFIG [section.key=value ...]")
+  p.add_argument("target", help="a run directory, or a YAML run config")
+  p.add_argument("overrides", nargs="*", help="with a config: section.key=value")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_report)
   return ap
 
@@ -280,17 +283,34 @@ def _maybe_init_distributed(args) -> None:
   jax.distributed.initialize(**settings)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+  """The command line, options allowed between overrides (`run C a=1 --no-progress b=2`):
+  argparse stops filling a positional list at the first option, so the rest comes back as
+  extras, which are overrides again."""
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  stray = [x for x in extra if x.startswith("-") or not hasattr(args, "overrides")]
+  if stray:
+    parser.error(f"unrecognized arguments: {' '.join(stray)}")
+  if extra:
+    args.overrides = [*args.overrides, *extra]
+  return args
+
+
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  args = parse_args(argv)
   _maybe_init_distributed(args)
   from jaxskill.checkpointing import CheckpointRestoreError
   from jaxskill.config import RunConfigError
+  from jaxskill.files import RunLockError
   from jaxskill.model import CheckpointError, ConfigError
   from jaxskill.tasks import TaskError
+  from jaxskill.train import TrainingDivergedError
   try:
     return args.func(args)
   except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError,
-          ValueError, FileNotFoundError) as e:  # bad input: one line naming what is wrong
+          RunLockError, TrainingDivergedError, ValueError, FileNotFoundError,
+          IsADirectoryError) as e:  # bad input: one line naming what is wrong
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)
     return 2
 

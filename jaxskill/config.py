@@ -162,9 +162,43 @@ class RunConfig:
   verify: VerifyConfig = VerifyConfig()
   distributed: DistributedConfig = DistributedConfig()
 
+  def __post_init__(self):
+    # The run directory is out_dir/name: a name that is a path would write elsewhere.
+    if (not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name
+        or self.name != self.name.strip()):
+      raise ValueError(f"name={self.name!r} must be a plain directory name (not empty, no '/', "
+                       "not '.' or '..'): the run directory is out_dir/name")
+    if not self.out_dir:
+      raise ValueError("out_dir='' must name a directory (e.g. runs)")
+
   @property
   def run_dir(self) -> Path:
     return Path(self.out_dir) / self.name
+
+
+def seed_runs(config: RunConfig) -> list[RunConfig]:
+  """The run configs whose prompts are trained: `config` itself, or one per find.seeds entry
+  (run dirs `<name>-seed<seed>`, train.seed = the seed); the aggregate goes to
+  `config.run_dir`."""
+  if not config.find.seeds:
+    return [config]
+  return [dataclasses.replace(config, name=f"{config.name}-seed{seed}",
+                              train=dataclasses.replace(config.train, seed=seed))
+          for seed in config.find.seeds]
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """"section.key: old -> new" for every leaf that differs between two `to_dict` trees (a key
+  missing on one side shows as <unset>)."""
+  out = []
+  for key in sorted(set(old) | set(new), key=lambda k: (k not in new, str(k))):
+    a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+    name = f"{prefix}{key}"
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_diff(a, b, f"{name}.")
+    elif a != b:
+      out.append(f"{name}: {a!r} -> {b!r}")
+  return out
 
 
 _CHOICES = {
@@ -302,6 +336,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
       raise RunConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
       raise RunConfigError(f"{path}: not valid YAML ({e})") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+      raise RunConfigError(f"{path}: not a UTF-8 text file ({e})") from None
     if not isinstance(data, dict):
       raise RunConfigError(f"{path}: expected a mapping at the top level")
   data = _merge(data, parse_overrides(list(overrides)))
@@ -323,4 +359,5 @@ def to_dict(config) -> dict:
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
-  Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+  from jaxskill.files import write_text
+  write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

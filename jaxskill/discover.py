@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import functools
 import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -25,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, checkpointing, sharding, stats
+from jaxskill import capture, checkpointing, files, sharding, stats
 from jaxskill import data as data_lib
+from jaxskill.config import seed_runs
 
 log = logging.getLogger("jaxskill.discover")
 
@@ -231,7 +231,8 @@ def top_activations(model, params, prompt, encoded: data_lib.Encoded,
   @functools.partial(jax.jit, out_shardings=replicated)
   def gather(prompt, params, batch):
     acts, y = step(prompt, params, batch)
-    return acts[:, layer, pos, neuron], y
+    # float32 whatever the model's dtype: numpy cannot read bfloat16 back from an .npz
+    return acts[:, layer, pos, neuron].astype(jnp.float32), y
 
   prompt = jax.device_put(prompt, replicated)
   params, _ = sharding.place_params(params, mesh)
@@ -288,20 +289,16 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
                   n_examples: int, top_k_n: int, top_p: float, threshold: float,
                   extra: dict) -> dict:
   """r `[m, l, k, i]` -> correlations.npz, neurons.csv, summary.json; returns the summary."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  np.savez(out_dir / "correlations.npz", **{name: r[j] for j, name in enumerate(names)})
   summary = {"metrics": {}, "positions": list(position_names), **extra}
-  with open(out_dir / "neurons.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["rank", "layer", "position", "neuron", "metric", "r", "n"])
-    for j, name in enumerate(names):
-      scores, pos = neuron_scores(r[j])
-      ranked = top_k(scores, top_k_n)
-      for rank, (layer, neuron) in enumerate(ranked, 1):
-        k = pos[layer, neuron]
-        writer.writerow([rank, layer, position_names[k], neuron, name,
-                         f"{r[j, layer, k, neuron]:.6f}", int(counts[j])])
-      summary["metrics"][name] = {
+  rows = [["rank", "layer", "position", "neuron", "metric", "r", "n"]]
+  for j, name in enumerate(names):
+    scores, pos = neuron_scores(r[j])
+    ranked = top_k(scores, top_k_n)
+    for rank, (layer, neuron) in enumerate(ranked, 1):
+      k = pos[layer, neuron]
+      rows.append([rank, layer, position_names[k], neuron, name,
+                   f"{r[j, layer, k, neuron]:.6f}", int(counts[j])])
+    summary["metrics"][name] = {
           "n": int(counts[j]),
           "nan_excluded": int(n_examples - counts[j]),  # examples whose metric was NaN
           "undefined_neurons": int(np.isnan(scores).sum()),
@@ -311,7 +308,11 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
           "top_p_per_layer": len(top_p_per_layer(scores, top_p)),
       }
   summary["threshold"] = threshold
-  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  # correlations.npz last: the stage's record of completion is the pipeline's, but a reader of
+  # a half-written directory then finds no correlations rather than mismatched tables.
+  files.atomic_write(out_dir / "neurons.csv", lambda f: csv.writer(f).writerows(rows), "w")
+  files.write_json(out_dir / "summary.json", summary)
+  files.save_npz(out_dir / "correlations.npz", **{name: r[j] for j, name in enumerate(names)})
   return summary
 
 
@@ -325,20 +326,19 @@ def encoded_split(setup, config, split: str) -> data_lib.Encoded:
   return setup.encode(config, split)
 
 
-def seed_runs(config) -> list:
-  """The run configs whose prompts are trained: `config` itself, or one per find.seeds entry
-  (run dirs `<name>-seed<seed>`; the aggregate goes to `config.run_dir`)."""
-  import dataclasses
-  if not config.find.seeds:
-    return [config]
-  return [dataclasses.replace(config, name=f"{config.name}-seed{seed}",
-                              train=dataclasses.replace(config.train, seed=seed))
-          for seed in config.find.seeds]
+def load_prompt(run) -> np.ndarray:
+  """The trained prompt `[p, h]` of a (seed) run: its prompt_best.npy."""
+  path = run.run_dir / "prompt_best.npy"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no trained prompt; train it first (`jaxskill train` or "
+                            "`jaxskill run` with this config)")
+  return files.load_npy(path)
 
 
 def find(config, *, progress: bool = True) -> dict:
-  """Trains the prompt(s) if needed, then correlates; returns the summary."""
-  from jaxskill.train import eval_plan, make_mesh, prepare, train
+  """Correlates the activations under the trained prompt(s) with the metrics; returns the
+  summary. The prompts must have been trained (the pipeline orders the stages)."""
+  from jaxskill.train import eval_plan, make_mesh, prepare
   fc = config.find
   position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   seeds = fc.seeds or (config.train.seed,)
@@ -347,16 +347,13 @@ def find(config, *, progress: bool = True) -> dict:
   setup = None
   results, predictivity_summary = [], {}
   for run in runs:
-    done = run.run_dir / "train_summary.json"
-    if not done.exists() or json.loads(done.read_text())["steps"] != run.train.steps:
-      train(run, progress=progress)
     if setup is None:
       mesh = make_mesh(run.train.data_parallel, run.train.model_parallel)
       setup = prepare(run, eval_plan(mesh, fc.batch_size))
       params, _ = sharding.place_params(setup.params, mesh, run.train.param_sharding)
       encoded = encoded_split(setup, run, fc.split)
       names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
-    prompt = {"embeddings": jnp.asarray(np.load(run.run_dir / "prompt_best.npy"))}
+    prompt = {"embeddings": jnp.asarray(load_prompt(run))}
     r, st = correlate(setup.model, params, prompt, encoded, kind=setup.task.kind,
                       verbalizer=setup.verbalizer, sites=fc.sites,
                       prompt_length=run.prompt.length, names=names, custom=custom, mesh=mesh,
@@ -374,7 +371,7 @@ def find(config, *, progress: bool = True) -> dict:
                                 prompt_length=run.prompt.length, mesh=mesh,
                                 batch_size=fc.batch_size)
       if jax.process_index() == 0:
-        np.savez(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
+        files.save_npz(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
       predictivity_summary[run.name] = {
           "n_dev": n_dev, "top_k": [list(x) for x in top_k(
               neuron_scores(np.abs(acc - 0.5))[0], 10)],
@@ -393,17 +390,16 @@ def find(config, *, progress: bool = True) -> dict:
       if (layer, int(pos[layer, neuron]), neuron) not in features:
         features.append((layer, int(pos[layer, neuron]), neuron))
   if features:
-    first_prompt = {"embeddings": jnp.asarray(np.load(runs[0].run_dir / "prompt_best.npy"))}
+    first_prompt = {"embeddings": jnp.asarray(load_prompt(runs[0]))}
     acts, values = top_activations(
         setup.model, params, first_prompt, encoded, features, kind=setup.task.kind,
         verbalizer=setup.verbalizer, sites=fc.sites, prompt_length=config.prompt.length,
         names=names, custom=custom, mesh=mesh, batch_size=fc.batch_size)
     if jax.process_index() == 0:
-      config.run_dir.mkdir(parents=True, exist_ok=True)
-      np.savez(config.run_dir / "activations.npz", features=np.asarray(features, np.int32),
-               activations=acts, metrics=values, metric_names=np.asarray(names),
-               position_names=np.asarray(position_names),
-               texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
+      files.save_npz(config.run_dir / "activations.npz",
+                     features=np.asarray(features, np.int32), activations=acts, metrics=values,
+                     metric_names=np.asarray(names), position_names=np.asarray(position_names),
+                     texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
   summary = {}
   if jax.process_index() == 0:  # every process holds the same statistics; one writes them
     summary = _write_find_outputs(config, results, r_all, names, position_names, common, extra)

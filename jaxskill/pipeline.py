@@ -1,96 +1,265 @@
-"""`jaxskill run`: train -> find -> verify -> report, each stage resumable and skipped when done.
+"""The stages in order: train -> find -> verify -> report, each resumable and skipped when done.
 
-A stage counts as done when `stages.json` in the run directory records it with the same
-fingerprint of the config sections it depends on; changing e.g. `verify.k_list` reruns verify
-and report but not training or discovery. Within a stage, interruption is handled by the stage
-itself (training and statistics checkpoints, verification progress log).
+Every command that runs a stage (`jaxskill train|find|verify|report|run`) goes through `run`,
+which alone judges what is stale. `stages.json` in the run directory records, per stage, the
+fingerprint of the config keys its result depends on, those keys themselves, and whether it
+finished. A stage is skipped when its record matches the config and its outputs read back whole;
+otherwise it runs, and every later stage is recomputed too (its inputs changed), its old outputs
+removed first. So nothing computed under one config is read under another:
+  - train refuses to continue a run directory made under other training settings (naming each
+    changed key, old and new value), except for keys that only lengthen the run (train.steps);
+  - find and verify recompute, saying which keys changed;
+  - `jaxskill report DIR` refuses a directory whose records disagree with its config.yaml.
+Within a stage, interruption is handled by the stage itself (training and statistics
+checkpoints, verification progress log): a stage recorded as running under the same
+fingerprint resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import shutil
+from pathlib import Path
 from typing import Callable
 
-from jaxskill.config import RunConfig, to_dict
+from jaxskill import files
+from jaxskill.config import (RunConfig, RunConfigError, config_diff, dump_config, load_config,
+                             seed_runs, to_dict)
+from jaxskill.sharding import barrier, is_writer, raise_together
 
 log = logging.getLogger("jaxskill.pipeline")
 
+STAGES = ("train", "find", "verify", "report")
 # The config sections each stage's result depends on.
 STAGE_SECTIONS = {
     "train": ("model", "prompt", "task", "data", "train"),
     "find": ("model", "prompt", "task", "data", "train", "find"),
     "verify": ("model", "prompt", "task", "data", "train", "find", "verify"),
 }
-STAGES = ("train", "find", "verify", "report")
+# Keys that change how a stage logs and checkpoints, never what it computes.
+NEUTRAL_KEYS = {"train": ("log_every", "checkpoint_every", "max_to_keep", "async_checkpoint"),
+                "find": ("checkpoint_every",)}
+# What each stage writes into the run directory (with seeds, train also writes the seed dirs).
+OUTPUTS = {
+    "train": ("config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",
+              "prompt_best.npy", "train_summary.json"),
+    "find": ("correlations.npz", "summary.json", "neurons.csv", "activations.npz",
+             "predictivity.npz", "find_checkpoints"),
+    "verify": ("verify.json", "verify_progress.jsonl", "neuron_mean.npy"),
+    "report": ("report.html",),
+}
+
+
+class StaleRunError(RunConfigError):
+  """A run directory's outputs do not belong to the config asked about."""
+
+
+def stage_config(config: RunConfig, stage: str) -> dict:
+  """The config keys `stage`'s result depends on, as plain data."""
+  d = to_dict(config)
+  out = {s: dict(d[s]) for s in STAGE_SECTIONS[stage]}
+  for section, keys in NEUTRAL_KEYS.items():
+    for key in keys:
+      out.get(section, {}).pop(key, None)
+  return out
 
 
 def fingerprint(config: RunConfig, stage: str) -> str:
-  d = to_dict(config)
-  sections = STAGE_SECTIONS.get(stage, tuple(k for k in d if isinstance(d[k], dict)))
-  return hashlib.sha256(json.dumps({s: d[s] for s in sections}, sort_keys=True)
+  return hashlib.sha256(json.dumps(stage_config(config, stage), sort_keys=True)
                         .encode()).hexdigest()[:16]
 
 
-def run(config: RunConfig, *, progress: bool = True,
-        on_stage: Callable[[str, bool], None] | None = None) -> dict:
-  """Runs the stages not yet done; returns {stage: "ran" | "skipped"}. `on_stage(stage, skip)`
-  is called before each stage."""
-  from jaxskill.discover import find, seed_runs
-  from jaxskill.report import report
-  from jaxskill.sharding import barrier
-  from jaxskill.train import train
-  from jaxskill.verify import verify
-  import jax
+def read_record(run_dir: Path) -> dict[str, dict]:
+  """stages.json as {stage: {"fingerprint", "state": "running" | "done", "config"}}; records of
+  older versions (a bare fingerprint) read as done with unknown keys."""
+  path = run_dir / "stages.json"
+  if not path.exists():
+    return {}
+  try:
+    raw = files.read_json(path)
+  except files.DamagedFileError as e:
+    log.warning("%s; every stage is treated as not done", e)
+    return {}
+  if not isinstance(raw, dict):
+    log.warning("%s: not a stage record; every stage is treated as not done", path)
+    return {}
+  return {stage: (rec if isinstance(rec, dict) else {"fingerprint": rec, "state": "done"})
+          for stage, rec in raw.items() if stage in STAGES}
 
+
+def _write_record(run_dir: Path, record: dict) -> None:
+  if is_writer():
+    files.write_json(run_dir / "stages.json", record)
+
+
+def _why_stale(stage: str, rec: dict | None, config: RunConfig) -> str:
+  if rec is None:
+    return "not run yet"
+  if rec["fingerprint"] != fingerprint(config, stage):
+    if "config" not in rec:
+      return "config changed (recorded by an older jaxskill, which kept no keys)"
+    return "config changed: " + "; ".join(config_diff(rec["config"],
+                                                      stage_config(config, stage)))
+  if rec.get("state") != "done":
+    return "interrupted: resuming"
+  return "outputs missing or unreadable"
+
+
+def _outputs_ok(config: RunConfig, stage: str) -> bool:
+  d = config.run_dir
+  if stage == "train":
+    return all(files.readable(c.run_dir / "prompt_best.npy", files.load_npy)
+               and files.readable(c.run_dir / "train_summary.json", files.read_json)
+               for c in seed_runs(config))
+  if stage == "find":
+    return (files.readable(d / "correlations.npz", files.load_npz)
+            and files.readable(d / "summary.json", files.read_json)
+            and (d / "neurons.csv").exists())
+  if stage == "verify":
+    return files.readable(d / "verify.json", files.read_json)
+  raise ValueError(stage)
+
+
+def clear(config: RunConfig, stage: str) -> None:
+  """Removes what `stage` wrote: into the run directory, and for find also into each seed run's
+  (its per-seed statistics checkpoints and outputs; never a seed's training)."""
+  dirs = [config.run_dir]
+  if stage == "find":
+    dirs += [c.run_dir for c in seed_runs(config) if c.run_dir != config.run_dir]
+  for d in dirs:
+    for name in OUTPUTS[stage]:
+      path = d / name
+      if path.is_dir():
+        shutil.rmtree(path)
+      elif path.exists():
+        path.unlink()
+
+
+def run(config: RunConfig, *, until: str = "report", progress: bool = True,
+        on_stage: Callable[[str, bool, str], None] | None = None) -> dict:
+  """Runs the stages up to `until` that are not done; returns {stage: "ran" | "skipped"}.
+  `on_stage(stage, skip, why)` is called before each stage. The run directory (and each seed
+  run's) is locked for the duration: a second process gets a RunLockError naming the first."""
+  if until not in STAGES:
+    raise ValueError(f"until={until!r}: expected one of {STAGES}")
+  dirs = list(dict.fromkeys([config.run_dir] + [c.run_dir for c in seed_runs(config)]))
+  with contextlib.ExitStack() as locks:
+    def acquire():
+      if is_writer():
+        for d in dirs:
+          locks.enter_context(files.run_lock(d))
+    raise_together(acquire, files.RunLockError)  # every process stops, not only process 0
+    return _run_stages(config, STAGES[:STAGES.index(until) + 1], progress, on_stage)
+
+
+def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_stage) -> dict:
   run_dir = config.run_dir
-  record_path = run_dir / "stages.json"
-  record = json.loads(record_path.read_text()) if record_path.exists() else {}
-  actions = {
-      "train": lambda: [train(c, progress=progress) for c in seed_runs(config)],
-      "find": lambda: find(config, progress=progress),
-      "verify": lambda: verify(config, progress=progress),
-      "report": lambda: report(run_dir) if jax.process_index() == 0 else None,
-  }
+  record = read_record(run_dir)
   out = {}
-  for stage in STAGES:
-    fp = fingerprint(config, stage)
-    skip = stage != "report" and record.get(stage) == fp and _outputs_exist(config, stage)
-    if on_stage is not None:
-      on_stage(stage, skip)
-    if skip:
-      out[stage] = "skipped"
+  for stage in stages:
+    if stage == "report":  # cheap, and reads only files: always written anew
+      if on_stage is not None:
+        on_stage(stage, False, "")
+      barrier("pipeline: report starts")
+      _report(config, progress)
+      out[stage] = "ran"
       continue
-    if stage in ("find", "verify") and record.get(stage) not in (None, fp):
-      _clear(config, stage)  # an older config's results: never mixed with this one's
-    actions[stage]()
+    fp, rec = fingerprint(config, stage), record.get(stage)
+    fresh = (rec is not None and rec.get("state") == "done" and rec["fingerprint"] == fp
+             and _outputs_ok(config, stage))
+    why = "" if fresh else _why_stale(stage, rec, config)
+    if on_stage is not None:
+      on_stage(stage, fresh, why)
+    if fresh:
+      out[stage] = "skipped"
+      if stage == "train":
+        _save_run_config(config)
+      continue
+    if on_stage is None and rec is not None:
+      log.info("%s: %s", stage, why)
+    if stage == "train":
+      _check_training_dirs(config)  # refuses before anything is removed
+    # This stage's inputs or config changed, so every later result is stale.
+    for later in STAGES[STAGES.index(stage):]:
+      if later == stage and rec is not None and rec["fingerprint"] == fp:
+        continue  # the same work, interrupted: its checkpoints resume it
+      if later != "train" and is_writer():
+        clear(config, later)
+      record.pop(later, None)
+    record[stage] = {"fingerprint": fp, "state": "running",
+                     "config": stage_config(config, stage)}
+    _write_record(run_dir, record)
+    barrier(f"pipeline: {stage} starts")
+    _STAGE_FNS[stage](config, progress)
     out[stage] = "ran"
-    record[stage] = fp
-    if jax.process_index() == 0:
-      run_dir.mkdir(parents=True, exist_ok=True)
-      record_path.write_text(json.dumps(record, indent=2) + "\n")
+    record[stage] = dict(record[stage], state="done")
+    _write_record(run_dir, record)
+    if stage == "train":
+      _save_run_config(config)
     barrier(f"pipeline: {stage} done")
   return out
 
 
-def _outputs_exist(config: RunConfig, stage: str) -> bool:
-  from jaxskill.discover import seed_runs
-  d = config.run_dir
-  if stage == "train":
-    return all((c.run_dir / "prompt_best.npy").exists() for c in seed_runs(config))
-  return (d / {"find": "correlations.npz", "verify": "verify.json"}[stage]).exists()
+def _save_run_config(config: RunConfig) -> None:
+  """The run directory's config.yaml: the config its later stages run under (with seeds, the
+  seed dirs keep their own)."""
+  if is_writer():
+    dump_config(config, config.run_dir / "config.yaml")
 
 
-def _clear(config: RunConfig, stage: str) -> None:
-  import shutil
-  d = config.run_dir
-  names = {"find": ["correlations.npz", "summary.json", "neurons.csv", "activations.npz",
-                    "predictivity.npz", "find_checkpoints", "verify.json", "neuron_mean.npy"],
-           "verify": ["verify.json", "neuron_mean.npy"]}[stage]
-  for name in names:
-    path = d / name
-    if path.is_dir():
-      shutil.rmtree(path)
-    elif path.exists():
-      path.unlink()
+def _check_training_dirs(config: RunConfig) -> None:
+  from jaxskill.train import check_resume_config
+  for c in seed_runs(config):
+    check_resume_config(c.run_dir, c)
+
+
+def _train(config: RunConfig, progress: bool) -> None:
+  from jaxskill.train import train
+  for c in seed_runs(config):
+    train(c, progress=progress)
+
+
+def _find(config: RunConfig, progress: bool) -> None:
+  from jaxskill.discover import find
+  find(config, progress=progress)
+
+
+def _verify(config: RunConfig, progress: bool) -> None:
+  from jaxskill.verify import verify
+  verify(config, progress=progress)
+
+
+def _report(config: RunConfig, progress: bool) -> None:
+  from jaxskill.report import report
+  if is_writer():
+    report(config.run_dir)
+
+
+_STAGE_FNS = {"train": _train, "find": _find, "verify": _verify}
+
+
+def checked_run_dir(run_dir: str | Path) -> RunConfig:
+  """The config of a finished run directory, after checking that its training and discovery
+  (and verification, if it ran) were computed under that config; a StaleRunError names the
+  stage, each changed key with its old and new value, and the command that recomputes it."""
+  run_dir = Path(run_dir)
+  saved = run_dir / "config.yaml"
+  if not saved.exists():
+    raise FileNotFoundError(f"{run_dir}: no config.yaml; not a jaxskill run directory (or its "
+                            "training never finished)")
+  config = load_config(saved)
+  record = read_record(run_dir)
+  for stage in ("train", "find", "verify"):
+    rec = record.get(stage)
+    if stage == "verify" and rec is None and not (run_dir / "verify.json").exists():
+      continue  # not verified: the report goes without that section
+    if rec is None or rec.get("state") != "done" or rec["fingerprint"] != fingerprint(config,
+                                                                                        stage):
+      raise StaleRunError(
+          f"{run_dir}: the {stage} stage is not up to date with {saved} "
+          f"({_why_stale(stage, rec, config)}); run `jaxskill run {saved}` (or the config you "
+          "ran it with) to recompute it")
+  return config

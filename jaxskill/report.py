@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxskill import files
+from jaxskill.config import load_config
 from jaxskill.discover import neuron_scores
 
 
@@ -266,7 +268,18 @@ def _num(x, digits: int = 4) -> str:
 
 
 def _load_json(path: Path):
-  return json.loads(path.read_text()) if path.exists() else None
+  return files.read_json(path) if path.exists() else None
+
+
+def train_summaries(run_dir: Path) -> list[tuple[str, dict]]:
+  """(run name, train_summary.json) of the prompt(s) of a run directory: its own, or with
+  find.seeds one per seed run `<name>-seed<s>` beside it (config.yaml says which)."""
+  saved = run_dir / "config.yaml"
+  seeds = load_config(saved).find.seeds if saved.exists() else ()
+  # Beside this directory, wherever it was moved (the seed_runs naming).
+  dirs = [run_dir.parent / f"{run_dir.name}-seed{s}" for s in seeds] or [run_dir]
+  return [(d.name, files.read_json(d / "train_summary.json")) for d in dirs
+          if (d / "train_summary.json").exists()]
 
 
 def top_examples(activations: dict, j: int, n: int = 5) -> list[tuple[str, float]]:
@@ -284,12 +297,12 @@ def report(run_dir: str | Path) -> Path:
                             "`jaxskill run`) with this run's config first")
   import matplotlib
   matplotlib.use("Agg")  # no display: files only
-  correlations = dict(np.load(run_dir / "correlations.npz"))
+  correlations = files.load_npz(run_dir / "correlations.npz")
   summary = _load_json(run_dir / "summary.json") or {}
   threshold = float(summary.get("threshold", 0.5))
-  train_summary = _load_json(run_dir / "train_summary.json")
+  trained = train_summaries(run_dir)
   results = _load_json(run_dir / "verify.json")
-  activations = (dict(np.load(run_dir / "activations.npz"))
+  activations = (files.load_npz(run_dir / "activations.npz")
                  if (run_dir / "activations.npz").exists() else None)
   figures: list[tuple[str, str, bytes]] = []  # (file, caption, png)
   if activations is not None:
@@ -303,24 +316,26 @@ def report(run_dir: str | Path) -> Path:
                   figure_r_hist(correlations, threshold)))
   figures.append(("layers.png", f"neurons with |r| > {threshold} per layer",
                   figure_layers(correlations, threshold)))
-  if results is not None:
+  if results is not None and results["selections"]:
     figures.append(("verify.png", f"{results['split']} accuracy with the top-{results['k']} "
                     f"neurons perturbed vs random-{results['k']} draws matched per layer",
                     figure_verify(results)))
     figures.append(("dose.png", "dose-response over K", figure_dose(results)))
   for name, _, png in figures:
-    (run_dir / name).write_bytes(png)
+    files.write_bytes(run_dir / name, png)
 
   parts = [f"<h1>jaxskill report: {html.escape(run_dir.name)}</h1>"]
   config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-  if train_summary:
+  if trained:
     parts.append("<h2>Prompt training</h2>" + _table(
-        ["steps", "dev accuracy at init", "best dev accuracy", "train examples", "seconds"],
-        [[train_summary["steps"], _num(train_summary.get("dev_accuracy_at_init")),
-          _num(train_summary.get("best_dev_accuracy")), train_summary.get("n_train"),
-          f"{train_summary.get('seconds', 0):.1f}"]]))
+        ["run", "steps", "dev accuracy at init", "best dev accuracy", "train examples",
+         "seconds"],
+        [[name, t["steps"], _num(t.get("dev_accuracy_at_init")),
+          _num(t.get("best_dev_accuracy")), t.get("n_train"), f"{t.get('seconds', 0):.1f}"]
+         for name, t in trained]))
   parts.append("<h2>Skill neurons</h2>")
-  rows = [[name, m["n"], m["max_abs_r"] if m["max_abs_r"] is None else f"{m['max_abs_r']:.4f}",
+  rows = [[name, m["n"], "undefined (constant metric)" if m["max_abs_r"] is None
+           else f"{m['max_abs_r']:.4f}",
            m["above_threshold"], m["top_k"][:3]] for name, m in summary.get("metrics", {}).items()]
   parts.append(_table(["metric", "examples", "max |r|", f"|r| > {threshold}",
                        "top (layer, neuron)"], rows))
@@ -342,6 +357,8 @@ def report(run_dir: str | Path) -> Path:
                          f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
                          "drop / mean random drop", "(drop - mean random drop) / random std"],
                         rows))
+    for sel, why in results.get("skipped", {}).items():
+      parts.append(f"<p>Not verified: {html.escape(sel)} ({html.escape(why)}).</p>")
     if results.get("group_by"):
       grows = []
       for sel, per_sel in results["selections"].items():
@@ -389,6 +406,4 @@ def report(run_dir: str | Path) -> Path:
   page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>jaxskill report "
           f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
           + "\n".join(parts) + "</body></html>")
-  out = run_dir / "report.html"
-  out.write_text(page)
-  return out
+  return files.write_text(run_dir / "report.html", page)

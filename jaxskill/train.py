@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import checkpointing, sharding
+from jaxskill import checkpointing, files, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config,
@@ -31,6 +31,10 @@ from jaxskill.model import Qwen2LM, load_model, load_tokenizer
 from jaxskill.tasks import Task, TaskError, build_task
 
 log = logging.getLogger("jaxskill.train")
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the prompt's gradient stopped being finite."""
 
 
 # --- pure pieces ------------------------------------------------------------------------------
@@ -226,7 +230,9 @@ _RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.log_every",
                       "train.checkpoint_every", "train.max_to_keep", "train.async_checkpoint"}
 
 
-def _check_resume_config(run_dir: Path, config: RunConfig) -> None:
+def check_resume_config(run_dir: Path, config: RunConfig) -> None:
+  """Refuses (RunConfigError naming each changed key, old and new value) to continue a run
+  directory trained under other settings; keys that only lengthen or log the run may change."""
   saved = run_dir / "config.yaml"
   if not saved.exists():
     return
@@ -269,7 +275,7 @@ def _count_truncated(encoded: data_lib.Encoded) -> int:
 def _append_jsonl(path: Path, record: dict) -> None:
   if not sharding.is_writer():
     return
-  with open(path, "a") as f:
+  with open(path, "a", encoding="utf-8") as f:  # a line cut by a kill is dropped on resume
     f.write(json.dumps(record) + "\n")
 
 
@@ -279,15 +285,31 @@ def _truncate_log(path: Path, step: int) -> None:
   if not path.exists() or not sharding.is_writer():
     return
   keep = []
-  for line in path.read_text().splitlines():
+  for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
     try:
       record = json.loads(line)
-    except json.JSONDecodeError:
+      record_step = int(record["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
       log.warning("%s: dropping an incomplete line %r", path, line[:80])
       continue
-    if step > 0 and record["step"] <= step:
+    if step > 0 and record_step <= step:
       keep.append(line)
-  path.write_text("".join(line + "\n" for line in keep))
+  files.write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _check_finite(pending: list, cfg: TrainConfig) -> None:
+  """Raises TrainingDivergedError at the first of `pending`'s steps whose loss or gradient norm
+  is not finite; the caller has saved nothing of those steps."""
+  if not pending:
+    return
+  values = np.asarray(jax.device_get([(loss, norm) for _, loss, norm in pending]), np.float64)
+  bad = ~np.isfinite(values).all(axis=1)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise TrainingDivergedError(
+        f"train: the loss is not finite at step {pending[i][0]} (loss {values[i, 0]}, gradient "
+        f"norm {values[i, 1]}); stopped, and no prompt of that step was saved (the last "
+        f"checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set train.clip_norm")
 
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
@@ -297,7 +319,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   from tqdm.auto import tqdm
   cfg = config.train
   run_dir = config.run_dir
-  _check_resume_config(run_dir, config)
+  check_resume_config(run_dir, config)
   mesh = make_mesh(cfg.data_parallel, cfg.model_parallel)
   n_data = mesh.shape["data"]
   if cfg.batch_size % n_data:
@@ -355,6 +377,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",
                dynamic_ncols=True)
     t0 = time.perf_counter()
+    pending = []  # (step, loss, gradient norm) on the device since the last finiteness check
     if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
       dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
       _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
@@ -365,6 +388,11 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
       batch = data_lib.take(arrays, idx)
       state, metrics = step_fn(state, params, put(batch))
       done = step + 1
+      pending.append((done, metrics["loss"], metrics["grad_norm"]))
+      if (done % cfg.log_every == 0 or done % cfg.eval_every == 0
+          or done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        _check_finite(pending, cfg)  # before anything of these steps is logged or saved
+        pending = []
       if done % cfg.log_every == 0 or done == cfg.steps:
         record = {"step": done, "split": "train",
                   **{k: float(v) for k, v in metrics.items()}}
@@ -373,7 +401,9 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
       if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
         dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
         _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
-        if dev["accuracy"] > float(state["best_dev"]):
+        # Both in float32, as best_dev is kept: a float64 accuracy equal to the best would
+        # otherwise count as better than its float32 rounding.
+        if np.float32(dev["accuracy"]) > np.float32(state["best_dev"]):
           state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
                        best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
         bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
@@ -389,8 +419,8 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
   best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
   if sharding.is_writer():
-    np.save(run_dir / "prompt_final.npy", final)
-    np.save(run_dir / "prompt_best.npy", best)
+    files.save_npy(run_dir / "prompt_final.npy", final)
+    files.save_npy(run_dir / "prompt_best.npy", best)
   dev_log = ([json.loads(line) for line in log_path.read_text().splitlines()]
              if sharding.is_writer() else [])
   dev_at_init = [r["accuracy"] for r in dev_log if r["split"] == "dev" and r["step"] == 0]
@@ -405,6 +435,6 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
       "devices": n_data, "seconds": time.perf_counter() - t0,
   }
   if sharding.is_writer():
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    files.write_json(run_dir / "train_summary.json", summary)
   sharding.barrier("train: outputs written")
   return summary

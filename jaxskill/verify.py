@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, interventions, sharding
+from jaxskill import capture, files, interventions, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
-from jaxskill.discover import neuron_scores, top_k
+from jaxskill.config import seed_runs
+from jaxskill.discover import load_prompt, neuron_scores, top_k
 from jaxskill.model import neuron_activations
 
 log = logging.getLogger("jaxskill.verify")
@@ -110,16 +111,17 @@ def _read_progress(path: Path, fingerprint: str) -> dict:
   config); records of an earlier one are ignored."""
   done, keep = {}, []
   if path.exists():
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
       try:
         record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by an interruption: evaluated again
-        continue
+        ours = record.get("fingerprint") == fingerprint
+        if ours:
+          done[record["key"]] = record["result"]
+      except (json.JSONDecodeError, AttributeError, KeyError):
+        continue  # a line cut short by an interruption: evaluated again
       keep.append(line)
-      if record.get("fingerprint") == fingerprint:
-        done[record["key"]] = record["result"]
     if jax.process_index() == 0:  # without the cut line, so the next record starts cleanly
-      path.write_text("".join(line + "\n" for line in keep))
+      files.write_text(path, "".join(line + "\n" for line in keep))
   return done
 
 
@@ -148,16 +150,55 @@ def _control(results: list[dict], baseline: dict) -> dict:
   return out
 
 
+def rank_selections(correlations: dict, selection: tuple[str, ...], ks: list[int], layers: int,
+                    neurons: int) -> tuple[dict, dict]:
+  """({metric: its top max(ks) (layer, neuron) by |r|}, {metric: why it is skipped}).
+
+  A metric with no defined r (constant over the examples: one label, a constant column) has no
+  neurons to perturb: it is skipped with a warning, not verified on an empty set. A K that
+  cannot be verified honestly is an error: more neurons than the model has or than have a
+  defined r, or a top-K holding half or more of a layer, where the random sets matched per layer
+  would have (almost) nothing else to draw from."""
+  if max(ks) > layers * neurons:
+    raise ValueError(f"verify.k / verify.k_list: K={max(ks)} is more than the model's "
+                     f"{layers * neurons} neurons ({layers} layers x {neurons})")
+  ranked, skipped = {}, {}
+  for sel in selection:
+    scores = neuron_scores(correlations[sel])[0]
+    defined = int(np.isfinite(scores).sum())
+    if defined == 0:
+      skipped[sel] = ("no neuron has a defined correlation: the metric is constant on the "
+                      "examples find used")
+      log.warning("verify.selection %r skipped: %s", sel, skipped[sel])
+      continue
+    if defined < max(ks):
+      raise ValueError(f"verify.k / verify.k_list: K={max(ks)} is more than the {defined} "
+                       f"neurons with a defined correlation to {sel!r}")
+    ranked[sel] = top_k(scores, max(ks))
+    for k in ks:
+      counts = np.bincount([layer for layer, _ in ranked[sel][:k]], minlength=layers)
+      layer = int(counts.argmax())
+      if 2 * counts[layer] >= neurons:
+        raise ValueError(
+            f"verify.k / verify.k_list: the top-{k} neurons of {sel!r} hold {counts[layer]} of "
+            f"layer {layer}'s {neurons}; random sets matched per layer need more neurons outside "
+            f"the top-K than in it (use a smaller K)")
+  return ranked, skipped
+
+
 def verify(config, *, progress: bool = True) -> dict:
-  """Runs the verification of `config` (training and finding first if they have not run);
-  returns the results written to `run_dir/verify.json`."""
+  """Runs the verification of `config` on its trained prompt and found neurons (the pipeline
+  runs training and discovery first); returns the results written to `run_dir/verify.json`."""
   from tqdm.auto import tqdm
-  from jaxskill.discover import encoded_split, find, seed_runs
+  from jaxskill.discover import encoded_split
   from jaxskill.train import eval_plan, make_mesh, prepare
   vc = config.verify
   run_dir = config.run_dir
-  if not (run_dir / "correlations.npz").exists():
-    find(config, progress=progress)
+  corr_path = run_dir / "correlations.npz"
+  if not corr_path.exists():
+    raise FileNotFoundError(f"{corr_path}: not found; run `jaxskill find` (or `jaxskill run`) "
+                            "with this config first")
+  correlations = files.load_npz(corr_path)
   mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
   if vc.batch_size % mesh.shape["data"]:
     raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
@@ -166,13 +207,12 @@ def verify(config, *, progress: bool = True) -> dict:
   c = setup.model.config
   kind = setup.task.kind
   selection = vc.selection or (("label",) if kind == "classification" else ("correct",))
-  correlations = np.load(run_dir / "correlations.npz")
   for name in selection:
     if name not in correlations:
       raise ValueError(f"verify.selection: {name!r} is not among the metrics of "
-                       f"{run_dir / 'correlations.npz'}: {sorted(correlations.files)}")
+                       f"{corr_path}: {sorted(correlations)}")
   prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
-  prompt = {"embeddings": jnp.asarray(np.load(prompt_dir / "prompt_best.npy"))}
+  prompt = {"embeddings": jnp.asarray(load_prompt(seed_runs(config)[0]))}
   replicated = NamedSharding(mesh, P())
   prompt = jax.device_put(prompt, replicated)
   params, _ = sharding.place_params(setup.params, mesh, config.train.param_sharding)
@@ -195,7 +235,7 @@ def verify(config, *, progress: bool = True) -> dict:
   if "mean" in vc.modes:
     mean_path = run_dir / "neuron_mean.npy"
     if mean_path.exists():
-      mean = np.load(mean_path)
+      mean = files.load_npy(mean_path)
     else:  # the train-split mean of every neuron over all real positions, with the prompt
       mean_fn = jax.jit(functools.partial(position_mean, model=setup.model),
                         out_shardings=replicated)
@@ -205,19 +245,21 @@ def verify(config, *, progress: bool = True) -> dict:
         total, count = total + np.asarray(s, np.float64), count + float(n)
       mean = (total / count).astype(np.float32)
       if jax.process_index() == 0:
-        np.save(mean_path, mean)
+        files.save_npy(mean_path, mean)
 
   progress_path = run_dir / "verify_progress.jsonl"
   from jaxskill.config import to_dict
   fingerprint = _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
-                             (run_dir / "correlations.npz").read_bytes(), to_dict(vc),
+                             corr_path.read_bytes(), to_dict(vc),
                              to_dict(config.task))
   done = _read_progress(progress_path, fingerprint)
   sharding.barrier("verify: progress read")
   ks = sorted(set(vc.k_list) | {vc.k})
   jobs = [("baseline", None)]
   random_sets = {}
-  ranked_by = {sel: top_k(neuron_scores(correlations[sel])[0], max(ks)) for sel in selection}
+  ranked_by, skipped = rank_selections(correlations, selection, ks, c.num_hidden_layers,
+                                       c.intermediate_size)
+  selection = tuple(ranked_by)
   for sel in selection:
     ranked = ranked_by[sel]
     for k in ks:
@@ -255,7 +297,7 @@ def verify(config, *, progress: bool = True) -> dict:
              "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
              "modes": list(vc.modes), "sigma": vc.sigma, "k": vc.k, "k_list": ks,
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),
-             "baseline": baseline, "selections": {}}
+             "baseline": baseline, "selections": {}, "skipped": skipped}
   for sel in selection:
     ranked = ranked_by[sel]
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
@@ -280,6 +322,6 @@ def verify(config, *, progress: bool = True) -> dict:
       per_sel["modes"][mode] = per_k
     results["selections"][sel] = per_sel
   if jax.process_index() == 0:
-    (run_dir / "verify.json").write_text(json.dumps(results, indent=2) + "\n")
+    files.write_json(run_dir / "verify.json", results)
   sharding.barrier("verify: outputs written")
   return results

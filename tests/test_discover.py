@@ -13,6 +13,7 @@ import jaxskill
 from jaxskill import capture, discover, stats
 from jaxskill import data as data_lib
 from jaxskill.config import load_config
+from jaxskill.pipeline import run
 from jaxskill.tasks import table
 from jaxskill.train import make_mesh
 
@@ -173,6 +174,7 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
       "data.max_length=40", "prompt.length=4", "find.batch_size=16",
       "find.metrics=correct,confidence,meta_last_digit_only,half_nan,label",
       "find.custom_metrics=tests.custom_metrics:half_nan", "find.top_k=5"])
+  run(config, until="train", progress=False)  # find reads the trained prompt(s)
   summary = discover.find(config, progress=False)
   out = np.load(tmp_path / "f" / "correlations.npz")
   assert sorted(out.files) == sorted(["correct", "confidence", "meta_last_digit_only",
@@ -203,6 +205,7 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
       "task.n_train=32", "task.n_dev=8", "task.n_test=8", "train.steps=2", "train.eval_every=2",
       "data.max_length=40", "prompt.length=2", "find.seeds=0,1", "find.metrics=confidence",
       "find.top_k=20"])
+  run(config, until="train", progress=False)  # find reads the trained prompt(s)
   summary = discover.find(config, progress=False)
   iou = summary["seed_overlap_iou_top_k"]["confidence"]
   assert 0.0 <= iou <= 1.0

@@ -1,0 +1,161 @@
+"""Run-directory files: written atomically, read with errors that name the file, and a lock that
+keeps two runs out of one directory.
+
+Every output is written to a temporary file beside it and renamed over it (`os.replace` is
+atomic on POSIX), so a kill leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+
+class DamagedFileError(ValueError):
+  """A file the run wrote earlier cannot be read back (cut short, overwritten, not ours)."""
+
+
+class RunLockError(RuntimeError):
+  """Another process holds the run directory."""
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+  """Calls `write(f)` on a temporary file in `path`'s directory, then renames it to `path`."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())  # the rename must not land before the data
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+  return atomic_write(path, lambda f: f.write(text), "w")
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+  return atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(path: str | Path, obj) -> Path:
+  return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_npy(path: str | Path, array) -> Path:
+  return atomic_write(path, lambda f: np.save(f, np.asarray(array)))
+
+
+def save_npz(path: str | Path, **arrays) -> Path:
+  return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def _damaged(path: Path, error: Exception) -> DamagedFileError:
+  detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+  return DamagedFileError(f"{path}: cannot be read ({type(error).__name__}: {detail}); it is "
+                          "damaged or incomplete: delete it and run the stage that writes it "
+                          "again (`jaxskill run CONFIG` recomputes what is missing)")
+
+
+def read_json(path: str | Path):
+  path = Path(path)
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    raise
+  except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise _damaged(path, e) from None
+
+
+def read_yaml(path: str | Path):
+  path = Path(path)
+  try:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    raise
+  except (yaml.YAMLError, ValueError, OSError) as e:
+    raise _damaged(path, e) from None
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+  path = Path(path)
+  try:
+    return np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise
+  except (ValueError, OSError, EOFError) as e:
+    raise _damaged(path, e) from None
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+  """Every array of an .npz, read now (a lazy NpzFile would fail later, far from the name)."""
+  path = Path(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {name: data[name] for name in data.files}
+  except FileNotFoundError:
+    raise
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    raise _damaged(path, e) from None
+
+
+def readable(path: str | Path, reader: Callable[[Path], Any]) -> bool:
+  """Whether `path` exists and `reader` reads it back whole."""
+  try:
+    reader(Path(path))
+    return True
+  except (FileNotFoundError, DamagedFileError):
+    return False
+
+
+# --- the run lock -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path) -> Iterator[None]:
+  """Holds `directory/.lock` for the duration; another holder gives a RunLockError naming its
+  pid. The lock is the kernel's (flock): a crashed holder's lock is gone with its process, so
+  a stale lock file is simply taken over."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / ".lock"
+  f = open(path, "a+", encoding="utf-8")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      raise RunLockError(
+          f"{directory} is in use by another jaxskill process (pid {holder}, lock {path}); "
+          "wait for it to finish or stop it, or use another run name (name=...)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    yield
+  finally:
+    f.close()  # closing releases the flock
+
