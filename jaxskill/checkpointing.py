@@ -8,6 +8,7 @@ silently starting from zero.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +26,11 @@ def manager(directory: str | Path, *, max_to_keep: int, async_save: bool = True
             ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+  # One unnamed item, fixed here: left open, orbax would decide it from the first step directory
+  # restored (whether it has `default/`), so an empty newest step (a save killed early) would
+  # switch the manager to multi-item mode and make every older, intact step unrestorable too.
+  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
@@ -45,6 +50,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target):
   does while an earlier run's unreadable checkpoints are the only ones left.
   """
   directory = Path(mngr.directory)
+  _remove_empty_steps(mngr, directory)
   steps = sorted(mngr.all_steps(), reverse=True)
   failures = []
   for step in steps:
@@ -59,7 +65,10 @@ def restore_latest(mngr: ocp.CheckpointManager, target):
       continue
     for bad, _ in failures:  # kept for inspection, out of the way of the steps to be saved again
       aside = directory / f"unreadable-{bad}-{int(time.time())}"
-      (directory / str(bad)).rename(aside)
+      try:
+        (directory / str(bad)).rename(aside)
+      except FileNotFoundError:  # another process sharing the directory moved it first
+        continue
       log.warning("moved the unreadable checkpoint of step %d to %s", bad, aside.name)
     if failures:
       mngr.reload()
@@ -70,3 +79,15 @@ def restore_latest(mngr: ocp.CheckpointManager, target):
         f"{directory}: no checkpoint could be restored; refusing to restart from zero. "
         f"Move the directory away to start over. ({detail})")
   return None
+
+
+def _remove_empty_steps(mngr: ocp.CheckpointManager, directory: Path) -> None:
+  """Deletes step directories without a single file (a save killed as it began): they hold
+  nothing to restore or inspect, and would otherwise block saving that step again."""
+  empty = [step for step in mngr.all_steps()
+           if not any(p.is_file() for p in (directory / str(step)).rglob("*"))]
+  for step in empty:
+    shutil.rmtree(directory / str(step), ignore_errors=True)  # another process may be first
+    log.warning("removed the empty checkpoint directory of step %d in %s", step, directory)
+  if empty:
+    mngr.reload()

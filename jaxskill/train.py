@@ -25,8 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxskill import checkpointing, files, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
-from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, dump_config,
-                             load_config, to_dict)
+from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
+                             dump_config, load_config, to_dict)
 from jaxskill.model import Qwen2LM, load_model, load_tokenizer
 from jaxskill.tasks import Task, TaskError, build_task
 
@@ -225,35 +225,36 @@ def make_mesh(data_parallel: int, model_parallel: int = 1) -> Mesh:
     raise RunConfigError(str(e)) from None
 
 
-# Keys a re-run may change and still continue the same run: how long and how often, not what.
-_RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.log_every",
-                      "train.checkpoint_every", "train.max_to_keep", "train.async_checkpoint"}
+# Keys a re-run may change and still continue the same run: how it logs and checkpoints, and
+# (under a constant learning rate, where the schedule does not depend on it) its length.
+_RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.max_to_keep",
+                      "train.async_checkpoint"}
 
 
 def check_resume_config(run_dir: Path, config: RunConfig) -> None:
   """Refuses (RunConfigError naming each changed key, old and new value) to continue a run
-  directory trained under other settings; keys that only lengthen or log the run may change."""
+  directory trained under other settings, so that a continued run is the run a straight one
+  would have been; only keys that log, checkpoint or lengthen it may change."""
   saved = run_dir / "config.yaml"
   if not saved.exists():
     return
   old, new = to_dict(load_config(saved)), to_dict(config)
-  diffs = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new if isinstance(new[s], dict)
-           for k in new[s] if old[s].get(k) != new[s][k]]
-  diffs += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
-            if not isinstance(new[k], dict) and old[k] != new[k]]
   # Later stages and the process layout are not training's concern; out_dir and name are what
   # found this directory.
-  diffs = [d for d in diffs if not d.startswith(("find.", "verify.", "distributed.", "out_dir:",
-                                                 "name:"))]
-  extend = [d for d in diffs if d.split(":")[0] in _RESUMABLE_CHANGES]
+  for key in ("find", "verify", "distributed", "out_dir", "name"):
+    old.pop(key), new.pop(key)
+  diffs = config_diff(old, new)
+  resumable = _RESUMABLE_CHANGES | ({"train.steps"} if config.train.decay == "constant" else set())
+  extend = [d for d in diffs if d.split(":")[0] in resumable]
   diffs = [d for d in diffs if d not in extend]
   if extend and not diffs:
-    log.warning("%s: continuing this run with %s (a decaying learning-rate schedule follows the "
-                "new number of steps)", saved, "; ".join(extend))
+    log.warning("%s: continuing this run with %s", saved, "; ".join(extend))
   if diffs:
-    raise RunConfigError(f"{saved}: this run directory was made with another config "
-                         f"({'; '.join(diffs)}); use another run name (name=...) or remove the "
-                         "directory")
+    note = (" (the learning-rate schedule decays over train.steps, so more steps is another "
+            "run)" if any(d.startswith("train.steps:") for d in diffs) else "")
+    raise RunConfigError(f"{saved}: this run directory was trained with other settings "
+                         f"({'; '.join(diffs)}){note}; use another run name (name=...) or "
+                         "remove the directory")
 
 
 def _evaluate(eval_fn, prompt, params, encoded, batch_size, put, local) -> dict:

@@ -211,6 +211,10 @@ def verify(config, *, progress: bool = True) -> dict:
     if name not in correlations:
       raise ValueError(f"verify.selection: {name!r} is not among the metrics of "
                        f"{corr_path}: {sorted(correlations)}")
+  ks = sorted(set(vc.k_list) | {vc.k})
+  ranked_by, skipped = rank_selections(correlations, selection, ks, c.num_hidden_layers,
+                                       c.intermediate_size)
+  selection = tuple(ranked_by)
   prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
   prompt = {"embeddings": jnp.asarray(load_prompt(seed_runs(config)[0]))}
   replicated = NamedSharding(mesh, P())
@@ -254,12 +258,8 @@ def verify(config, *, progress: bool = True) -> dict:
                              to_dict(config.task))
   done = _read_progress(progress_path, fingerprint)
   sharding.barrier("verify: progress read")
-  ks = sorted(set(vc.k_list) | {vc.k})
   jobs = [("baseline", None)]
   random_sets = {}
-  ranked_by, skipped = rank_selections(correlations, selection, ks, c.num_hidden_layers,
-                                       c.intermediate_size)
-  selection = tuple(ranked_by)
   for sel in selection:
     ranked = ranked_by[sel]
     for k in ks:

@@ -130,6 +130,23 @@ def test_config_json_not_json(copy_ckpt):
   assert str(path / "config.json") in str(info.value)
 
 
+
+@pytest.mark.parametrize("text", ['[1, 2]', '"x"', 'null', '3'])
+def test_config_json_not_an_object(copy_ckpt, text):
+  path = copy_ckpt(**UNTIED)
+  (path / "config.json").write_text(text)
+  with pytest.raises(ConfigError, match="expected a JSON object") as info:
+    jaxskill.load_model(path)
+  assert str(path / "config.json") in str(info.value) and text in str(info.value)
+
+
+def test_config_json_not_utf8(copy_ckpt):
+  path = copy_ckpt(**UNTIED)
+  (path / "config.json").write_bytes(b'{"model_type": "qwen\xe92"}')
+  with pytest.raises(ConfigError, match="not UTF-8") as info:
+    jaxskill.load_model(path)
+  assert str(path / "config.json") in str(info.value)
+
 def test_missing_config_json(copy_ckpt):
   path = copy_ckpt(**UNTIED)
   (path / "config.json").unlink()
@@ -280,6 +297,46 @@ def test_truncation_names_the_tensor(tmp_path):
     read_safetensors(file)
   assert "tensor 'b'" in str(info.value) and "F32[4, 5]" in str(info.value)
 
+
+
+def _header_blob(header, data=b"\0" * 64):
+  blob = json.dumps(header).encode()
+  blob += b" " * (-len(blob) % 8)
+  return struct.pack("<Q", len(blob)) + blob + data
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [2], "data_offsets": [0]},
+    {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]},
+    {"dtype": "F32", "shape": [2], "data_offsets": None},
+    {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]},  # would map the header as data
+    {"dtype": "F32", "shape": "x", "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [-2], "data_offsets": [8, 0]},
+    {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]},
+], ids=["one_offset", "text_offsets", "null_offsets", "negative_offset", "text_shape",
+        "float_shape", "negative_shape", "list_dtype"])
+def test_corrupt_safetensors_entry_is_refused(copy_ckpt, entry):
+  path = copy_ckpt(**UNTIED)
+  (path / "model.safetensors").write_bytes(_header_blob({"model.norm.weight": entry}))
+  with pytest.raises(CheckpointError) as info:
+    jaxskill.load_model(path)
+  msg = str(info.value)
+  assert str(path / "model.safetensors") in msg and "'model.norm.weight'" in msg, msg
+
+
+def test_unreadable_safetensors_is_refused(copy_ckpt):
+  path = copy_ckpt(**UNTIED)
+  file = path / "model.safetensors"
+  file.write_bytes(struct.pack("<Q", 2**40) + b"{}")  # a damaged header length
+  with pytest.raises(CheckpointError, match="exceeds the file size") as info:
+    jaxskill.load_model(path)
+  assert str(file) in str(info.value)
+  file.unlink()
+  file.mkdir()
+  with pytest.raises(CheckpointError, match="cannot be read") as info:
+    jaxskill.load_model(path)
+  assert str(file) in str(info.value)
 
 def test_directory_without_weights(copy_ckpt):
   path = copy_ckpt(**UNTIED)
@@ -552,6 +609,35 @@ def test_converted_params_disagreeing_with_config_are_refused(hf_checkpoint, tmp
   assert str(cfg["intermediate_size"]) in msg and "config.json" in msg
 
 
+
+def _largest_file(directory):
+  return max((f for f in directory.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+
+
+CONVERTED_DAMAGE = {
+    "truncated_data": lambda p: _largest_file(p / "ocdbt.process_0").write_bytes(
+        _largest_file(p / "ocdbt.process_0").read_bytes()[:100]),
+    "zeroed_data": lambda p: _largest_file(p / "ocdbt.process_0").write_bytes(
+        bytes(_largest_file(p / "ocdbt.process_0").stat().st_size)),
+    "empty_array_metadata": lambda p: (p / "array_metadatas" / "process_0").write_bytes(b""),
+    "truncated_tree_metadata": lambda p: (p / "_METADATA").write_bytes(
+        (p / "_METADATA").read_bytes()[:50]),
+    "no_manifest": lambda p: (p / "manifest.ocdbt").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CONVERTED_DAMAGE))
+def test_damaged_converted_dir_is_refused(hf_checkpoint, tmp_path, damage):
+  _, src = hf_checkpoint(**UNTIED)
+  model, params = jaxskill.load_model(src)
+  out = jaxskill.save_converted(tmp_path / "conv", params, model.config)
+  CONVERTED_DAMAGE[damage](out / "params")
+  with pytest.raises(CheckpointError) as info:
+    jaxskill.load_model(out)
+  msg = str(info.value)
+  assert str(out / "params") in msg and "damaged or unreadable" in msg, msg
+  assert "TensorStore" not in msg and len(msg.splitlines()) == 1, msg
+
 def test_zero_kv_heads_is_refused():
   d = {"model_type": "qwen2", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 0,
@@ -755,3 +841,78 @@ def test_directory_without_tokenizer_files_is_refused(hf_checkpoint):
   _, path = hf_checkpoint(**UNTIED)
   with pytest.raises(CheckpointError, match="no tokenizer files"):
     jaxskill.load_tokenizer(path)
+
+
+# --- 7. resumable stage checkpoints (jaxskill.checkpointing) ------------------------------------
+
+def _stage_state(kind, step):
+  """A training state (device arrays, async saves) or discovery's host statistics state."""
+  if kind == "train":
+    return {"prompt": {"embeddings": jnp.full((2, 3), float(step))}, "step": jnp.int32(step)}
+  return {"stats": {"sum_x": np.full((2, 3), float(step))}, "next_batch": np.int64(step)}
+
+
+def _stage_target(kind):
+  from jaxskill import checkpointing
+  state = _stage_state(kind, 0)
+  if kind == "train":
+    return checkpointing.abstract_like(state)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), state)
+
+
+def _stage_manager(directory, kind):
+  from jaxskill import checkpointing
+  return checkpointing.manager(directory, max_to_keep=3, async_save=kind == "train")
+
+
+def _truncate_every_file(directory):
+  for f in directory.rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+STEP_DAMAGE = {  # what a process killed while orbax wrote step 150 can leave
+    "empty": lambda d: (d / "150").mkdir(),
+    "empty_item": lambda d: (d / "150" / "default").mkdir(parents=True),
+    "metadata_only": lambda d: (shutil.copytree(d / "100", d / "150"),
+                                shutil.rmtree(d / "150" / "default")),
+    "truncated": lambda d: (shutil.copytree(d / "100", d / "150"),
+                            _truncate_every_file(d / "150")),
+}
+
+
+@pytest.mark.parametrize("kind", ["train", "find"])
+@pytest.mark.parametrize("damage", sorted(STEP_DAMAGE))
+def test_damaged_newest_step_does_not_block_resume(tmp_path, kind, damage):
+  from jaxskill import checkpointing
+  directory = tmp_path / ("checkpoints" if kind == "train" else "find_checkpoints")
+  mngr = _stage_manager(directory, kind)
+  for step in (50, 100):
+    checkpointing.save(mngr, step, _stage_state(kind, step))
+  mngr.wait_until_finished()
+  mngr.close()
+  STEP_DAMAGE[damage](directory)
+
+  mngr = _stage_manager(directory, kind)
+  step, state = checkpointing.restore_latest(mngr, _stage_target(kind))
+  assert step == 100
+  want = _stage_state(kind, 100)
+  assert jax.tree.structure(state) == jax.tree.structure(want)
+  for got, expected in zip(jax.tree.leaves(state), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+  assert not (directory / "150").exists()  # out of the way: step 150 can be saved again
+  checkpointing.save(mngr, 150, _stage_state(kind, 150))
+  mngr.wait_until_finished()
+  mngr.close()
+  step, _ = checkpointing.restore_latest(_stage_manager(directory, kind), _stage_target(kind))
+  assert step == 150
+
+
+def test_only_an_empty_step_starts_from_zero(tmp_path):
+  """A run killed while creating its first checkpoint has nothing to lose: no refusal."""
+  from jaxskill import checkpointing
+  (tmp_path / "ck" / "50" / "default").mkdir(parents=True)
+  mngr = _stage_manager(tmp_path / "ck", "find")
+  assert checkpointing.restore_latest(mngr, _stage_target("find")) is None
+  assert checkpointing.restore_latest(_stage_manager(tmp_path / "ck", "find"),
+                                      _stage_target("find")) is None

@@ -1,28 +1,29 @@
-"""The Qwen1.5 experiment configs: every config loads, and each of configs/qwen1.5/ runs the whole
-pipeline (train -> find -> verify -> report) for a few steps on a tiny random Qwen2 checkpoint
-with the shipped demo tokenizer, keeping its own task, metrics, selections and groups."""
+"""The shipped configs: every config loads, and `jaxskill run` runs each file in configs/ (train ->
+find -> verify -> report) through the command line, in its own dtype and with its own seeds, for a
+few steps on a tiny random checkpoint laid out like a real Qwen1.5 one (the demo configs on the
+shipped organism), keeping its own task, metrics, selections and groups."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxskill.config import load_config
-from jaxskill.model.checkpoint import DEMO_MODEL
+from jaxskill import capture
+from jaxskill.model import QwenConfig
+from jaxskill.model.checkpoint import resolve_model_dir
 from jaxskill.tasks import build_task
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN = sorted((ROOT / "configs" / "qwen1.5").glob("*.yaml"))
+ALL = sorted((ROOT / "configs").rglob("*.yaml"))
 HUB = {"0.5b": "Qwen/Qwen1.5-0.5B", "1.8b": "Qwen/Qwen1.5-1.8B", "7b": "Qwen/Qwen1.5-7B"}
 LAYERS, INTERMEDIATE, PROMPT = 2, 80, 2
 
-# A few steps on a few examples, two prompt seeds instead of the configs' three (still averaged
-# over); everything else is the config's own.
-FAST = {"model.dtype": "float32", "task.n_train": "8", "task.n_dev": "4", "task.n_test": "4",
-        "find.seeds": "0,1",
-        "train.steps": "2", "train.batch_size": "4", "train.eval_every": "1",
+# A few steps on a few examples; dtype, seeds and everything else are the config's own.
+FAST = {"task.n_train": "8", "task.n_dev": "4", "task.n_test": "4", "train.steps": "2",
+        "train.batch_size": "4", "train.eval_every": "1",
         "find.batch_size": "4", "verify.k_list": "1,2", "verify.k": "1",
         "verify.random_draws": "2", "verify.batch_size": "4", "prompt.length": str(PROMPT)}
 PER_TASK = {
@@ -79,16 +80,12 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(hf_checkpoint, tmp_path_factory):
-  """A tiny random Qwen2 checkpoint with the demo tokenizer's vocabulary and files."""
-  from jaxskill.model import load_tokenizer
-  vocab = len(load_tokenizer("demo"))
-  model, _ = hf_checkpoint(vocab=vocab, hidden=48, intermediate=INTERMEDIATE, layers=LAYERS)
-  path = tmp_path_factory.mktemp("tiny_qwen")
-  model.save_pretrained(path)
-  for name in ("tokenizer.json", "tokenizer_config.json"):
-    shutil.copy(DEMO_MODEL / name, path / name)
-  return path
+def qwen15_dir(tmp_path_factory):
+  """A tiny random checkpoint laid out like a real Qwen1.5 one (bf16 safetensors, legacy
+  config.json, Qwen's byte-level BPE with eos = pad = <|endoftext|>, vocab_size > tokenizer)."""
+  from tests.qwen15_like import make_qwen15_like_checkpoint
+  return make_qwen15_like_checkpoint(tmp_path_factory.mktemp("qwen15"), layers=LAYERS,
+                                     intermediate=INTERMEDIATE)
 
 
 @pytest.fixture(scope="module")
@@ -98,42 +95,70 @@ def hans_file(tmp_path_factory):
                    HANS_HEADER, hans_rows(90))
 
 
-@pytest.mark.parametrize("path", QWEN, ids=[p.stem for p in QWEN])
-def test_config_runs_the_pipeline_on_a_tiny_model(path, tiny_model, hans_file, tmp_path):
-  from jaxskill.pipeline import run
-  task = path.stem.split("_")[0]
-  settings = {**FAST, **PER_TASK.get(task, {}), "model.path": str(tiny_model),
-              "out_dir": str(tmp_path)}
-  if task == "hans":
-    settings["task.path"] = str(hans_file)
-  config = load_config(path, [f"{k}={v}" for k, v in settings.items()])
+def _overrides(path: Path, model_dir: Path, hans: Path, out_dir: Path) -> list[str]:
+  """Tiny sizes for speed; the config's own dtype, seeds, metrics, selections and groups."""
   own = load_config(path)
-  assert len(own.find.seeds) > 1 and config.find.metrics == own.find.metrics
-  assert (config.verify.selection, config.verify.group_by) == (own.verify.selection,
-                                                               own.verify.group_by)
+  settings = {**FAST, **PER_TASK.get(own.task.name, {}), "out_dir": str(out_dir)}
+  if own.model.path != "demo":  # the shipped organism runs as it is; hub ids -> the tiny one
+    settings["model.path"] = str(model_dir)
+  if own.task.name == "hans":
+    settings["task.path"] = str(hans)
+  return [f"{k}={v}" for k, v in settings.items()]
 
-  stages = run(config, progress=False)
-  assert stages == {s: "ran" for s in ("train", "find", "verify", "report")}
+
+@pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(ROOT / "configs")) for p in ALL])
+def test_the_command_line_runs_every_config(path, qwen15_dir, hans_file, tmp_path, capsys):
+  """`jaxskill run CONFIG` exits 0 on every shipped config, in its own dtype and with its own
+  seeds, and the report has every section."""
+  from jaxskill import cli
+  overrides = _overrides(path, qwen15_dir, hans_file, tmp_path)
+  assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
+  out = capsys.readouterr().out
+  config = load_config(path, overrides)
+  own = load_config(path)
+  assert config.model.dtype == own.model.dtype and config.find.seeds == own.find.seeds
+  for stage in ("train", "find", "verify", "report"):
+    assert f"== {stage}: running" in out
   run_dir = config.run_dir
   for seed in config.find.seeds:
     assert (run_dir.parent / f"{config.name}-seed{seed}" / "prompt_best.npy").exists()
+    assert f"prompt training ({config.name}-seed{seed})" in out
+  _check_outputs(config, own)
+  html = (run_dir / "report.html").read_text()
+  assert html.lstrip().lower().startswith("<!doctype html")
+  for section in ("Prompt training", "Skill neurons", "Verification", "Config"):
+    assert f"<h2>{section}</h2>" in html, section
+  for seed in config.find.seeds:  # one training row per seed
+    assert f"<td>{config.name}-seed{seed}</td>" in html
+  # A second run finds everything done: nothing is recomputed.
+  assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
+  out = capsys.readouterr().out
+  for stage in ("train", "find", "verify"):
+    assert f"== {stage}: done already, skipped" in out
 
+
+def _check_outputs(config, own) -> None:
+  run_dir = config.run_dir
   with np.load(run_dir / "correlations.npz") as corr:
-    assert sorted(corr.files) == sorted(config.find.metrics)
-    positions = PROMPT + 2  # the prompt slots, last_input and answer
+    if own.find.metrics:
+      assert sorted(corr.files) == sorted(own.find.metrics)
+    positions = len(capture.site_positions(config.find.sites, PROMPT, config.prompt.placement))
+    model = QwenConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json")
     for name in corr.files:
-      assert corr[name].shape == (LAYERS, positions, INTERMEDIATE), name
-    for name in config.verify.selection:
-      assert np.isfinite(corr[name]).any(), name
-      assert np.nanmax(np.abs(corr[name])) <= 1 + 1e-5
-
+      assert corr[name].shape == (model.num_hidden_layers, positions,
+                                  model.intermediate_size), name
+      assert np.nanmax(np.abs(corr[name]), initial=0) <= 1 + 1e-5
+  with np.load(run_dir / "activations.npz") as acts:  # plain float32, whatever the model's dtype
+    assert acts["activations"].dtype == np.float32
   result = json.loads((run_dir / "verify.json").read_text())
   assert result["split"] == "test" and result["n"] == config.task.n_test
-  assert sorted(result["selections"]) == sorted(config.verify.selection)
+  verified = sorted([*result["selections"], *result["skipped"]])
+  assert verified == sorted(own.verify.selection or [
+      "label" if build_task(config.task).kind == "classification" else "correct"])
   assert result["group_by"] == list(config.verify.group_by)
-  groups = result["baseline"]["group_accuracy"]
-  assert groups and all(g.count("=") == len(config.verify.group_by) for g in groups)
-  assert 0.0 <= result["baseline"]["accuracy"] <= 1.0
+  if config.verify.group_by:
+    groups = result["baseline"]["group_accuracy"]
+    assert groups and all(g.count("=") == len(config.verify.group_by) for g in groups)
   for name, selection in result["selections"].items():
     assert sorted(selection["modes"]) == sorted(config.verify.modes)
     for mode, per_k in selection["modes"].items():
@@ -143,6 +168,3 @@ def test_config_runs_the_pipeline_on_a_tiny_model(path, tiny_model, hans_file, t
         assert np.isfinite(entry["top"]["loss"])
         assert np.isfinite(entry["random"]["accuracy_drop"]["mean"])
         assert len(selection["neurons"]) >= int(k)
-
-  html = (run_dir / "report.html").read_text()
-  assert html.lstrip().lower().startswith("<!doctype html") and len(html) > 1000

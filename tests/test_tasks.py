@@ -482,6 +482,53 @@ def test_table_errors(tmp_path):
     build(write_jsonl(tmp_path / "t.xlsx", [{}]))
 
 
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_table_with_a_byte_order_mark(tmp_path, suffix):
+  """Excel's "CSV UTF-8" export starts with a BOM; the first header field keeps its name."""
+  sep = "\t" if suffix == ".tsv" else ","
+  body = (f"text{sep}y\nyes it is{sep}0\n" if suffix != ".jsonl"
+          else '{"text": "yes it is", "y": 0}\n')
+  path = tmp_path / f"excel{suffix}"
+  path.write_bytes(body.encode("utf-8-sig"))
+  task = table(path, input_field="text", label_field="y", labels=(" yes", " no"),
+               dev_fraction=0, test_fraction=0)
+  (ex,) = task.splits["train"]
+  assert (ex.input, ex.label, dict(ex.metadata)) == ("yes it is", 0, {})
+
+
+def test_hans_with_a_byte_order_mark(tmp_path):
+  path = write_tsv(tmp_path / "hans.txt", HANS_HEADER, HANS_ROWS)
+  path.write_bytes(path.read_text(encoding="utf-8").encode("utf-8-sig"))
+  task = hans(path, dev_fraction=0.0, test_fraction=0.0)
+  assert {e.metadata["pairID"] for e in task.splits["train"]} == {"ex0", "ex1", "ex2"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".txt"])
+def test_data_file_not_utf8(tmp_path, suffix):
+  """A Latin-1 file (as older Excel versions save) names the file, line and byte offset."""
+  if suffix == ".txt":
+    path = write_tsv(tmp_path / "hans.txt", HANS_HEADER, HANS_ROWS)
+  elif suffix == ".jsonl":
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": t, "y": 0} for t in ("a", "c", "b")])
+  else:
+    sep = "\t" if suffix == ".tsv" else ","
+    path = tmp_path / f"t{suffix}"
+    path.write_text(f"text{sep}y\na{sep}0\nb{sep}1\n", encoding="utf-8")
+  lines = path.read_bytes().splitlines(keepends=True)
+  lines[2] = lines[2].replace(b"ex1" if suffix == ".txt" else b"b", b"caf\xe9", 1)
+  path.write_bytes(b"".join(lines))
+  offset = sum(map(len, lines[:2])) + lines[2].index(b"\xe9")
+  with pytest.raises(TaskError) as info:
+    if suffix == ".txt":
+      hans(path)
+    else:
+      table(path, input_field="text", label_field="y", labels=(" yes", " no"))
+  msg = str(info.value)
+  assert msg.startswith(f"{path}: line 3: not UTF-8"), msg
+  assert f"0xe9 at file offset {offset}" in msg, msg
+
+
 # --- config ----------------------------------------------------------------------------------
 
 def test_build_task_dispatches(tmp_path):

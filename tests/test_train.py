@@ -216,16 +216,41 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
   config = load_config(None, _overrides(data_file, tmp_path, "split", **extra))
   setup = prepare(config)
   assert setup.split > 0
-  batch = {k: jnp.asarray(v[:16]) for k, v in setup.train.arrays().items()}
-  prompt = {"embeddings": 0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H))}
-  kw = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
+  arrays = {k: v[:16] for k, v in setup.train.arrays().items()}
+  prompt = np.asarray(0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H)))
   grad = jax.grad(loss_fn, has_aux=True)
-  g_split, m_split = grad(prompt, setup.params, batch, split=setup.split, **kw)
-  g_full, m_full = grad(prompt, setup.params, batch, split=0, **kw)
-  np.testing.assert_allclose(float(m_split["loss"]), float(m_full["loss"]), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(g_split["embeddings"]), np.asarray(g_full["embeddings"]),
-                             atol=1e-5, rtol=1e-4)
-  assert np.abs(np.asarray(g_full["embeddings"])).max() > 1e-4
+
+  def both(model, params, dtype):
+    """(split, full) x (gradient, loss) with the prompt in `dtype`."""
+    kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
+    batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+    p = {"embeddings": jnp.asarray(prompt, dtype)}
+    out = [grad(p, params, batch, split=s, **kw) for s in (setup.split, 0)]
+    return [(np.asarray(g["embeddings"]), float(m["loss"])) for g, m in out]
+
+  # Both paths round differently (other matmul shapes, so other summation orders on each CPU),
+  # and the rounding difference grows with the unit roundoff: |split - full| <= K * eps * scale,
+  # K the summed lengths of the reductions along the forward and backward paths. Demo model
+  # (hidden 128, intermediate 512, 4 layers, head_dim 32, t <= 32, vocab 283): per layer
+  # q/k/v 128 + scores 32 + softmax 32 + mix 32 + o 128 + gate/up 128 + down 512 ~ 1e3, times
+  # 4 layers, plus norm/lm_head/log_softmax, times 2 for the backward pass: K ~ 1e4.
+  # In float32 that is 1e4 * 1.2e-7 * max|g| (~9) ~ 1e-2, too coarse to tell a wrong cache from
+  # rounding (measured |split - full| = 1.3e-4 on an Intel Xeon with max|g| = 8.8, past the old
+  # atol 1e-5 + rtol 1e-4). In float64 the same K gives 1e4 * 2.2e-16 * max|g| ~ 2e-11
+  # (measured 1.1e-14), so float64 is the exactness check.
+  with jax.enable_x64(True):
+    model64, params64 = jaxskill.load_model(config.model.path, dtype=jnp.float64)
+    assert jax.tree.leaves(params64)[0].dtype == jnp.float64
+    (g_split, l_split), (g_full, l_full) = both(model64, params64, jnp.float64)
+  assert g_full.dtype == np.float64 and np.abs(g_full).max() > 1e-4
+  bound = 1e4 * np.finfo(np.float64).eps
+  np.testing.assert_allclose(l_split, l_full, rtol=bound, atol=0)
+  np.testing.assert_allclose(g_split, g_full, atol=bound * np.abs(g_full).max(), rtol=0)
+  # The run's own dtype (float32) through the same code, to the float32 form of the same bound.
+  (g32_split, l32_split), (g32_full, l32_full) = both(setup.model, setup.params, jnp.float32)
+  bound32 = 1e4 * np.finfo(np.float32).eps
+  np.testing.assert_allclose(l32_split, l32_full, rtol=bound32, atol=0)
+  np.testing.assert_allclose(g32_split, g32_full, atol=bound32 * np.abs(g32_full).max(), rtol=0)
 
 
 def test_all_checkpoints_unreadable_refuses_every_time(data_file, tmp_path, capsys):
@@ -235,8 +260,11 @@ def test_all_checkpoints_unreadable_refuses_every_time(data_file, tmp_path, caps
   for f in (tmp_path / "allbad" / "checkpoints").rglob("*"):
     if f.is_file() and f.parent.name == "d":
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  # Asked for more steps, training must restore a checkpoint (a finished prompt alone is
+  # enough for the same steps, which are then skipped).
+  longer = [args[0], *_overrides(data_file, tmp_path, "allbad", **{"train.steps": 30})]
   for _ in range(2):  # the second re-run must not find an empty directory and start over
-    assert cli.main(["train", "--no-progress", *args]) == 2
+    assert cli.main(["train", "--no-progress", *longer]) == 2
     assert "refusing to restart from zero" in capsys.readouterr().err
 
 

@@ -52,36 +52,56 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
   """name -> read-only memory-mapped array (nothing is read from disk until used)."""
   path = Path(path)
-  try:
-    with open(path, "rb") as f:
-      raw = f.read(8)
-      if len(raw) < 8:
-        raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-      (n,) = struct.unpack("<Q", raw)
-      header = json.loads(f.read(n))
-  except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
-    raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+  header, base = _read_safetensors_header(path)
   size = path.stat().st_size
-  base = 8 + n
   out = {}
-  if not isinstance(header, dict):
-    raise CheckpointError(f"{path}: safetensors header is not a JSON object")
   for name, info in header.items():
     if name == "__metadata__":
       continue
     if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
       raise CheckpointError(f"{path}: tensor '{name}' header entry {info!r} lacks dtype, shape "
                             "or data_offsets")
-    dtype = _ST_DTYPES.get(info.get("dtype"))
+    dtype = _ST_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
     if dtype is None:
-      raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {info.get('dtype')!r}")
-    begin, end = info["data_offsets"]
-    shape = tuple(info["shape"])
+      raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']!r}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (_int_list(shape) and _int_list(offsets) and len(offsets) == 2
+            and 0 <= offsets[0] <= offsets[1]):
+      raise CheckpointError(f"{path}: tensor '{name}' has a malformed shape {shape!r} or "
+                            f"data_offsets {offsets!r} (file damaged?)")
+    begin, end = offsets
     if end - begin != int(np.prod(shape)) * dtype.itemsize or base + end > size:
       raise CheckpointError(f"{path}: tensor '{name}' {info['dtype']}{list(shape)} has "
-                            f"inconsistent offsets {info['data_offsets']} (file truncated?)")
-    out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=shape)
+                            f"inconsistent offsets {offsets} (file truncated?)")
+    out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=tuple(shape))
   return out
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict, int]:
+  """The parsed JSON header of a safetensors file and the offset its data section starts at."""
+  try:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+      raw = f.read(8)
+      if len(raw) < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+      (n,) = struct.unpack("<Q", raw)
+      if 8 + n > size:  # checked first: a damaged length must not make us allocate terabytes
+        raise CheckpointError(f"{path}: not a safetensors file (header length {n} exceeds the "
+                              f"file size {size}; truncated or damaged?)")
+      header = json.loads(f.read(n))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+  except OSError as e:
+    raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+  return header, 8 + n
+
+
+def _int_list(value) -> bool:
+  return isinstance(value, list) and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
@@ -113,9 +133,12 @@ def _hf_tensors(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
   single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
   if index.exists():
     try:
-      weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
       raise CheckpointError(f"{index}: no valid 'weight_map' ({e})") from None
+    if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+      raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names, "
+                            f"got {json.dumps(weight_map)[:80]}")
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
       if not (hf_dir / shard).exists():
@@ -360,17 +383,50 @@ def load_converted(model_dir: Path, config: QwenConfig, dtype, shardings=None) -
     raise CheckpointError(f"{model_dir}: has jaxskill.json but no params/ (interrupted "
                           "conversion?); convert again")
   with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.metadata(path)
+    try:
+      saved = ckptr.metadata(path)
+    except Exception as e:  # noqa: BLE001 - any damage inside params/ becomes one clear message
+      if _out_of_resources(e):
+        raise
+      raise _damaged(path, e) from None
     saved = getattr(saved, "item_metadata", saved)  # orbax versions differ in the wrapper
     want = {"/".join(str(getattr(k, "key", k)) for k in kp): x.shape
             for kp, x in jax.tree_util.tree_leaves_with_path(target)}
     have = {"/".join(str(getattr(k, "key", k)) for k in kp): tuple(x.shape)
             for kp, x in jax.tree_util.tree_leaves_with_path(saved)}
+    if not have:  # orbax reads a damaged _METADATA or manifest as an empty tree, not an error
+      raise _damaged(path, None)
     for name in sorted(set(want) | set(have)):
       if want.get(name) != have.get(name):
         raise CheckpointError(f"{path}: param '{name}' has shape {have.get(name)}, "
                               f"{model_dir / 'config.json'} asks for {want.get(name)}")
-    return ckptr.restore(path, target)
+    try:
+      return ckptr.restore(path, target)
+    except Exception as e:  # noqa: BLE001 - TensorStore raises bare `Exception`s
+      if _out_of_resources(e):
+        raise
+      raise _damaged(path, e) from None
+
+
+def _out_of_resources(error: BaseException | None) -> bool:
+  """Whether `error` or a cause of it is host or device memory running out (or another device
+  failure): a message about a damaged directory would misname those."""
+  while error is not None:
+    if isinstance(error, (MemoryError, jax.errors.JaxRuntimeError)):
+      return True
+    error = error.__cause__
+  return False
+
+
+def _damaged(path: Path, error: BaseException | None) -> CheckpointError:
+  """The error for unreadable orbax params: the innermost explicit cause names the file and
+  array that failed (TensorStore's outer message is a page of its spec)."""
+  detail = "no param metadata can be read"
+  while error is not None:
+    detail = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    error = error.__cause__
+  return CheckpointError(f"{path}: converted params are damaged or unreadable ({detail}); "
+                         "convert the model again")
 
 
 def export_hf(out_dir: str | Path, params: dict, config: QwenConfig,

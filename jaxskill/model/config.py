@@ -82,6 +82,8 @@ class QwenConfig:
     def fail(msg):
       raise ConfigError(f"{source}: {msg}")
 
+    if not isinstance(d, dict):
+      fail(f"expected a JSON object ({{...}}) at the top level, got {json.dumps(d)[:80]}")
     model_type = d.get("model_type")
     if model_type == "qwen2_moe":
       fail("model_type 'qwen2_moe' (mixture of experts) is not supported yet; "
@@ -145,11 +147,15 @@ class QwenConfig:
   def from_json_file(cls, path: str | Path) -> "QwenConfig":
     path = Path(path)
     try:
-      d = json.loads(path.read_text())
+      d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
       raise ConfigError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
       raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+      raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+      raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
     return cls.from_hf_dict(d, source=str(path))
 
   def to_hf_dict(self) -> dict[str, Any]:

@@ -7,8 +7,10 @@ auxiliary metric.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
-from typing import Literal, Mapping
+from pathlib import Path
+from typing import Iterator, Literal, Mapping
 
 Kind = Literal["classification", "generation"]
 SPLITS = ("train", "dev", "test")
@@ -16,6 +18,24 @@ SPLITS = ("train", "dev", "test")
 
 class TaskError(ValueError):
   """Bad task data or settings; the message names the file, field and value."""
+
+
+def text_lines(path: Path) -> Iterator[str]:
+  """The lines of a UTF-8 data file, line ends kept (as `csv` wants with newline=""), read as
+  "utf-8-sig": a leading byte-order mark (Excel's CSV export writes one) is dropped, so the first
+  header field keeps its name. Lines are decoded one at a time so that a byte that is not UTF-8
+  is reported at its line and file offset, which a text-mode file's chunked decoding loses."""
+  offset = 0
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):  # splitting on b"\n" is safe: no UTF-8 sequence
+      if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # holds that byte
+        raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+      try:
+        yield raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: line {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                        f"file offset {offset + e.start}); save the file as UTF-8") from None
+      offset += len(raw)
 
 
 @dataclasses.dataclass(frozen=True)

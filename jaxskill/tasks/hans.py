@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import csv
 import re
+from contextlib import closing
 from pathlib import Path
 
-from jaxskill.tasks.base import Example, Task, TaskError
+from jaxskill.tasks.base import Example, Task, TaskError, text_lines
 from jaxskill.tasks.splitting import check_fractions, check_limits, hash_split, shuffle_and_limit
 
 VERBALIZER = (" yes", " no")
@@ -63,7 +64,7 @@ def read_hans(path: str | Path) -> list[Example]:
   path = Path(path)
   if not path.is_file():
     raise TaskError(f"{path}: no such HANS file")
-  with open(path, encoding="utf-8", newline="") as f:
+  with closing(text_lines(path)) as f:
     reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     header = reader.fieldnames
     if not header:

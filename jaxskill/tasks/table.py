@@ -22,10 +22,11 @@ import csv
 import json
 import math
 import re
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from jaxskill.tasks.base import Example, Task, TaskError
+from jaxskill.tasks.base import Example, Task, TaskError, text_lines
 from jaxskill.tasks.splitting import check_fractions, check_limits, hash_split, shuffle_and_limit
 
 SPLIT_NAMES = {"train": "train", "dev": "dev", "test": "test", "validation": "dev", "val": "dev"}
@@ -36,7 +37,7 @@ _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, object) for every non-blank line."""
-  with open(path, encoding="utf-8") as f:
+  with closing(text_lines(path)) as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -53,7 +54,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, row) for every row; cells missing from a short row are absent."""
-  with open(path, encoding="utf-8", newline="") as f:
+  with closing(text_lines(path)) as f:
     reader = csv.DictReader(f, delimiter=delimiter)
     header = reader.fieldnames or []
     for row in reader:
