@@ -32,8 +32,11 @@ def jaxskill(capsys, *argv) -> tuple[int, str, str]:
   return code, out.out, out.err
 
 
-def _args(tmp_path, *more) -> list[str]:
-  return [DEMO, *SMALL, f"out_dir={tmp_path}", *more]
+def _args(tmp_path, *changes) -> list[str]:
+  """configs/demo.yaml made small, with `changes` ("key=value") replacing the same keys."""
+  keys = {c.split("=")[0] for c in changes}
+  return [DEMO, *[o for o in SMALL if o.split("=")[0] not in keys], f"out_dir={tmp_path}",
+          *changes]
 
 
 def test_stage_commands_after_a_config_change(tmp_path, capsys):
@@ -202,7 +205,7 @@ def test_best_dev_prompt_compares_in_float32(tmp_path, monkeypatch):
   from jaxskill import train as train_lib
   from jaxskill.pipeline import run
   monkeypatch.setattr(train_lib, "_evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.7})
-  config = load_config(DEMO, [*SMALL, f"out_dir={tmp_path}", "train.steps=4"])
+  config = load_config(_args(tmp_path, "train.steps=4")[0], _args(tmp_path, "train.steps=4")[1:])
   run(config, until="train", progress=False)
   setup = train_lib.prepare(config)
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
