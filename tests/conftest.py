@@ -15,16 +15,17 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def make_hf_model(*, vocab=97, hidden=48, intermediate=80, layers=2, heads=6, kv_heads=6,
-                  theta=1e6, tied=False, seed=0):
-  """A seeded tiny random `Qwen2ForCausalLM` with eager attention, float32."""
+                  theta=1e6, tied=False, seed=0, **config):
+  """A seeded tiny random `Qwen2ForCausalLM` with eager attention, float32; `config`: more
+  `Qwen2Config` fields."""
   import torch
   from transformers import Qwen2Config, Qwen2ForCausalLM
   torch.manual_seed(seed)
   config = Qwen2Config(
       vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-      rope_theta=theta, tie_word_embeddings=tied, max_position_embeddings=512,
-      attn_implementation="eager")
+      rope_theta=theta, tie_word_embeddings=tied, attn_implementation="eager",
+      **{"max_position_embeddings": 512, **config})
   model = Qwen2ForCausalLM(config).eval()
   with torch.no_grad():  # HF inits biases to zero and norms to one; make every tensor matter
     for name, p in model.named_parameters():

@@ -213,7 +213,7 @@ def make_qwen15_like_checkpoint(path, *, layers=2, hidden=48, intermediate=80, h
                                 kv_heads=2, tied=False, extra_rows=37, seed=0) -> Path:
   """Writes a tiny random Qwen1.5-layout checkpoint into `path` (created if needed)."""
   import torch
-  from transformers import Qwen2Config, Qwen2ForCausalLM
+  from tests.conftest import make_hf_model
 
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
@@ -223,18 +223,10 @@ def make_qwen15_like_checkpoint(path, *, layers=2, hidden=48, intermediate=80, h
   eos_id = ids[ENDOFTEXT]
   theta = 1e6
 
-  torch.manual_seed(seed)
-  config = Qwen2Config(
-      vocab_size=n_tokens + extra_rows, hidden_size=hidden, intermediate_size=intermediate,
-      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-      rope_theta=theta, tie_word_embeddings=tied, max_position_embeddings=32768,
-      rms_norm_eps=1e-6, initializer_range=0.02, bos_token_id=eos_id, eos_token_id=eos_id,
-      attn_implementation="eager")
-  model = Qwen2ForCausalLM(config).eval()
-  with torch.no_grad():  # HF inits biases to zero and norms to one; make every tensor matter
-    for name, p in model.named_parameters():
-      if name.endswith("bias") or "norm" in name:
-        p.add_(0.1 * torch.randn_like(p))
+  model = make_hf_model(vocab=n_tokens + extra_rows, hidden=hidden, intermediate=intermediate,
+                        layers=layers, heads=heads, kv_heads=kv_heads, theta=theta, tied=tied,
+                        seed=seed, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                        initializer_range=0.02, bos_token_id=eos_id, eos_token_id=eos_id)
   model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
 
   written = json.loads((path / "config.json").read_text())
