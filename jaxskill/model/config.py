@@ -82,8 +82,6 @@ class QwenConfig:
     def fail(msg):
       raise ConfigError(f"{source}: {msg}")
 
-    if not isinstance(d, dict):
-      fail(f"expected a JSON object ({{...}}) at the top level, got {json.dumps(d)[:80]}")
     model_type = d.get("model_type")
     if model_type == "qwen2_moe":
       fail("model_type 'qwen2_moe' (mixture of experts) is not supported yet; "
@@ -156,6 +154,9 @@ class QwenConfig:
       raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
       raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(d, dict):
+      raise ConfigError(f"{path}: expected a JSON object ({{...}}) at the top level, got "
+                        f"{json.dumps(d)[:80]}")
     return cls.from_hf_dict(d, source=str(path))
 
   def to_hf_dict(self) -> dict[str, Any]:
