@@ -313,6 +313,33 @@ def _check_finite(pending: list, cfg: TrainConfig) -> None:
         f"checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set train.clip_norm")
 
 
+def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
+  """prompt_final.npy, prompt_best.npy and train_summary.json (process 0); the summary."""
+  final = np.asarray(state["prompt"]["embeddings"])
+  has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
+  best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
+  dev_at_init = None
+  if sharding.is_writer():
+    files.save_npy(run_dir / "prompt_final.npy", final)
+    files.save_npy(run_dir / "prompt_best.npy", best)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    dev_at_init = next((r["accuracy"] for r in records
+                        if r["split"] == "dev" and r["step"] == 0), None)
+  summary = {
+      "steps": facts["steps"], "resumed_from": facts["resumed_from"],
+      "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
+      "dev_accuracy_at_init": dev_at_init,
+      "n_train": len(setup.train), "n_dev": len(setup.dev) if setup.dev is not None else 0,
+      # Over the rows every process tokenized (in several processes: the rows the run fed).
+      "truncated": {"train": _count_truncated(setup.train),
+                    "dev": _count_truncated(setup.dev) if setup.dev is not None else 0},
+      "devices": facts["devices"], "seconds": facts["seconds"],
+  }
+  if sharding.is_writer():
+    files.write_json(run_dir / "train_summary.json", summary)
+  return summary
+
+
 def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
   `run_dir/train_summary.json`. Run dir: config.yaml, metrics.jsonl, checkpoints/,
@@ -416,26 +443,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   finally:
     ckpt.close()  # also on errors: no orbax thread left behind
 
-  final = np.asarray(state["prompt"]["embeddings"])
-  has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
-  best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
-  if sharding.is_writer():
-    files.save_npy(run_dir / "prompt_final.npy", final)
-    files.save_npy(run_dir / "prompt_best.npy", best)
-  dev_log = ([json.loads(line) for line in log_path.read_text().splitlines()]
-             if sharding.is_writer() else [])
-  dev_at_init = [r["accuracy"] for r in dev_log if r["split"] == "dev" and r["step"] == 0]
-  summary = {
-      "steps": cfg.steps, "resumed_from": start,
-      "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
-      "dev_accuracy_at_init": dev_at_init[0] if dev_at_init else None,
-      "n_train": n_train, "n_dev": len(setup.dev) if setup.dev is not None else 0,
-      # Over the rows every process tokenized (in several processes: the rows the run fed).
-      "truncated": {"train": _count_truncated(setup.train),
-                    "dev": _count_truncated(setup.dev) if setup.dev is not None else 0},
-      "devices": n_data, "seconds": time.perf_counter() - t0,
-  }
-  if sharding.is_writer():
-    files.write_json(run_dir / "train_summary.json", summary)
+  summary = _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
+                           devices=n_data, seconds=time.perf_counter() - t0)
   sharding.barrier("train: outputs written")
   return summary
