@@ -5,6 +5,7 @@
   python tests/multihost_correlate.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR [MODEL_PARALLEL]
 
 With MODEL_PARALLEL > 1 the model axis (and the statistics split over it) spans the processes.
+The model runs in float64 (see tests/test_multihost.py for why).
 """
 
 import sys
@@ -13,17 +14,20 @@ import jax
 
 
 def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> None:
+  jax.config.update("jax_enable_x64", True)
   if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
 
+  import jax.numpy as jnp
   import jaxskill
   from jaxskill import data as data_lib
   from jaxskill import discover
   from jaxskill.tasks import arithmetic_verification
   from jaxskill.train import make_mesh
 
-  model, params = jaxskill.load_model("demo")
+  model, params = jaxskill.load_model("demo", dtype=jnp.float64)
+  assert jax.tree.leaves(params)[0].dtype == jnp.float64
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=44, n_dev=0,
                                  n_test=0, seed=0)

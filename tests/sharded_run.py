@@ -93,7 +93,7 @@ def main(dst):
   # The stages themselves, from a config: training, then find's correlations.npz.
   from pathlib import Path
   from jaxskill.config import load_config
-  from jaxskill.pipeline import run
+  from jaxskill.pipeline import run as run_stages  # `run` is this file's own function
   for name, mesh in (("single", ("1", "1")), ("tensor", ("2", "4"))):
     config = load_config(None, [
         f"out_dir={Path(dst).parent / 'runs'}", f"name={name}", "task.operations=plus,minus",
@@ -101,7 +101,7 @@ def main(dst):
         "train.batch_size=8", "train.eval_every=3", "data.max_length=40", "prompt.length=4",
         "find.batch_size=8", "find.metrics=label,confidence,meta_last_digit_only",
         f"train.data_parallel={mesh[0]}", f"train.model_parallel={mesh[1]}"])
-    run(config, until="find", progress=False)
+    run_stages(config, until="find", progress=False)
     r = np.load(config.run_dir / "correlations.npz")
     for metric in r.files:
       out[f"{name}_npz_{metric}"] = r[metric]

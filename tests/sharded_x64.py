@@ -2,7 +2,9 @@
 enabled: the demo model's logits and captured activations computed in float64 on one device
 and on a (2 data x 4 model) mesh (tensor and fsdp layouts). In float64 the split matmul sums
 of the mesh differ from one device's only at the 1e-13 level, so what is left of a difference
-is the program, not float32 rounding. Writes the largest absolute differences to a JSON file.
+is the program, not float32 rounding. The same for the correlations of `discover.correlate`
+(float32 statistics of the float64 activations rounded to float32), and for the prompt after
+one training step. Writes the largest absolute differences to a JSON file.
 
   python tests/sharded_x64.py OUT.json
 """
@@ -20,8 +22,10 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxskill  # noqa: E402
-from jaxskill import data as data_lib, sharding  # noqa: E402
+from jaxskill import data as data_lib, discover, sharding  # noqa: E402
+from jaxskill.config import TrainConfig  # noqa: E402
 from jaxskill.tasks import arithmetic_verification  # noqa: E402
+from jaxskill.train import make_optimizer, train_step  # noqa: E402
 
 
 def forward(model, params, ids, mesh, layout):
@@ -40,6 +44,35 @@ def forward(model, params, ids, mesh, layout):
   return np.asarray(logits), np.asarray(acts)
 
 
+def trained_prompt(model, params, encoded, verbalizer, mesh, layout):
+  """The prompt after one training step (as tests/sharded_run.py), all in float64."""
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  placed, shardings = sharding.place_params(params, mesh, layout)
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
+                                                   (4, model.config.hidden_size))}
+  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+  optimizer = make_optimizer(TrainConfig(lr=1e-2))
+  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
+           "rng": jax.random.PRNGKey(1)}
+  step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
+                                   kind="classification", verbalizer=jnp.asarray(verbalizer),
+                                   split=int(encoded.prompt_start[0])),
+                 in_shardings=(replicated, shardings, rows), out_shardings=replicated)
+  state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
+  return np.asarray(state["prompt"]["embeddings"])
+
+
+def correlations(model, params, encoded, verbalizer, mesh, layout):
+  placed, _ = sharding.place_params(params, mesh, layout)
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
+                                                   (4, model.config.hidden_size))}
+  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
+                            verbalizer=verbalizer, sites=("prompt", "last_input"),
+                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
+                            mesh=mesh, batch_size=8)
+  return np.asarray(r)
+
+
 def main(dst):
   assert jax.device_count() == 8, jax.devices()
   model, params = jaxskill.load_model("demo", dtype=jnp.float64)
@@ -56,6 +89,21 @@ def main(dst):
     logits, acts = forward(model, params, ids, sharding.make_mesh(2, 4), layout)
     out[f"{layout}_logits"] = float(np.abs(logits - single[0]).max())
     out[f"{layout}_acts"] = float(np.abs(acts - single[1]).max())
+  # 36 examples in batches of 8 (as tests/sharded_run.py): 5 batches, 4 float32 merges.
+  task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=36,
+                                 n_dev=0, n_test=0, seed=0)
+  enc = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix", max_length=40)
+  verbalizer = data_lib.verbalizer_ids(tok, task.verbalizer)
+  r = correlations(model, params, enc, verbalizer, sharding.make_mesh(1, 1), "tensor")
+  prompt = trained_prompt(model, params, enc, verbalizer, sharding.make_mesh(1, 1), "tensor")
+  out["r_defined"] = float(np.isfinite(r).mean())
+  out["prompt_dtype"] = str(prompt.dtype)
+  for layout in ("tensor", "fsdp"):
+    other = correlations(model, params, enc, verbalizer, sharding.make_mesh(2, 4), layout)
+    out[f"{layout}_r_same_nan"] = bool((np.isnan(other) == np.isnan(r)).all())
+    out[f"{layout}_r"] = float(np.nanmax(np.abs(other - r)))
+    out[f"{layout}_prompt"] = float(np.abs(trained_prompt(
+        model, params, enc, verbalizer, sharding.make_mesh(2, 4), layout) - prompt).max())
   with open(dst, "w") as f:
     json.dump(out, f)
   print(json.dumps(out))

@@ -55,19 +55,24 @@ def test_out_of_range_positions_give_nan_not_a_neighbour():
   """JAX's default gather clamps an index past the end to the last position, which would pass
   another token's activations off as the one asked for; capture and logits give NaN instead."""
   import numpy as np
-  model, params = jaxskill.load_model("demo")
   t = 10
-  ids = jnp.arange(2 * t, dtype=jnp.int32).reshape(2, t) % 50
-  every = jnp.tile(jnp.arange(t), (2, 1))
-  full_logits, v = model.apply({"params": params}, ids, capture_positions=every,
-                               mutable=["intermediates"])
-  full = np.asarray(jaxskill.neuron_activations(v))  # [b, l, t, i]
-  pos = jnp.array([[t - 1, t], [0, t + 5]])  # the second column is past the end
-  logits, v = model.apply({"params": params}, ids, capture_positions=pos, logits_positions=pos,
-                          mutable=["intermediates"])
-  acts = np.asarray(jaxskill.neuron_activations(v))
+  # float64: the logits at two positions come from an lm_head matmul over 4 rows instead of 20,
+  # which may sum the 128 hidden terms in another order: up to 128 * eps * sum |h w| (~20 here),
+  # 3e-4 in float32 but 6e-13 in float64.
+  with jax.enable_x64(True):
+    model, params = jaxskill.load_model("demo", dtype=jnp.float64)
+    ids = jnp.arange(2 * t, dtype=jnp.int32).reshape(2, t) % 50
+    every = jnp.tile(jnp.arange(t), (2, 1))
+    full_logits, v = model.apply({"params": params}, ids, capture_positions=every,
+                                 mutable=["intermediates"])
+    full = np.asarray(jaxskill.neuron_activations(v))  # [b, l, t, i]
+    pos = jnp.array([[t - 1, t], [0, t + 5]])  # the second column is past the end
+    logits, v = model.apply({"params": params}, ids, capture_positions=pos, logits_positions=pos,
+                            mutable=["intermediates"])
+    acts = np.asarray(jaxskill.neuron_activations(v))
+    logits, full_logits = np.asarray(logits), np.asarray(full_logits)
+  assert logits.dtype == np.float64
   np.testing.assert_array_equal(acts[0, :, 0], full[0, :, t - 1])
   np.testing.assert_array_equal(acts[1, :, 0], full[1, :, 0])
-  np.testing.assert_allclose(np.asarray(logits)[:, 0], np.asarray(full_logits)[[0, 1], [t - 1, 0]],
-                             atol=1e-5)
-  assert np.isnan(acts[:, :, 1]).all() and np.isnan(np.asarray(logits)[:, 1]).all()
+  np.testing.assert_allclose(logits[:, 0], full_logits[[0, 1], [t - 1, 0]], atol=1e-11, rtol=0)
+  assert np.isnan(acts[:, :, 1]).all() and np.isnan(logits[:, 1]).all()

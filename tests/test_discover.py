@@ -77,6 +77,19 @@ def _correlate(planted, names, **kw):
                             prompt_length=4, names=names, mesh=make_mesh(1), batch_size=16, **kw)
 
 
+def _float64(planted):
+  """`planted` in float64 (call under jax x64). Two programs over the same examples (batches of
+  16 in correlate, 8, 50 or 300 here) sum in different orders: in float32 activations move by
+  up to K * eps32 * |x|, K ~ 5e3 the summed reduction lengths of the demo forward (per layer
+  q/k/v 128 + scores 32 + softmax and mix 2 x 24 + o 128 + gate/up 128 + down 512, 4 layers,
+  plus norm and lm_head), 6e-4 of |x|: too coarse for r or for counts against a threshold. In
+  float64 that is 5e3 * 2.2e-16 = 1.1e-12 of |x|."""
+  model, params, encoded, verbalizer = planted
+  model = jaxskill.Qwen2LM(model.config, dtype=jnp.float64, param_dtype=jnp.float64)
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+  return model, params, encoded, verbalizer
+
+
 def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
   r, st = _correlate(planted, ("label", "meta_is7", "meta_shuffled"))
   assert r.shape == (3, L, 1, I)
@@ -90,15 +103,18 @@ def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
 
 
 def test_capture_metrics_match_a_hand_computation(planted):
-  model, params, encoded, verbalizer = planted
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
-  acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
-                                 verbalizer=jnp.asarray(verbalizer), sites=("answer",),
-                                 prompt_length=4, metric_names=capture.BUILTIN_METRICS)
   from jaxskill.train import forward_logits
-  logits, _ = forward_logits(model, params, prompt, batch, "classification")
-  z = np.asarray(logits, np.float64)[:, verbalizer]
+  with jax.enable_x64(True):  # the logits of two programs (see _float64)
+    model, params, encoded, verbalizer = _float64(planted)
+    prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
+    batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+    acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
+                                   verbalizer=jnp.asarray(verbalizer), sites=("answer",),
+                                   prompt_length=4, metric_names=capture.BUILTIN_METRICS)
+    logits, _ = forward_logits(model, params, prompt, batch, "classification")
+    y, logits = np.asarray(y), np.asarray(logits)
+  assert y.dtype == logits.dtype == np.float64
+  z = logits[:, verbalizer]
   p = np.exp(z - z.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
   gold = np.asarray(batch["label"])
@@ -106,32 +122,45 @@ def test_capture_metrics_match_a_hand_computation(planted):
           "margin": p[np.arange(8), gold] - p[np.arange(8), 1 - gold],
           "loss": -np.log(p[np.arange(8), gold]), "correct": p.argmax(1) == gold,
           "entropy": -(p * np.log(p)).sum(1)}
+  # Logits agree to 5e3 * eps64 * max|z|; probabilities move by at most that, losses (a
+  # difference of two logits) by twice that; the metrics' own few float64 ops add ~eps64.
+  bound = 1e4 * np.finfo(np.float64).eps * max(1.0, np.abs(z).max())
   for j, name in enumerate(capture.BUILTIN_METRICS):
-    np.testing.assert_allclose(np.asarray(y[:, j]), want[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(y[:, j], want[name], atol=bound, rtol=0, err_msg=name)
   assert acts.shape == (8, L, 1, I)
 
 
 def test_streamed_r_equals_float64_corrcoef_of_all_activations(planted):
   """300 examples in 19 batches of 16, merged on the device 3 at a time (7 host merges, the
   last one partial), against numpy float64 corrcoef of every example's activations."""
-  model, params, encoded, verbalizer = planted
+  from tests.test_stats import EPS32, r_rounding_bound
   names = ("label", "confidence", "entropy")
-  r, _ = _correlate(planted, names, merge_every=3)
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-  step = jax.jit(lambda b: capture.capture_step(
-      prompt, params, b, model=model, kind="classification", verbalizer=jnp.asarray(verbalizer),
-      sites=("last_input",), prompt_length=4, metric_names=names))
-  xs, ys = zip(*(jax.device_get(step({k: jnp.asarray(v[i:i + 50]) for k, v in
-                                      encoded.arrays().items()})) for i in range(0, 300, 50)))
-  x = np.concatenate(xs).reshape(300, -1).astype(np.float64)
-  y = np.concatenate(ys).astype(np.float64)
+  with jax.enable_x64(True):  # activations of two programs (see _float64)
+    model, params, encoded, verbalizer = float64 = _float64(planted)
+    r, _ = _correlate(float64, names, merge_every=3)
+    prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
+    step = jax.jit(lambda b: capture.capture_step(
+        prompt, params, b, model=model, kind="classification", verbalizer=jnp.asarray(verbalizer),
+        sites=("last_input",), prompt_length=4, metric_names=names))
+    xs, ys = zip(*(jax.device_get(step({k: jnp.asarray(v[i:i + 50]) for k, v in
+                                        encoded.arrays().items()})) for i in range(0, 300, 50)))
+  x = np.concatenate(xs).reshape(300, -1)
+  y = np.concatenate(ys)
+  assert x.dtype == y.dtype == np.float64
   xc, yc = x - x.mean(0), y - y.mean(0)
   with np.errstate(invalid="ignore", divide="ignore"):
     want = (yc.T @ xc) / np.sqrt(np.outer((yc ** 2).sum(0), (xc ** 2).sum(0)))
   got = r.reshape(len(names), -1)
   defined = np.isfinite(want) & (x.std(0) > 1e-6)[None]
   assert defined.mean() > 0.9
-  np.testing.assert_allclose(got[defined], want[defined], atol=1e-5, rtol=0)
+  # The statistics are float32 on the device: r_rounding_bound for batches of 16 and 2 float32
+  # merges per group of 3; and they start from x and y rounded to float32, a change of at most
+  # u |v| per value, which moves r by at most 2 u max|v| / std(v) = EPS32 max|v| / std(v).
+  with np.errstate(divide="ignore", invalid="ignore"):
+    bound = (r_rounding_bound(16, 2) + EPS32 * np.abs(x).max(0)[None] / x.std(0)[None]
+             + EPS32 * np.abs(y).max(0)[:, None] / y.std(0)[:, None])
+  err = np.abs(got - want)
+  assert (err[defined] <= bound[defined]).all(), (err[defined] / bound[defined]).max()
 
 
 def test_prefix_prompt_sites_are_refused():
@@ -181,6 +210,7 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
                                       "half_nan", "label"])
   pred = np.load(tmp_path / "f" / "predictivity.npz")
   assert pred["accuracy"].shape == (L, 6, I)
+  # score is this expression of the stored accuracy: equal (default rtol 1e-7 is moot)
   np.testing.assert_allclose(pred["score"], np.abs(pred["accuracy"] - 0.5))
   assert summary["predictivity_2022"]["f"]["n_dev"] == 8
   assert out["correct"].shape == (L, 4 + 2, I)  # layers, 4 prompt + last_input + answer
@@ -192,7 +222,8 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
     rows = list(csv.DictReader(f))
   conf = [row for row in rows if row["metric"] == "confidence"]
   assert [int(row["rank"]) for row in conf] == [1, 2, 3, 4, 5]
-  for row in conf:  # each row's r is the array's value at that place
+  for row in conf:  # each row's r is the array's value at that place, printed with 6 decimals
+    # (off by at most 5e-7)
     k = summary["positions"].index(row["position"])
     assert float(row["r"]) == pytest.approx(out["confidence"][int(row["layer"]), k,
                                                               int(row["neuron"])], abs=1e-6)
@@ -212,30 +243,43 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
   a = np.load(tmp_path / "s-seed0" / "correlations.npz")["confidence"]
   b = np.load(tmp_path / "s-seed1" / "correlations.npz")["confidence"]
   mean = np.load(tmp_path / "s" / "correlations.npz")["confidence"]
+  # find's nanmean of the two float64 arrays is this sum and halving: equal to an ulp of |r| <= 1
   np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-7)
   sets = [discover.top_k(discover.neuron_scores(x)[0], 20) for x in (a, b)]
-  assert iou == pytest.approx(discover.iou(*sets))
+  assert iou == pytest.approx(discover.iou(*sets))  # one pair: the same ratio of set sizes
 
 
 def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
-  model, params, encoded, verbalizer = planted
-  r, st = _correlate(planted, ("label",))
-  baseline = st["mean_x"][0] + st["ref_x"]
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-  acc, n = discover.predictivity(model, params, prompt, encoded, baseline.astype(np.float32),
-                                 verbalizer=verbalizer, sites=("last_input",), prompt_length=4,
-                                 mesh=make_mesh(1), batch_size=16)
-  assert n == len(encoded) and acc.shape == (L, 1, I)
-  # numpy reference from the captured activations themselves
-  acts, _ = capture.capture_step(prompt, params, {k: jnp.asarray(v) for k, v in
-                                                  encoded.arrays().items()},
-                                 model=model, kind="classification",
-                                 verbalizer=jnp.asarray(verbalizer), sites=("last_input",),
-                                 prompt_length=4, metric_names=("label",))
-  a = np.asarray(acts, np.float64).reshape(len(encoded), -1)
+  from tests.test_stats import EPS32
+  with jax.enable_x64(True):  # activations of two programs (see _float64)
+    model, params, encoded, verbalizer = float64 = _float64(planted)
+    r, st = _correlate(float64, ("label",))
+    baseline = st["mean_x"][0] + st["ref_x"]
+    prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
+    acc, n = discover.predictivity(model, params, prompt, encoded, baseline.astype(np.float32),
+                                   verbalizer=verbalizer, sites=("last_input",), prompt_length=4,
+                                   mesh=make_mesh(1), batch_size=16)
+    assert n == len(encoded) and acc.shape == (L, 1, I)
+    # numpy reference from the captured activations themselves
+    acts, _ = capture.capture_step(prompt, params, {k: jnp.asarray(v) for k, v in
+                                                    encoded.arrays().items()},
+                                   model=model, kind="classification",
+                                   verbalizer=jnp.asarray(verbalizer), sites=("last_input",),
+                                   prompt_length=4, metric_names=("label",))
+  a = np.asarray(acts).reshape(len(encoded), -1)
+  assert a.dtype == np.float64
   mean = a.mean(0)
-  np.testing.assert_allclose(baseline, mean, rtol=1e-5, atol=1e-5)
-  want = ((a > baseline.astype(np.float32)) == (encoded.label[:, None] > 0)).mean(0)
+  # The baseline is the float32 statistics' mean: x rounded to float32 (u |x|), then per batch
+  # a sum of 16 rows and its correction (20 roundings), then float32 merges on the device (4
+  # roundings each; 19 batches, 16 to a group: 15), all of x - ref_x, at most 2 max|x|.
+  u = EPS32 / 2
+  bound = u * np.abs(a).max(0) * (1 + 2 * (20 + 4 * 15))
+  assert (np.abs(baseline - mean) <= bound).all(), (np.abs(baseline - mean) / bound).max()
+  # predictivity compares float32 activations with the float32 baseline: the same values here
+  # (float64 activations of the two programs round to the same float32 but within 1e-12 of a
+  # float32 midpoint); acc and want are then the same counts over 300, divided alike.
+  want = ((a.astype(np.float32) > baseline.astype(np.float32))
+          == (encoded.label[:, None] > 0)).mean(0)
   np.testing.assert_allclose(acc.reshape(-1), want, atol=1e-12)
   score = np.abs(acc - 0.5)
   # The planted detector predicts the label perfectly; the trained organism has natural "7"
@@ -249,6 +293,7 @@ def test_undefined_r_is_never_ranked():
   r[1, 0, 3] = 0.2
   r[1, 2, 3] = np.nan
   scores, pos = discover.neuron_scores(r)
+  # |-0.9| is 0.9 to the last bit; approx only spares writing the float
   assert np.isnan(scores[0, 0]) and scores[0, 2] == pytest.approx(0.9) and pos[0, 2] == 1
   assert discover.top_k(scores, 10) == [(0, 2), (1, 3)]
   assert discover.top_p_per_layer(scores, 0.5) == [(0, 2), (1, 3)]

@@ -17,6 +17,17 @@ CASES = {
 }
 
 
+# Float32 rounding bound for these models (conftest: hidden 48, intermediate 80, 2 layers, 8-dim
+# heads, t <= 12, vocab 97): two programs that sum in different orders differ by at most
+# K * eps * scale, K the summed lengths of the reductions along the path: per layer q/k/v 48 +
+# scores 8 + softmax and mix 2 x 12 + o 48 + gate/up 48 + down 80 = 256, times 2 layers, plus
+# final norm 48 and lm_head 48: K ~ 600. Logits and activations here are below 1 in magnitude.
+# Two jaxskill programs (other shapes, a cache, remat, unrolling) are compared in float64 (jax
+# x64): K * eps64 = 600 * 2.2e-16 = 1.3e-13 per unit of scale. X64_TOL is 100x that, and still
+# 1e6 below the float32 bound (7e-5), which is where a wrong mask or position would hide.
+X64_TOL = 1e-11
+
+
 def _batch(seed, b=3, t=11, vocab=97):
   rng = np.random.default_rng(seed)
   return rng.integers(0, vocab, size=(b, t))
@@ -63,10 +74,14 @@ def test_logits_and_capture_match_hf(hf_checkpoint, case, padding):
   acts = np.asarray(jaxskill.neuron_activations(variables))
   valid = mask.astype(bool)
   assert logits.dtype == jnp.float32 and logits.shape == want_logits.shape
+  # PyTorch and XLA sum in their own orders in float32: 600 * 1.2e-7 * 0.9 (max |logit|) = 6.5e-5
+  # worst case (measured 1.8e-7).
   np.testing.assert_allclose(np.asarray(logits)[valid], want_logits[valid], atol=1e-4, rtol=0)
   want_at = np.take_along_axis(want_acts, capture[:, None, :, None], axis=2)
   assert acts.shape == (3, hf.config.num_hidden_layers, 3, hf.config.intermediate_size)
   cap_valid = np.take_along_axis(valid, capture, axis=1)  # [b, p]
+  # The path to the last layer's down_proj input is ~430 of the K reductions, over products
+  # below 0.1: 430 * 1.2e-7 * 0.1 = 5e-6 worst case (measured 2.6e-8).
   np.testing.assert_allclose(acts.transpose(0, 2, 1, 3)[cap_valid],
                              want_at.transpose(0, 2, 1, 3)[cap_valid], atol=1e-5, rtol=0)
 
@@ -74,13 +89,16 @@ def test_logits_and_capture_match_hf(hf_checkpoint, case, padding):
 def test_left_padding_equals_unpadded(hf_checkpoint):
   """Default position_ids make a left-padded row compute exactly what the bare row computes."""
   _, path = hf_checkpoint(**CASES["gqa3_untied"])
-  model, params = jaxskill.load_model(path)
   ids = _batch(2, b=1, t=8)
   padded = np.concatenate([np.zeros((1, 3), ids.dtype), ids], 1)
   mask = np.concatenate([np.zeros((1, 3)), np.ones((1, 8))], 1).astype(np.int32)
-  bare = model.apply({"params": params}, jnp.asarray(ids))
-  left = model.apply({"params": params}, jnp.asarray(padded), attention_mask=jnp.asarray(mask))
-  np.testing.assert_allclose(np.asarray(left)[:, 3:], np.asarray(bare), atol=1e-5, rtol=0)
+  with jax.enable_x64(True):  # 11 vs 8 columns: other matmul shapes, other summation orders
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    bare = np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
+    left = np.asarray(model.apply({"params": params}, jnp.asarray(padded),
+                                  attention_mask=jnp.asarray(mask)))
+  assert bare.dtype == np.float64
+  np.testing.assert_allclose(left[:, 3:], bare, atol=X64_TOL, rtol=0)
 
 
 def test_inputs_embeds_equals_input_ids(hf_checkpoint):
@@ -111,12 +129,15 @@ def test_no_capture_without_mutable(hf_checkpoint):
 
 def test_logits_positions(hf_checkpoint):
   _, path = hf_checkpoint(**CASES["gqa3_untied"])
-  model, params = jaxskill.load_model(path)
-  ids = jnp.asarray(_batch(5))
-  full = np.asarray(model.apply({"params": params}, ids))
   pos = np.array([[10, 0], [3, 3], [5, 9]])
-  some = np.asarray(model.apply({"params": params}, ids, logits_positions=jnp.asarray(pos)))
-  np.testing.assert_allclose(some, np.take_along_axis(full, pos[:, :, None], 1), atol=1e-6)
+  with jax.enable_x64(True):  # the lm_head matmul over 6 rows instead of 33: another order
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    ids = jnp.asarray(_batch(5))
+    full = np.asarray(model.apply({"params": params}, ids))
+    some = np.asarray(model.apply({"params": params}, ids, logits_positions=jnp.asarray(pos)))
+  assert full.dtype == np.float64
+  np.testing.assert_allclose(some, np.take_along_axis(full, pos[:, :, None], 1), atol=X64_TOL,
+                             rtol=0)
 
 
 @pytest.mark.parametrize("case", ["gqa3_untied", "mha_tied_theta1e4"])
@@ -155,29 +176,37 @@ def test_bfloat16_close_to_float32(hf_checkpoint):
 
 def test_scan_unroll_does_not_change_results(hf_checkpoint):
   _, path = hf_checkpoint(**CASES["gqa3_untied"])
-  model, params = jaxskill.load_model(path)
-  ids = jnp.asarray(_batch(8))
-  unrolled = jaxskill.Qwen2LM(model.config, scan_unroll=2)
-  np.testing.assert_allclose(np.asarray(unrolled.apply({"params": params}, ids)),
-                             np.asarray(model.apply({"params": params}, ids)), atol=1e-6, rtol=0)
+  with jax.enable_x64(True):  # another loop structure may fuse, so sum, in another order
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    ids = jnp.asarray(_batch(8))
+    unrolled = jaxskill.Qwen2LM(model.config, dtype=jnp.float64, param_dtype=jnp.float64,
+                                scan_unroll=2)
+    a = np.asarray(unrolled.apply({"params": params}, ids))
+    b = np.asarray(model.apply({"params": params}, ids))
+  assert a.dtype == b.dtype == np.float64
+  np.testing.assert_allclose(a, b, atol=X64_TOL, rtol=0)
 
 
 def test_remat_gives_same_values_and_gradients(hf_checkpoint):
   """remat trades memory for compute in the backward pass; values and gradients must not move."""
   _, path = hf_checkpoint(**CASES["gqa3_untied"])
-  model, params = jaxskill.load_model(path)
-  remat_model, _ = jaxskill.load_model(path, remat=True)
-  ids = jnp.asarray(_batch(9))
-  embeds = model.apply({"params": params}, ids, method=model.embed)
+  # Recomputation may be fused, so summed, differently from the saved forward: float64, where the
+  # backward pass (twice the reductions, 2K) rounds at 2 * 600 * 2.2e-16 = 2.6e-13 of the scale.
+  with jax.enable_x64(True):
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    remat_model, _ = jaxskill.load_model(path, dtype=jnp.float64, remat=True)
+    ids = jnp.asarray(_batch(9))
+    embeds = model.apply({"params": params}, ids, method=model.embed)
 
-  def loss(m, e):
-    return jnp.mean(m.apply({"params": params}, inputs_embeds=e) ** 2)
+    def loss(m, e):
+      return jnp.mean(m.apply({"params": params}, inputs_embeds=e) ** 2)
 
-  v0, g0 = jax.value_and_grad(lambda e: loss(model, e))(embeds)
-  v1, g1 = jax.value_and_grad(lambda e: loss(remat_model, e))(embeds)
-  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-7, rtol=1e-5)
-  assert np.abs(np.asarray(g0)).max() > 0
+    v0, g0 = jax.value_and_grad(lambda e: loss(model, e))(embeds)
+    v1, g1 = jax.value_and_grad(lambda e: loss(remat_model, e))(embeds)
+    v0, g0, v1, g1 = float(v0), np.asarray(g0), float(v1), np.asarray(g1)
+  assert g0.dtype == np.float64 and np.abs(g0).max() > 0
+  np.testing.assert_allclose(v1, v0, rtol=X64_TOL, atol=0)
+  np.testing.assert_allclose(g1, g0, atol=X64_TOL * np.abs(g0).max(), rtol=0)
 
 
 @pytest.mark.parametrize("case", ["gqa3_untied", "mha_tied_theta1e4"])
@@ -185,21 +214,26 @@ def test_prefill_then_rest_equals_one_pass(hf_checkpoint, case):
   """A cache of the first s0 columns plus a pass over the rest gives the one-pass logits, with
   padding on both sides (the infix training layout)."""
   _, path = hf_checkpoint(**CASES[case])
-  model, params = jaxskill.load_model(path)
-  ids = jnp.asarray(_batch(10, b=3, t=12))
+  ids = _batch(10, b=3, t=12)
   mask = np.ones((3, 12), np.int32)
   mask[0, :4] = 0  # left padding inside the cached part
   mask[1, -3:] = 0  # right padding after it
-  mask = jnp.asarray(mask)
-  full = np.asarray(model.apply({"params": params}, ids, attention_mask=mask))
-  for s0 in (1, 5, 11):
-    cache = model.apply({"params": params}, ids[:, :s0], attention_mask=mask[:, :s0],
-                        method=model.prefill)
-    assert cache["k"].shape == (2, 3, s0, model.config.num_key_value_heads, model.config.head_dim)
-    rest = np.asarray(model.apply({"params": params}, ids[:, s0:], attention_mask=mask[:, s0:],
-                                  past=cache))
-    valid = np.asarray(mask[:, s0:]).astype(bool)
-    np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=2e-5, rtol=0)
+  # The cached pass runs other matmul shapes than the one pass, so other summation orders:
+  # compared in float64 (see X64_TOL).
+  with jax.enable_x64(True):
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    full = np.asarray(model.apply({"params": params}, ids, attention_mask=mask))
+    assert full.dtype == np.float64
+    for s0 in (1, 5, 11):
+      cache = model.apply({"params": params}, ids[:, :s0], attention_mask=mask[:, :s0],
+                          method=model.prefill)
+      assert cache["k"].shape == (2, 3, s0, model.config.num_key_value_heads,
+                                  model.config.head_dim)
+      rest = np.asarray(model.apply({"params": params}, ids[:, s0:], attention_mask=mask[:, s0:],
+                                    past=cache))
+      valid = np.asarray(mask[:, s0:]).astype(bool)
+      np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=X64_TOL, rtol=0)
 
 
 def test_greedy_generate_right_padding_equals_left(hf_checkpoint):

@@ -62,18 +62,28 @@ def _on_8_devices(script: str, dst: Path) -> Path:
 def test_sharded_params_give_the_unsharded_results(tmp_path):
   out = np.load(_on_8_devices("sharded_run.py", tmp_path / "out.npz"))
   for layout in ("tensor", "fsdp"):
-    for key in ("prompt", "r"):
-      np.testing.assert_allclose(out[f"{layout}_{key}"], out[f"single_{key}"], atol=1e-5, rtol=0,
-                                 err_msg=f"{key}, {layout} layout on 2 x 4")
-    # Logits and activations reach 18 and 52 on the organism; the split matmuls add their
-    # float32 partial sums in another order (one ulp at 32 is 3.8e-6), so the bound is 1e-5
-    # relative to the largest value (measured: about 1.3e-6 and 1e-6).
+    # The split matmuls add their float32 partial sums in another order: up to K * eps32 of
+    # the values' scale, K ~ 5e3 the summed reduction lengths of the demo forward (per layer
+    # q/k/v 128 + scores 32 + softmax and mix 2 x 40 + o 128 + gate/up 128 + down 512, 4
+    # layers, plus norm and lm_head), 6e-4; twice that with the backward pass. The tight
+    # comparisons are in float64 (test below); float32 is held to what it can promise.
+    # One AdamW step from zero moments moves each element by lr * (g / (|g| + eps) + wd p):
+    # the g part is below lr in size, so two layouts differ by at most 2 lr, reached where an
+    # element's |g| is within the rounding and flips sign (measured 7e-9).
+    np.testing.assert_allclose(out[f"{layout}_prompt"], out["single_prompt"], atol=2 * 1e-2,
+                               rtol=0, err_msg=f"prompt, {layout} layout on 2 x 4")
+    # Logits and activations reach 18 and 52 on the organism: K * eps32 relative to the
+    # largest value (measured: about 1.3e-6 and 1e-6).
     for key in ("logits", "acts"):
       want = out[f"single_{key}"]
       err = np.abs(out[f"{layout}_{key}"] - want).max() / np.abs(want).max()
-      assert err < 1e-5, (key, layout, err)
+      assert err < 5e3 * np.finfo(np.float32).eps, (key, layout, err)
     assert out[f"{layout}_split_params"] >= 7  # the layout really splits the params
-  for metric in ("label", "confidence", "meta_last_digit_only"):  # find's correlations.npz
+  # find's correlations.npz, from the stages run in float32 (the config has no float64):
+  # activations off by K * eps32 * |x| move r by up to 2 K eps32 max|x| / std(x), with no
+  # bound for a near-constant neuron, so 1e-5 is measured, not derived (3.6e-6 on an Intel
+  # Xeon). The float64 test below bounds the same statistics of correlate without that term.
+  for metric in ("label", "confidence", "meta_last_digit_only"):
     np.testing.assert_allclose(out[f"tensor_npz_{metric}"], out[f"single_npz_{metric}"],
                                atol=1e-5, rtol=0, err_msg=metric)
   assert out["load_same_values"] and out["load_same_layout"]
@@ -86,9 +96,23 @@ def test_sharded_params_give_the_unsharded_results(tmp_path):
 
 def test_sharded_float64_logits_and_activations_equal_within_1e5_absolute(tmp_path):
   """The same comparison in float64: the split sums' rounding drops to ~1e-13, so logits and
-  activations must agree in absolute terms (the issue's 1e-5) - here far below it."""
+  activations must agree in absolute terms (the issue's 1e-5) - here far below it; likewise the
+  prompt after one step, and the correlations up to their float32 statistics."""
   out = json.loads(_on_8_devices("sharded_x64.py", tmp_path / "x64.json").read_text())
   assert out["logits_dtype"] == "float64" and out["max_abs_act"] > 10
   for layout in ("tensor", "fsdp"):
     for key in ("logits", "acts"):
       assert out[f"{layout}_{key}"] < 1e-10, (layout, key, out)
+  # Correlations from those float64 activations (rounded to float32 for the statistics, the
+  # same float32 values on both meshes but within 1e-13 of a midpoint): the float32 statistics
+  # of each mesh are within r_rounding_bound(8, 4) of the exact r (batches of 8, 5 batches).
+  from tests.test_stats import r_rounding_bound
+  assert out["r_defined"] > 0.5
+  for layout in ("tensor", "fsdp"):
+    assert out[f"{layout}_r_same_nan"], (layout, out)
+    assert out[f"{layout}_r"] <= 2 * r_rounding_bound(8, 4), (layout, out)
+  # One training step in float64: the gradients agree to ~1e-12 of their scale, which AdamW
+  # passes on as lr * 1e-8 * dg / g^2 (eps 1e-8): far below 1e-10 unless |g| < 1e-9.
+  assert out["prompt_dtype"] == "float64"
+  for layout in ("tensor", "fsdp"):
+    assert out[f"{layout}_prompt"] < 1e-10, (layout, out)

@@ -53,7 +53,8 @@ def test_summarize_groups_by_hand():
   groups = np.array(["a", "b", "a", "b"])
   out = verify_lib.summarize(values, groups)
   assert out["accuracy"] == 0.75 and out["group_accuracy"] == {"a": 1.0, "b": 0.5}
-  assert out["margin"] == pytest.approx(0.1)  # the NaN row is left out: (0.5 - 0.3 + 0.1) / 3
+  # the NaN row is left out: (0.5 - 0.3 + 0.1) / 3, in float64 (a few eps64 off 0.1)
+  assert out["margin"] == pytest.approx(0.1)
 
 
 def _hf_accuracy(config, zeroed):
@@ -101,6 +102,11 @@ def test_verify_matches_hf_with_hooks(demo_run):
   results = json.loads((config.run_dir / "verify.json").read_text())
   assert results["n"] == 48
   acc, conf = _hf_accuracy(config, [])
+  # Accuracies are counts over 48: equal unless an answer's two verbalizer logits are tied to
+  # within float32 rounding. Confidences are float32 means of probabilities from PyTorch's and
+  # XLA's own summation orders: the worst case, K * eps32 ~ 6e-4 of the logits' scale (K ~ 5e3
+  # for the demo forward), is above 1e-4, and the pipeline has no float64 mode to compare in;
+  # 1e-4 is measured (6e-8 on an Intel Xeon: one ulp of 0.5).
   assert results["baseline"]["accuracy"] == pytest.approx(acc, abs=1e-9)
   assert results["baseline"]["confidence"] == pytest.approx(conf, abs=1e-4)
   row = results["selections"]["label"]["modes"]["zero"]["4"]
@@ -114,6 +120,7 @@ def test_verify_matches_hf_with_hooks(demo_run):
   acc, conf = _hf_accuracy(config, draw)
   drops = row["random"]["accuracy_drop"]["values"]
   assert results["baseline"]["accuracy"] - drops[1] == pytest.approx(acc, abs=1e-9)
+  # float64 std of the same three values (default rel 1e-6: a few eps64 of ordering)
   assert len(drops) == 3 and row["random_accuracy_drop_std"] == pytest.approx(
       np.std(drops, ddof=1))
   assert set(row["top"]["group_accuracy"]) == {
@@ -196,7 +203,9 @@ def test_kde_and_auc_by_hand():
   h = 0.9 * min(x.std(), np.subtract(*np.percentile(x, [75, 25])) / 1.34) * 3 ** -0.2
   want = sum(np.exp(-0.5 * ((grid - xi) / h) ** 2) for xi in x) / (3 * h * np.sqrt(2 * np.pi))
   got = report_lib.kde(x, grid)
-  np.testing.assert_allclose(got, want, rtol=1e-12)
+  np.testing.assert_allclose(got, want, rtol=1e-12)  # the same float64 sum of 3 terms
+  # The tails past +-20 are below exp(-200) and the trapezoid rule's Euler-Maclaurin terms are
+  # odd derivatives at those ends, ~0: what is left is float64 rounding over 4001 points.
   assert np.trapezoid(got, grid) == pytest.approx(1.0, abs=1e-6)
   assert report_lib.auc([3, 4], [1, 3]) == 0.875  # (1 + 0.5 + 1 + 1) / 4
 
