@@ -149,6 +149,7 @@ def verify_lines(results: dict) -> list[str]:
 def cmd_report(args) -> int:
   """`jaxskill report DIR`: the report of a finished run directory, refused if its stages are
   not up to date with its config.yaml; `jaxskill report CONFIG`: the pipeline up to the report."""
+  from jaxskill.files import run_lock
   from jaxskill.pipeline import checked_run_dir
   from jaxskill.report import report
   path = Path(args.target)
@@ -158,8 +159,11 @@ def cmd_report(args) -> int:
   if args.overrides:
     raise SystemExit(f"jaxskill report {path}: overrides ({' '.join(args.overrides)}) go with "
                      "a config file, not a run directory")
-  checked_run_dir(path)
-  print(f"wrote {report(path)}")
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such run directory or config file")
+  with run_lock(path):  # not while a command rewrites the directory
+    checked_run_dir(path)
+    print(f"wrote {report(path)}")
   return 0
 
 
@@ -309,8 +313,8 @@ def main(argv=None) -> int:
   try:
     return args.func(args)
   except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError,
-          RunLockError, TrainingDivergedError, ValueError, FileNotFoundError,
-          IsADirectoryError) as e:  # bad input: one line naming what is wrong
+          RunLockError, TrainingDivergedError, ValueError, OSError) as e:
+    # bad input, or a file system that refuses (read-only, full): one line naming what is wrong
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)
     return 2
 

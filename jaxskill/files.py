@@ -137,15 +137,19 @@ def run_lock(directory: str | Path) -> Iterator[None]:
   pid. The lock is the kernel's (flock): a crashed holder's lock is gone with its process, so
   a stale lock file is simply taken over."""
   directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   path = directory / ".lock"
-  f = open(path, "a+", encoding="utf-8")
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+  except OSError as e:  # not a directory, read-only, ...
+    raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path})") from None
   try:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       if e.errno not in (errno.EAGAIN, errno.EACCES):
-        raise
+        raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path}; the file "
+                           "system may not support locks)") from None
       f.seek(0)
       holder = f.read().strip() or "unknown"
       raise RunLockError(

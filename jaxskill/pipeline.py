@@ -28,7 +28,7 @@ from typing import Callable
 from jaxskill import files
 from jaxskill.config import (RunConfig, RunConfigError, config_diff, dump_config, load_config,
                              seed_runs, to_dict)
-from jaxskill.sharding import barrier, is_writer, raise_together
+from jaxskill.sharding import barrier, is_writer, raise_together, writer_decides
 
 log = logging.getLogger("jaxskill.pipeline")
 
@@ -44,7 +44,7 @@ NEUTRAL_KEYS = {"train": ("log_every", "checkpoint_every", "max_to_keep", "async
                 "find": ("checkpoint_every",)}
 # What each stage writes into the run directory (with seeds, train also writes the seed dirs).
 OUTPUTS = {
-    "train": ("config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",
+    "train": ("train_config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",
               "prompt_best.npy", "train_summary.json"),
     "find": ("correlations.npz", "summary.json", "neurons.csv", "activations.npz",
              "predictivity.npz", "find_checkpoints"),
@@ -68,8 +68,23 @@ def stage_config(config: RunConfig, stage: str) -> dict:
 
 
 def fingerprint(config: RunConfig, stage: str) -> str:
-  return hashlib.sha256(json.dumps(stage_config(config, stage), sort_keys=True)
-                        .encode()).hexdigest()[:16]
+  return _hash(stage_config(config, stage))
+
+
+def _hash(tree: dict) -> str:
+  return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _matches(rec: dict | None, config: RunConfig, stage: str) -> bool:
+  """Whether a stage record was made under `config`'s keys for that stage. Records of older
+  versions (no "config" kept) hashed whole sections, neutral keys included."""
+  if rec is None:
+    return False
+  if rec["fingerprint"] == fingerprint(config, stage):
+    return True
+  d = to_dict(config)
+  return "config" not in rec and rec["fingerprint"] == _hash(
+      {s: d[s] for s in STAGE_SECTIONS[stage]})
 
 
 def read_record(run_dir: Path) -> dict[str, dict]:
@@ -86,8 +101,17 @@ def read_record(run_dir: Path) -> dict[str, dict]:
   if not isinstance(raw, dict):
     log.warning("%s: not a stage record; every stage is treated as not done", path)
     return {}
-  return {stage: (rec if isinstance(rec, dict) else {"fingerprint": rec, "state": "done"})
-          for stage, rec in raw.items() if stage in STAGES}
+  record = {}
+  for stage, rec in raw.items():
+    if isinstance(rec, str):
+      rec = {"fingerprint": rec, "state": "done"}
+    if (stage in STAGES and isinstance(rec, dict) and isinstance(rec.get("fingerprint"), str)
+        and isinstance(rec.get("config", {}), dict)):
+      record[stage] = rec
+    else:  # edited by hand or not ours: that stage counts as not done
+      log.warning("%s: the record of %r is not understood; that stage is treated as not done",
+                  path, stage)
+  return record
 
 
 def _write_record(run_dir: Path, record: dict) -> None:
@@ -98,7 +122,7 @@ def _write_record(run_dir: Path, record: dict) -> None:
 def _why_stale(stage: str, rec: dict | None, config: RunConfig) -> str:
   if rec is None:
     return "not run yet"
-  if rec["fingerprint"] != fingerprint(config, stage):
+  if not _matches(rec, config, stage):
     if "config" not in rec:
       return "config changed (recorded by an older jaxskill, which kept no keys)"
     return "config changed: " + "; ".join(config_diff(rec["config"],
@@ -113,7 +137,7 @@ def _outputs_ok(config: RunConfig, stage: str) -> bool:
   if stage == "train":
     return all(files.readable(c.run_dir / "prompt_best.npy", files.load_npy)
                and files.readable(c.run_dir / "train_summary.json", files.read_json)
-               for c in seed_runs(config))
+               and _trained_under(c) for c in seed_runs(config))
   if stage == "find":
     return (files.readable(d / "correlations.npz", files.load_npz)
             and files.readable(d / "summary.json", files.read_json)
@@ -121,6 +145,18 @@ def _outputs_ok(config: RunConfig, stage: str) -> bool:
   if stage == "verify":
     return files.readable(d / "verify.json", files.read_json)
   raise ValueError(stage)
+
+
+def _trained_under(config: RunConfig) -> bool:
+  """Whether the prompt in `config.run_dir` was trained under `config`'s training keys (a
+  directory may hold another run's prompt: e.g. one trained before find.seeds was set)."""
+  from jaxskill.train import trained_config_path
+  path = trained_config_path(config.run_dir)
+  try:
+    return path is not None and stage_config(load_config(path), "train") == stage_config(
+        config, "train")
+  except RunConfigError:
+    return False
 
 
 def clear(config: RunConfig, stage: str) -> None:
@@ -167,40 +203,47 @@ def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_s
       _report(config, progress)
       out[stage] = "ran"
       continue
-    fp, rec = fingerprint(config, stage), record.get(stage)
-    fresh = (rec is not None and rec.get("state") == "done" and rec["fingerprint"] == fp
-             and _outputs_ok(config, stage))
+    rec = record.get(stage)
+    fresh = _is_fresh(config, stage, rec)
     why = "" if fresh else _why_stale(stage, rec, config)
     if on_stage is not None:
       on_stage(stage, fresh, why)
-    if fresh:
-      out[stage] = "skipped"
-      if stage == "train":
-        _save_run_config(config)
-      continue
-    if on_stage is None and rec is not None:
+    elif rec is not None and not fresh:
       log.info("%s: %s", stage, why)
-    if stage == "train":
-      _check_training_dirs(config)  # refuses before anything is removed
-    # This stage's inputs or config changed, so every later result is stale.
-    for later in STAGES[STAGES.index(stage):]:
-      if later == stage and rec is not None and rec["fingerprint"] == fp:
-        continue  # the same work, interrupted: its checkpoints resume it
-      if later != "train" and is_writer():
-        clear(config, later)
-      record.pop(later, None)
-    record[stage] = {"fingerprint": fp, "state": "running",
-                     "config": stage_config(config, stage)}
-    _write_record(run_dir, record)
-    barrier(f"pipeline: {stage} starts")
-    _STAGE_FNS[stage](config, progress)
-    out[stage] = "ran"
-    record[stage] = dict(record[stage], state="done")
-    _write_record(run_dir, record)
+    if not fresh:
+      _PRECHECKS.get(stage, lambda c: None)(config)  # bad input: refused before any removal
+      _start(config, stage, record, resume=_matches(rec, config, stage))
+      _STAGE_FNS[stage](config, progress)
+      record[stage] = dict(record[stage], state="done")
+      _write_record(run_dir, record)
+    out[stage] = "skipped" if fresh else "ran"
     if stage == "train":
       _save_run_config(config)
     barrier(f"pipeline: {stage} done")
   return out
+
+
+def _is_fresh(config: RunConfig, stage: str, rec: dict | None) -> bool:
+  """Done under the same keys, outputs whole: decided by process 0 (it alone reads the files),
+  so that every process takes the same path through the stages and their collectives."""
+  fresh = (is_writer() and rec is not None and rec.get("state") == "done"
+           and _matches(rec, config, stage) and _outputs_ok(config, stage))
+  return writer_decides(fresh)
+
+
+def _start(config: RunConfig, stage: str, record: dict, *, resume: bool) -> None:
+  """Marks `stage` running; removes what it and every later stage wrote, since their inputs or
+  config changed (except this stage's own checkpoints when it resumes the same work)."""
+  for later in STAGES[STAGES.index(stage):]:
+    if later == "train" or (later == stage and resume):
+      continue  # training judges its own directories; the same work resumes
+    if is_writer():
+      clear(config, later)
+    record.pop(later, None)
+  record[stage] = {"fingerprint": fingerprint(config, stage), "state": "running",
+                   "config": stage_config(config, stage)}
+  _write_record(config.run_dir, record)
+  barrier(f"pipeline: {stage} starts")
 
 
 def _save_run_config(config: RunConfig) -> None:
@@ -214,6 +257,11 @@ def _check_training_dirs(config: RunConfig) -> None:
   from jaxskill.train import check_resume_config
   for c in seed_runs(config):
     check_resume_config(c.run_dir, c)
+
+
+def _check_verify(config: RunConfig) -> None:
+  from jaxskill.verify import check_inputs
+  check_inputs(config)
 
 
 def _train(config: RunConfig, progress: bool) -> None:
@@ -239,6 +287,7 @@ def _report(config: RunConfig, progress: bool) -> None:
 
 
 _STAGE_FNS = {"train": _train, "find": _find, "verify": _verify}
+_PRECHECKS = {"train": _check_training_dirs, "verify": _check_verify}
 
 
 def checked_run_dir(run_dir: str | Path) -> RunConfig:
@@ -248,8 +297,11 @@ def checked_run_dir(run_dir: str | Path) -> RunConfig:
   run_dir = Path(run_dir)
   saved = run_dir / "config.yaml"
   if not saved.exists():
-    raise FileNotFoundError(f"{run_dir}: no config.yaml; not a jaxskill run directory (or its "
-                            "training never finished)")
+    if (run_dir / "train_config.yaml").exists():
+      raise FileNotFoundError(f"{run_dir} holds one trained prompt (a seed run of find.seeds, "
+                              "or a training whose pipeline never finished): report the run "
+                              "directory of the config (or `jaxskill report CONFIG`)")
+    raise FileNotFoundError(f"{run_dir}: no config.yaml; not a jaxskill run directory")
   config = load_config(saved)
   record = read_record(run_dir)
   for stage in ("train", "find", "verify"):

@@ -139,6 +139,15 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def writer_decides(value: bool) -> bool:
+  """Process 0's `value` on every process (one process: `value`): a decision taken from files
+  that only process 0 reads, so that the processes cannot part ways over it."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def barrier(name: str) -> None:
   """All processes wait here (no-op in one process): what process 0 wrote is then readable."""
   if jax.process_count() > 1:

@@ -231,12 +231,21 @@ _RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.max_to
                       "train.async_checkpoint"}
 
 
+def trained_config_path(run_dir: Path) -> Path | None:
+  """The config a run directory's prompt was trained under: train_config.yaml (config.yaml in
+  directories of older versions, where it was the same file), or None if it trained nothing."""
+  for name in ("train_config.yaml", "config.yaml"):
+    if (run_dir / name).exists():
+      return run_dir / name
+  return None
+
+
 def check_resume_config(run_dir: Path, config: RunConfig) -> None:
   """Refuses (RunConfigError naming each changed key, old and new value) to continue a run
   directory trained under other settings, so that a continued run is the run a straight one
   would have been; only keys that log, checkpoint or lengthen it may change."""
-  saved = run_dir / "config.yaml"
-  if not saved.exists():
+  saved = trained_config_path(run_dir)
+  if saved is None:
     return
   old, new = to_dict(load_config(saved)), to_dict(config)
   # Later stages and the process layout are not training's concern; out_dir and name are what
@@ -310,7 +319,8 @@ def _check_finite(pending: list, cfg: TrainConfig) -> None:
     raise TrainingDivergedError(
         f"train: the loss is not finite at step {pending[i][0]} (loss {values[i, 0]}, gradient "
         f"norm {values[i, 1]}); stopped, and no prompt of that step was saved (the last "
-        f"checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set train.clip_norm")
+        f"checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set train.clip_norm, under "
+        f"another run name (name=...) or after removing the run directory")
 
 
 def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
@@ -342,7 +352,7 @@ def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
-  `run_dir/train_summary.json`. Run dir: config.yaml, metrics.jsonl, checkpoints/,
+  `run_dir/train_summary.json`. Run dir: train_config.yaml, metrics.jsonl, checkpoints/,
   prompt_final.npy, prompt_best.npy (the prompt with the best dev accuracy)."""
   from tqdm.auto import tqdm
   cfg = config.train
@@ -363,7 +373,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   setup = prepare(config, plan)  # before the config is written: a bad config leaves no run
   if sharding.is_writer():
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
+    dump_config(config, run_dir / "train_config.yaml")
   sharding.barrier("train: run dir ready")
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   put = functools.partial(sharding.put_local, mesh=mesh, batch_size=cfg.batch_size)

@@ -186,6 +186,29 @@ def rank_selections(correlations: dict, selection: tuple[str, ...], ks: list[int
   return ranked, skipped
 
 
+def selections(config, correlations: dict, kind: str) -> tuple[dict, dict]:
+  """`rank_selections` of verify.selection (default: the task's label or correctness), each
+  checked to be among the correlated metrics."""
+  vc = config.verify
+  selection = vc.selection or (("label",) if kind == "classification" else ("correct",))
+  for name in selection:
+    if name not in correlations:
+      raise ValueError(f"verify.selection: {name!r} is not among the metrics of "
+                       f"{config.run_dir / 'correlations.npz'}: {sorted(correlations)}")
+  layers, _, neurons = next(iter(correlations.values())).shape
+  return rank_selections(correlations, selection, sorted(set(vc.k_list) | {vc.k}), layers,
+                         neurons)
+
+
+def check_inputs(config) -> None:
+  """Raises for a verify config that cannot run on this run's correlations (before anything of
+  an earlier verification is removed)."""
+  from jaxskill.tasks import build_task
+  path = config.run_dir / "correlations.npz"
+  if path.exists():
+    selections(config, files.load_npz(path), build_task(config.task).kind)
+
+
 def verify(config, *, progress: bool = True) -> dict:
   """Runs the verification of `config` on its trained prompt and found neurons (the pipeline
   runs training and discovery first); returns the results written to `run_dir/verify.json`."""
@@ -206,14 +229,8 @@ def verify(config, *, progress: bool = True) -> dict:
   setup = prepare(config, eval_plan(mesh, vc.batch_size))
   c = setup.model.config
   kind = setup.task.kind
-  selection = vc.selection or (("label",) if kind == "classification" else ("correct",))
-  for name in selection:
-    if name not in correlations:
-      raise ValueError(f"verify.selection: {name!r} is not among the metrics of "
-                       f"{corr_path}: {sorted(correlations)}")
   ks = sorted(set(vc.k_list) | {vc.k})
-  ranked_by, skipped = rank_selections(correlations, selection, ks, c.num_hidden_layers,
-                                       c.intermediate_size)
+  ranked_by, skipped = selections(config, correlations, kind)
   selection = tuple(ranked_by)
   prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
   prompt = {"embeddings": jnp.asarray(load_prompt(seed_runs(config)[0]))}

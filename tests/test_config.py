@@ -87,7 +87,7 @@ def test_demo_verify_config_trains(tmp_path):
   summary = train(config, progress=False)
   assert summary["steps"] == 3 and 0 <= summary["best_dev_accuracy"] <= 1
   assert (config.run_dir / "checkpoints" / "3").is_dir()
-  assert load_config(config.run_dir / "config.yaml") == config
+  assert load_config(config.run_dir / "train_config.yaml") == config
   log = [json.loads(x) for x in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log if r["split"] == "dev"] == [0, 3]
 

@@ -96,7 +96,7 @@ def test_train_on_a_seeded_config_trains_the_seeds(tmp_path, capsys):
     assert (tmp_path / f"demo-seed{seed}" / "prompt_best.npy").exists()
     assert f"prompt training (demo-seed{seed})" in out
   assert not (tmp_path / "demo" / "prompt_best.npy").exists()  # find never reads it
-  seeded = load_config(tmp_path / "demo-seed4" / "config.yaml")
+  seeded = load_config(tmp_path / "demo-seed4" / "train_config.yaml")
   assert seeded.train.seed == 4
 
 
@@ -234,3 +234,61 @@ def test_a_slow_lock_holder_does_not_block_forever():
           pass
     with files.run_lock(d):  # released on exit
       pass
+
+
+def test_a_prompt_left_by_a_run_without_seeds_is_not_reused(tmp_path, capsys):
+  """The run directory of a seeded config keeps the prompt of an earlier unseeded run; going
+  back to no seeds with other training settings must not read that prompt as theirs."""
+  assert jaxskill(capsys, "train", *_args(tmp_path))[0] == 0
+  seeded = _args(tmp_path, "train.lr=0.5", "find.seeds=1,2")
+  assert jaxskill(capsys, "train", *seeded)[0] == 0
+  code, _, err = jaxskill(capsys, "find", *_args(tmp_path, "train.lr=0.5"))
+  assert code == 2 and "train.lr: 0.003 -> 0.5" in err
+  code, _, err = jaxskill(capsys, "report", str(tmp_path / "demo-seed1"))
+  assert code == 2 and "report the run directory of the config" in err
+
+
+def test_records_of_older_versions_and_edited_records(tmp_path, capsys):
+  import hashlib
+  from jaxskill.config import to_dict
+  run_dir = tmp_path / "demo"
+  assert jaxskill(capsys, "run", *_args(tmp_path))[0] == 0
+  # An older jaxskill kept a bare fingerprint: the sha256 of whole config sections.
+  d = to_dict(load_config(DEMO, _args(tmp_path)[1:]))
+  sections = {"train": ("model", "prompt", "task", "data", "train")}
+  sections["find"] = (*sections["train"], "find")
+  sections["verify"] = (*sections["find"], "verify")
+  old = {stage: hashlib.sha256(json.dumps({s: d[s] for s in keys}, sort_keys=True)
+                               .encode()).hexdigest()[:16] for stage, keys in sections.items()}
+  (run_dir / "stages.json").write_text(json.dumps(old))
+  code, out, _ = jaxskill(capsys, "run", *_args(tmp_path))
+  assert code == 0
+  for stage in ("train", "find", "verify"):
+    assert f"== {stage}: done already, skipped" in out
+  # A record edited by hand into something else: that stage is simply not done.
+  prompt = np.load(run_dir / "prompt_best.npy")
+  (run_dir / "stages.json").write_text(json.dumps({"train": {"state": "done"}, "find": [1]}))
+  code, out, err = jaxskill(capsys, "run", *_args(tmp_path))
+  assert code == 0, err
+  assert "== train: running (not run yet)" in out
+  np.testing.assert_array_equal(np.load(run_dir / "prompt_best.npy"), prompt)
+
+
+def test_refused_input_removes_nothing(tmp_path, capsys):
+  run_dir = tmp_path / "demo"
+  assert jaxskill(capsys, "run", *_args(tmp_path))[0] == 0
+  verified = (run_dir / "verify.json").read_text()
+  code, _, err = jaxskill(capsys, "run", *_args(tmp_path, "verify.k=100000"))
+  assert code == 2 and "K=100000" in err
+  assert (run_dir / "verify.json").read_text() == verified
+  code, out, _ = jaxskill(capsys, "run", *_args(tmp_path))
+  assert code == 0 and "== verify: done already, skipped" in out
+
+
+def test_an_out_dir_that_cannot_hold_runs_is_named(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  code, _, err = jaxskill(capsys, "train", *_args(blocker))
+  assert code == 2 and f"cannot lock {blocker / 'demo'}" in err
+  code, _, err = jaxskill(capsys, "report", str(tmp_path / "missing"))
+  assert code == 2 and "no such run directory" in err
