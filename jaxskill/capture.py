@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxskill import prompt as prompt_lib
-from jaxskill.model import Qwen2LM, neuron_activations
+from jaxskill import forward
+from jaxskill.model import Qwen2LM
 
 SITES = ("prompt", "last_input", "answer")
 BUILTIN_METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entropy")
@@ -65,37 +65,6 @@ def capture_index(batch: dict, sites: tuple[str, ...], prompt_length: int) -> ja
   return jnp.concatenate(cols, axis=1)
 
 
-def builtin_metrics(logits: jax.Array, batch: dict, kind: str, verbalizer: jax.Array) -> dict:
-  """name -> `[b]` float32. logits: `[b, v]` at answer_pos (classification) or `[b, t, v]`."""
-  if kind == "classification":
-    logp = jax.nn.log_softmax(logits[:, verbalizer], axis=-1)  # [b, c]
-    gold = batch["label"]
-    gold_logp = jnp.take_along_axis(logp, gold[:, None], axis=-1)[:, 0]
-    correct = jnp.argmax(logp, -1) == gold
-    label = gold.astype(jnp.float32)
-  else:
-    logp_all = jax.nn.log_softmax(logits, axis=-1)  # [b, t, v]
-    mask = batch["loss_mask"].astype(jnp.float32)
-    tok = jnp.take_along_axis(logp_all, batch["targets"][..., None], axis=-1)[..., 0]
-    gold_logp = (tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-    correct = jnp.all((jnp.argmax(logp_all, -1) == batch["targets"]) | (mask == 0), axis=-1)
-    logp = jnp.take_along_axis(logp_all, batch["answer_pos"][:, None, None], axis=1)[:, 0]
-    label = jnp.full(gold_logp.shape, jnp.nan)
-  p = jnp.exp(logp)
-  gold_p = jnp.exp(gold_logp)
-  if kind == "classification":
-    others = jnp.where(jax.nn.one_hot(batch["label"], p.shape[-1]) > 0, -jnp.inf, p)
-    margin = gold_p - others.max(-1)
-  else:
-    first_gold = jnp.take_along_axis(batch["targets"], batch["answer_pos"][:, None], axis=1)
-    gold_first = jnp.take_along_axis(p, first_gold, axis=-1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(first_gold[:, 0], p.shape[-1]) > 0, -jnp.inf, p)
-    margin = gold_first - others.max(-1)
-  entropy = -(p * jnp.where(p > 0, logp, 0.0)).sum(-1)
-  return {"label": label, "confidence": gold_p, "max_prob": p.max(-1), "margin": margin,
-          "loss": -gold_logp, "correct": correct.astype(jnp.float32), "entropy": entropy}
-
-
 def capture_step(prompt, params, batch, *, model: Qwen2LM, kind: str, verbalizer: jax.Array,
                  sites: tuple[str, ...], prompt_length: int, metric_names: tuple[str, ...],
                  custom: Mapping[str, MetricFn] = ()):
@@ -103,22 +72,14 @@ def capture_step(prompt, params, batch, *, model: Qwen2LM, kind: str, verbalizer
 
   `batch` holds the encoded arrays plus "meta_<column>" float arrays for metadata metrics.
   """
-  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
-  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
-  positions = capture_index(batch, sites, prompt_length)
-  logits_positions = batch["answer_pos"][:, None] if kind == "classification" else None
-  logits, variables = model.apply({"params": params}, inputs_embeds=embeds,
-                                  attention_mask=batch["attention_mask"],
-                                  capture_positions=positions, logits_positions=logits_positions,
-                                  mutable=["intermediates"])
-  if kind == "classification":
-    logits = logits[:, 0]
-  values = builtin_metrics(logits, batch, kind, verbalizer)
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind,
+                               capture=capture_index(batch, sites, prompt_length))
+  values = forward.metrics(out.logits, batch, kind, verbalizer)
   for name, fn in dict(custom).items():
-    values[name] = fn(logits, batch).astype(jnp.float32)
+    values[name] = fn(out.logits, batch).astype(jnp.float32)
   columns = [values[name] if name in values else batch[name].astype(jnp.float32)
              for name in metric_names]
-  return neuron_activations(variables), jnp.stack(columns, axis=1)
+  return out.activations, jnp.stack(columns, axis=1)
 
 
 def metadata_columns(metadata: Mapping[str, np.ndarray]) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import checkpointing, files, sharding
+from jaxskill import checkpointing, files, forward, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
@@ -55,59 +55,22 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
 
 
-def forward_logits(model: Qwen2LM, params, prompt, batch, kind: str, split: int = 0):
-  """(logits, batch): classification `[b, v]` at answer_pos; generation `[b, t - split, v]`,
-  with the batch's targets and loss_mask cut to match.
-
-  split: the column where the prompt starts in every row (infix layout), or 0. Columns before
-  it cannot depend on the prompt, so they run once as a constant cache and only the rest of the
-  sequence is differentiated: the backward pass shrinks from t to t - split positions.
-  """
-  past = None
-  if split:
-    past = jax.lax.stop_gradient(model.apply(
-        {"params": params}, batch["input_ids"][:, :split],
-        attention_mask=batch["attention_mask"][:, :split], method=model.prefill))
-    batch = dict(batch, **{k: batch[k][:, split:] for k in
-                           ("input_ids", "attention_mask", "prompt_index", "targets",
-                            "loss_mask") if k in batch},
-                 answer_pos=batch["answer_pos"] - split)
-  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
-  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
-  if kind == "classification":
-    logits = model.apply({"params": params}, inputs_embeds=embeds,
-                         attention_mask=batch["attention_mask"], past=past,
-                         logits_positions=batch["answer_pos"][:, None])[:, 0]
-  else:
-    logits = model.apply({"params": params}, inputs_embeds=embeds,
-                         attention_mask=batch["attention_mask"], past=past)
-  return logits, batch
-
-
-def per_example(logits, batch, kind: str, verbalizer: jax.Array):
-  """(loss `[b]`, correct `[b]`): cross-entropy over the verbalizer tokens, or the mean
-  next-token loss over the answer tokens with exact-match correctness."""
-  if kind == "classification":
-    scores = logits[:, verbalizer]  # [b, c]
-    logp = jax.nn.log_softmax(scores, axis=-1)
-    loss = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
-    return loss, (jnp.argmax(scores, -1) == batch["label"]).astype(jnp.float32)
-  mask = batch["loss_mask"].astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  token_loss = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-  loss = (token_loss * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-  hit = (jnp.argmax(logits, -1) == batch["targets"]) | (mask == 0)
-  return loss, jnp.all(hit, axis=-1).astype(jnp.float32)
+def _values(prompt, params, batch, *, model, kind, verbalizer, split) -> dict:
+  """The per-example metrics `[b]` of the prompted forward (see `jaxskill.forward`)."""
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, split=split)
+  return forward.metrics(out.logits, out.batch, kind, verbalizer)
 
 
 def loss_fn(prompt, params, batch, *, model, kind, verbalizer, split=0):
+  """Mean loss over the batch's valid rows, and {"loss", "accuracy"}; the gradient flows to the
+  prompt alone."""
   params = jax.lax.stop_gradient(params)  # frozen: the model is a constant of the loss
-  logits, view = forward_logits(model, params, prompt, batch, kind, split)
-  loss, correct = per_example(logits, view, kind, verbalizer)
-  valid = batch.get("valid", jnp.ones_like(loss))
+  values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
+                   split=split)
+  valid = batch.get("valid", jnp.ones_like(values["loss"]))
   n = jnp.maximum(valid.sum(), 1.0)
-  return (loss * valid).sum() / n, {"loss": (loss * valid).sum() / n,
-                                    "accuracy": (correct * valid).sum() / n}
+  loss = (values["loss"] * valid).sum() / n
+  return loss, {"loss": loss, "accuracy": (values["correct"] * valid).sum() / n}
 
 
 def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer, split=0):
@@ -122,10 +85,11 @@ def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer
 
 def eval_step(prompt, params, batch, *, model, kind, verbalizer, split=0):
   """Sums over the valid rows: {"loss", "correct", "n"}."""
-  logits, view = forward_logits(model, params, prompt, batch, kind, split)
-  loss, correct = per_example(logits, view, kind, verbalizer)
+  values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
+                   split=split)
   valid = batch["valid"]
-  return {"loss": (loss * valid).sum(), "correct": (correct * valid).sum(), "n": valid.sum()}
+  return {"loss": (values["loss"] * valid).sum(), "correct": (values["correct"] * valid).sum(),
+          "n": valid.sum()}
 
 
 def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prompt:

@@ -25,16 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, files, interventions, sharding
+from jaxskill import files, forward, interventions, sharding
 from jaxskill import data as data_lib
-from jaxskill import prompt as prompt_lib
 from jaxskill.config import seed_runs
 from jaxskill.discover import load_prompt, neuron_scores, top_k
-from jaxskill.model import neuron_activations
 
 log = logging.getLogger("jaxskill.verify")
 
-METRICS = ("correct", "confidence", "loss", "margin")  # per example, from capture.builtin_metrics
+METRICS = ("correct", "confidence", "loss", "margin")  # per example, from forward.metrics
 
 
 def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer):
@@ -42,29 +40,17 @@ def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, ve
   key is folded with the batch index so that batches get independent noise."""
   if edit is not None:
     edit = dict(edit, key=jax.vmap(lambda k: jax.random.fold_in(k, batch_index))(edit["key"]))
-  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
-  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
-  logits = model.apply({"params": params}, inputs_embeds=embeds,
-                       attention_mask=batch["attention_mask"], neuron_edit=edit,
-                       logits_positions=(batch["answer_pos"][:, None]
-                                         if kind == "classification" else None))
-  if kind == "classification":
-    logits = logits[:, 0]
-  values = capture.builtin_metrics(logits, batch, kind, verbalizer)
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit)
+  values = forward.metrics(out.logits, batch, kind, verbalizer)
   return jnp.stack([values[m] for m in METRICS], axis=1)
 
 
-def position_mean(prompt, params, batch, *, model):
+def position_mean(prompt, params, batch, *, model, kind):
   """(sum over the batch's real tokens of the neuron activations `[l, i]`, token count)."""
-  embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
-  embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
   b, t = batch["input_ids"].shape
-  _, variables = model.apply({"params": params}, inputs_embeds=embeds,
-                             attention_mask=batch["attention_mask"],
-                             capture_positions=jnp.broadcast_to(jnp.arange(t), (b, t)),
-                             logits_positions=jnp.zeros((b, 1), jnp.int32),
-                             mutable=["intermediates"])
-  acts = neuron_activations(variables).astype(jnp.float32)  # [b, l, t, i]
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, logits=False,
+                               capture=jnp.broadcast_to(jnp.arange(t), (b, t)))
+  acts = out.activations.astype(jnp.float32)  # [b, l, t, i]
   w = batch["attention_mask"].astype(jnp.float32) * batch["valid"][:, None]
   return jnp.einsum("blti,bt->li", acts, w), w.sum()
 
@@ -258,7 +244,7 @@ def verify(config, *, progress: bool = True) -> dict:
     if mean_path.exists():
       mean = files.load_npy(mean_path)
     else:  # the train-split mean of every neuron over all real positions, with the prompt
-      mean_fn = jax.jit(functools.partial(position_mean, model=setup.model),
+      mean_fn = jax.jit(functools.partial(position_mean, model=setup.model, kind=kind),
                         out_shardings=replicated)
       total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
       for b in data_lib.eval_batches(setup.train, vc.batch_size, local=local):

@@ -103,7 +103,7 @@ def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
 
 
 def test_capture_metrics_match_a_hand_computation(planted):
-  from jaxskill.train import forward_logits
+  from jaxskill.forward import prompted_apply
   with jax.enable_x64(True):  # the logits of two programs (see _float64)
     model, params, encoded, verbalizer = _float64(planted)
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
@@ -111,7 +111,7 @@ def test_capture_metrics_match_a_hand_computation(planted):
     acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
                                    verbalizer=jnp.asarray(verbalizer), sites=("answer",),
                                    prompt_length=4, metric_names=capture.BUILTIN_METRICS)
-    logits, _ = forward_logits(model, params, prompt, batch, "classification")
+    logits = prompted_apply(model, params, prompt, batch, kind="classification").logits
     y, logits = np.asarray(y), np.asarray(logits)
   assert y.dtype == logits.dtype == np.float64
   z = logits[:, verbalizer]
