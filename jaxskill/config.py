@@ -1,6 +1,8 @@
 """Run configs: YAML files of nested sections, loaded into frozen dataclasses, overridable with
-`section.key=value` on the command line (MaxText style). An unknown key or a value of the wrong
-type is an error that names it; the merged config is written to the run directory.
+`section.key=value` on the command line (MaxText style). A file may start from another with
+`base_config: <path>` (relative to the file) and set only what differs. An unknown key or a value
+of the wrong type is an error that names it and its file; the merged config is written to the run
+directory.
 """
 
 from __future__ import annotations
@@ -268,26 +270,33 @@ _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no"
           "on": True, "off": False}
 
 
-def _build(cls, data: dict, where: str):
+def _build(cls, data: dict, where: str, make: bool = True):
+  """An instance of the dataclass `cls` from `data`. make=False checks only the keys, types and
+  choices (not the sections' own validation, whose fields may come from several files) and
+  returns None: a file of a base_config chain is checked on its own with it, so that an error
+  names the file that has it."""
   if not isinstance(data, dict):
-    raise RunConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    raise RunConfigError(f"{where or 'config'}: expected a mapping of keys, got {data!r}")
   hints = typing.get_type_hints(cls)
   fields = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(data) - fields)
   if unknown:
-    raise RunConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    raise RunConfigError(f"{where or 'config'}: unknown key(s) {unknown}; "
+                         f"valid keys: {sorted(fields)}")
   kwargs = {}
   for name, value in data.items():
     key = f"{where}.{name}" if where else name
     tp = hints[name]
     if dataclasses.is_dataclass(tp):
-      kwargs[name] = _build(tp, {} if value is None else value, key)
+      kwargs[name] = _build(tp, {} if value is None else value, key, make)
     else:
       kwargs[name] = _coerce(value, tp, key)
       section = where.rsplit(".", 1)[-1]
       allowed = _CHOICES.get((section, name))
       if allowed and kwargs[name] not in allowed:
         raise RunConfigError(f"{key}: must be one of {list(allowed)}, got {kwargs[name]!r}")
+  if not make:
+    return None
   try:
     return cls(**kwargs)
   except ValueError as e:  # a section's own validation
@@ -317,34 +326,88 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def _merge(base: dict, over: dict) -> dict:
+  """`over` on top of `base`: sections merged key by key, anything else (a list too) replaced."""
   out = dict(base)
   for key, value in over.items():
     if isinstance(value, dict) and isinstance(out.get(key), dict):
       out[key] = _merge(out[key], value)
+    elif value is None and isinstance(out.get(key), dict):
+      pass  # an empty section (`train:` with every key commented out) keeps the base's keys
     else:
       out[key] = value
   return out
 
 
+BASE_KEY = "base_config"  # a file's key naming the file it starts from; not a RunConfig field
+
+
+def _read_yaml(path: Path, name: str) -> dict:
+  """The top-level mapping of one config file; errors start with `name` (the file, and for a
+  base the file that names it)."""
+  try:
+    data = yaml.safe_load(path.read_text()) or {}
+  except FileNotFoundError:
+    raise RunConfigError(f"{name}: config file not found") from None
+  except yaml.YAMLError as e:
+    raise RunConfigError(f"{name}: not valid YAML ({e})") from None
+  except (UnicodeDecodeError, IsADirectoryError) as e:
+    raise RunConfigError(f"{name}: not a UTF-8 text file ({e})") from None
+  if not isinstance(data, dict):
+    raise RunConfigError(f"{name}: expected a mapping at the top level")
+  return data
+
+
+def _read_chain(path: Path) -> tuple[dict, list[Path]]:
+  """The file at `path` merged over its base_config chain (the root base first, each file on top
+  of the one it names), and the chain's files from `path` down to the root base. Each file is
+  checked on its own first, so that an unknown key or a bad value names the file that has it."""
+  files: list[Path] = []
+  seen: list[Path] = []  # resolved, so that a.yaml and ./a.yaml are the same file
+  layers: list[dict] = []
+  while path is not None:
+    real = path.resolve()
+    if real in seen:
+      cycle = " -> ".join(str(p) for p in [*files[seen.index(real):], path])
+      raise RunConfigError(f"{files[0]}: base_config cycle: {cycle}")
+    name = (str(path) if not files else f"{path} (the base_config of {files[-1]}"
+            + (f", from {files[0]})" if len(files) > 1 else ")"))
+    files.append(path)
+    seen.append(real)
+    data = _read_yaml(path, name)
+    has_base = BASE_KEY in data
+    base = data.pop(BASE_KEY, None)
+    if has_base and (not isinstance(base, str) or not base.strip()):
+      raise RunConfigError(f"{name}: {BASE_KEY}: expected the path of a config file (relative "
+                           f"to this one), got {base!r}")
+    try:
+      _build(RunConfig, data, "", make=False)
+    except RunConfigError as e:
+      raise RunConfigError(f"{name}: {e}") from None
+    layers.append(data)
+    path = path.parent / base if has_base else None  # an absolute base stays absolute
+  merged: dict = {}
+  for layer in reversed(layers):
+    merged = _merge(merged, layer)
+  return merged, files
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+  """The config of the file at `path` (merged over its base_config chain, if it names one) with
+  the `section.key=value` overrides on top; no file: the defaults with the overrides."""
   data: dict = {}
+  where = "overrides"
   if path is not None:
     path = Path(path)
-    try:
-      data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-      raise RunConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-      raise RunConfigError(f"{path}: not valid YAML ({e})") from None
-    except (UnicodeDecodeError, IsADirectoryError) as e:
-      raise RunConfigError(f"{path}: not a UTF-8 text file ({e})") from None
-    if not isinstance(data, dict):
-      raise RunConfigError(f"{path}: expected a mapping at the top level")
+    data, files = _read_chain(path)
+    # Each file passed its own checks: what fails now is a section's validation of the merged
+    # values (which any file of the chain may have set) or an override.
+    where = str(path) if len(files) == 1 else (
+        f"{path} (over {' -> '.join(map(str, files[1:]))})")
   data = _merge(data, parse_overrides(list(overrides)))
   try:
     return _build(RunConfig, data, "")
   except RunConfigError as e:
-    raise RunConfigError(f"{path or 'overrides'}: {e}") from None
+    raise RunConfigError(f"{where}: {e}") from None
 
 
 def to_dict(config) -> dict:

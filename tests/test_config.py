@@ -114,3 +114,126 @@ def test_base_yaml_lists_every_key_with_its_default():
   from jaxskill.config import RunConfig, to_dict
   base = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
   assert to_dict(load_config(base)) == to_dict(RunConfig())
+
+
+# base_config: a file starts from another (relative to itself) and sets only what differs.
+
+
+def _files(tmp_path, files: dict) -> dict:
+  """Writes {relative path: text} under tmp_path; returns {relative path: absolute path}."""
+  out = {}
+  for name, text in files.items():
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    out[name] = path
+  return out
+
+
+CHAIN = {
+    # Three levels in three folders: each base_config is relative to the file that names it.
+    "shared/root/root.yaml": ("name: root\nprompt:\n  length: 4\n"
+                              "train:\n  steps: 10\n  lr: 0.01\n  batch_size: 8\n"
+                              "task:\n  digits: [1, 2, 3]\n  operations: [plus, minus]\n"),
+    "shared/mid.yaml": ("base_config: root/root.yaml\nmodel:\n  dtype: bfloat16\n"
+                        "train:\n  steps: 20\ntask:\n  digits: [5]\n"),
+    "exp/top.yaml": ("base_config: ../shared/mid.yaml\nname: top\n"
+                     "prompt:\n  length: 6\n  placement: prefix\ntrain:\n  batch_size: 2\n"
+                     "find:\n"),  # an empty section: the chain's (here the defaults) stay
+}
+
+
+def test_base_config_chain_merges_key_by_key(tmp_path, monkeypatch):
+  paths = _files(tmp_path, CHAIN)
+  monkeypatch.chdir(tmp_path / "shared" / "root")  # relative to the file, not to the cwd
+  cfg = load_config(paths["exp/top.yaml"])
+  assert cfg.name == "top"  # top over root
+  assert (cfg.prompt.length, cfg.prompt.placement) == (6, "prefix")  # top
+  assert cfg.model.dtype == "bfloat16" and cfg.model.path == "demo"  # mid; the default
+  # Section by section, key by key: steps from mid, lr from root, batch_size from top.
+  assert (cfg.train.steps, cfg.train.lr, cfg.train.batch_size) == (20, 0.01, 2)
+  assert cfg.train.b1 == 0.9 and cfg.train.weight_decay == 0.01  # defaults under the chain
+  assert cfg.task.digits == (5,)  # a list replaces a list: not [1, 2, 3, 5]
+  assert cfg.task.operations == ("plus", "minus")  # root's, untouched by mid and top
+  assert cfg.find.sites == ("prompt", "last_input", "answer")
+  # Each level alone is the chain below it.
+  mid = load_config(paths["shared/mid.yaml"])
+  assert (mid.name, mid.prompt.length, mid.train.batch_size, mid.train.steps) == (
+      "root", 4, 8, 20)
+
+
+def test_overrides_beat_the_chain(tmp_path):
+  paths = _files(tmp_path, CHAIN)
+  cfg = load_config(paths["exp/top.yaml"], ["train.steps=30", "task.digits=4", "name=cli",
+                                            "train.lr=0.5"])
+  assert (cfg.name, cfg.train.steps, cfg.train.lr, cfg.task.digits) == ("cli", 30, 0.5, (4,))
+  assert cfg.train.batch_size == 2 and cfg.model.dtype == "bfloat16"  # the rest: the chain's
+
+
+def test_base_config_is_not_a_field(tmp_path):
+  from jaxskill.config import RunConfig, to_dict
+  paths = _files(tmp_path, CHAIN)
+  cfg = load_config(paths["exp/top.yaml"])
+  assert "base_config" not in to_dict(cfg)
+  assert "base_config" not in {f.name for f in dataclasses.fields(RunConfig)}
+  dump_config(cfg, tmp_path / "config.yaml")
+  assert "base_config" not in (tmp_path / "config.yaml").read_text()
+  assert load_config(tmp_path / "config.yaml") == cfg  # the dump stands alone
+
+
+def test_base_config_cycle_names_the_files(tmp_path):
+  paths = _files(tmp_path, {"a.yaml": "base_config: sub/b.yaml\nname: a\n",
+                            "sub/b.yaml": "base_config: ../a.yaml\nname: b\n",
+                            "self.yaml": "base_config: ./self.yaml\n"})
+  with pytest.raises(RunConfigError, match="base_config cycle") as info:
+    load_config(paths["a.yaml"])
+  message = str(info.value)
+  assert str(paths["a.yaml"]) in message and str(paths["sub/b.yaml"]) in message
+  with pytest.raises(RunConfigError, match=f"base_config cycle: {paths['self.yaml']} -> "):
+    load_config(paths["self.yaml"])
+
+
+def test_an_error_in_a_base_names_the_base(tmp_path):
+  paths = _files(tmp_path, {"base.yaml": "train:\n  batch_sise: 4\n",
+                            "top.yaml": "base_config: base.yaml\nname: top\n"})
+  with pytest.raises(RunConfigError) as info:
+    load_config(paths["top.yaml"])
+  message = str(info.value)
+  assert message.startswith(f"{tmp_path / 'base.yaml'} (the base_config of {paths['top.yaml']})")
+  assert "train: unknown key(s) ['batch_sise']" in message
+  # A bad value too, and a base that is not there; each names the file that has the problem.
+  paths["base.yaml"].write_text("train:\n  steps: many\n")
+  with pytest.raises(RunConfigError, match=r"base.yaml \(the base_config of .*top.yaml\): "
+                                           r"train.steps: expected an integer, got 'many'"):
+    load_config(paths["top.yaml"])
+  paths["top.yaml"].write_text("base_config: missing.yaml\n")
+  with pytest.raises(RunConfigError, match=r"missing.yaml \(the base_config of .*top.yaml\): "
+                                           "config file not found"):
+    load_config(paths["top.yaml"])
+  # An unknown key in the top file names the top file, not its base.
+  paths["base.yaml"].write_text("name: base\n")
+  paths["top.yaml"].write_text("base_config: base.yaml\nmodel:\n  dtyp: bfloat16\n")
+  with pytest.raises(RunConfigError) as info:
+    load_config(paths["top.yaml"])
+  assert str(info.value).startswith(f"{paths['top.yaml']}: model: unknown key(s) ['dtyp']")
+
+
+@pytest.mark.parametrize("value", ["", "[a.yaml]", "null", "3"])
+def test_base_config_must_be_a_path(tmp_path, value):
+  path = _write(tmp_path, f"base_config: {value}\n")
+  with pytest.raises(RunConfigError, match=f"{path}: base_config: expected the path of a config"):
+    load_config(path)
+
+
+def test_a_section_may_be_completed_across_the_chain(tmp_path):
+  """A section's own validation runs on the merged values: init=text in the base and its
+  init_text in the file on top is a valid config; a range error names the file and its chain."""
+  paths = _files(tmp_path, {"base.yaml": "prompt:\n  init: text\n",
+                            "top.yaml": "base_config: base.yaml\nprompt:\n  init_text: Answer\n"})
+  assert load_config(paths["top.yaml"]).prompt.init_text == "Answer"
+  with pytest.raises(RunConfigError, match="init=text needs a non-empty init_text"):
+    load_config(paths["base.yaml"])
+  with pytest.raises(RunConfigError) as info:
+    load_config(paths["top.yaml"], ["prompt.length=0"])
+  assert str(info.value).startswith(f"{paths['top.yaml']} (over {paths['base.yaml']}): prompt: "
+                                    "length=0 is out of range")

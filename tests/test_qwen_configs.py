@@ -35,19 +35,31 @@ PER_TASK = {
 
 def test_every_config_loads():
   paths = sorted((ROOT / "configs").rglob("*.yaml"))
-  assert len(paths) >= 9 + 5
+  assert len(paths) >= 3 + 9 + 5  # qwen1.5: 3 experiment files, 9 size files; 5 others
   for path in paths:
     load_config(path)
 
 
 def test_the_nine_qwen_configs_are_there_and_fit_their_names():
-  assert [p.stem for p in QWEN] == sorted(f"{t}_{s}" for t in ("arithmetic", "hans", "skillmix")
-                                          for s in HUB)
+  """The nine runs (task x size), each a short size file on its task's experiment file
+  (base_config), which is itself the 0.5B run."""
+  import yaml
+  from jaxskill.config import to_dict
+  tasks = ("arithmetic", "hans", "skillmix")
+  assert [p.stem for p in QWEN] == sorted([*tasks, *(f"{t}_{s}" for t in tasks for s in HUB)])
   for path in QWEN:
-    task, size = path.stem.split("_")
+    task, _, size = path.stem.partition("_")
     text = path.read_text()
     assert text.startswith("#") and f"jaxskill run configs/qwen1.5/{path.name}" in text
     config = load_config(path)
+    if not size:  # the experiment file: the whole config, the same as its 0.5B run
+      assert "base_config" not in yaml.safe_load(text)
+      assert to_dict(config) == to_dict(load_config(path.with_name(f"{task}_0.5b.yaml")))
+      size = "0.5b"
+    else:  # a size file sets the model and the name; the experiment is its task's, for all sizes
+      assert yaml.safe_load(text).keys() == {"base_config", "name", "model"}
+      assert yaml.safe_load(text)["base_config"] == f"{task}.yaml"
+    assert config.name == f"qwen1.5-{size}-{task}"
     assert config.model.path == HUB[size]
     assert (config.model.dtype, config.model.remat) == (
         ("bfloat16", True) if size == "7b" else ("float32", False))
