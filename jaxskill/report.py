@@ -11,16 +11,20 @@ Figures:
   dose.png           the same over the list of K
 Tables: top-activating examples of the top neurons, seed-stability overlap, and for arithmetic
 verification the last-digit shortcut question (see `last_digit_shortcut`).
+The page is `report_data`'s plain dict rendered through templates/report.html.j2 with
+autoescape on, so text from the run's files (inputs, metric names, config) cannot inject HTML.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from jaxskill import files
@@ -249,18 +253,24 @@ def figure_dose(results: dict) -> bytes:
   return _png(fig)
 
 
-# --- the page -------------------------------------------------------------------------------
+# --- the page's data -------------------------------------------------------------------------
+# Everything the page shows, gathered as plain values (strings already formatted) so that the
+# template only lays it out and autoescapes it; no HTML is built here.
 
-def _img(data: bytes, alt: str) -> str:
-  return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
-          f'{base64.b64encode(data).decode()}">')
+@dataclass(frozen=True)
+class Figure:
+  file: str  # written beside report.html, and embedded in it too
+  caption: str
+  png: bytes
+
+  @property
+  def png_base64(self) -> str:
+    return base64.b64encode(self.png).decode()
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-  head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-  body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                 for row in rows)
-  return f"<table><tr>{head}</tr>{body}</table>"
+def _table(header: list, rows: list[list]) -> dict:
+  """A table as strings: what str() gives, as the page has always shown (lists, True, None)."""
+  return {"header": [str(h) for h in header], "rows": [[str(c) for c in row] for row in rows]}
 
 
 def _num(x, digits: int = 4) -> str:
@@ -289,8 +299,120 @@ def top_examples(activations: dict, j: int, n: int = 5) -> list[tuple[str, float
   return [(str(activations["texts"][i]), float(a[i])) for i in order]
 
 
-def report(run_dir: str | Path) -> Path:
-  """Writes the PNGs and report.html into `run_dir`; returns the HTML's path."""
+def _figures(correlations: dict, summary: dict, results: dict | None,
+             activations: dict | None) -> list[Figure]:
+  threshold = float(summary.get("threshold", 0.5))
+  figures = []
+  if activations is not None:
+    for name in [str(n) for n in activations["metric_names"]]:
+      png = figure_kde(activations, name)
+      if png is not None:
+        figures.append(Figure(f"kde_{name}.png", f"Activation density of the top neurons of "
+                              f"{name}, per {name} value or tertile "
+                              f"({summary.get('split', 'train')} split)", png))
+  figures.append(Figure("r_hist.png", "max-over-positions |r| of every neuron, per metric",
+                        figure_r_hist(correlations, threshold)))
+  figures.append(Figure("layers.png", f"neurons with |r| > {threshold} per layer",
+                        figure_layers(correlations, threshold)))
+  if results is not None and results["selections"]:
+    k = results["k"]
+    figures.append(Figure("verify.png", f"{results['split']} accuracy with the top-{k} neurons "
+                          f"perturbed vs random-{k} draws matched per layer",
+                          figure_verify(results)))
+    figures.append(Figure("dose.png", "dose-response over K", figure_dose(results)))
+  return figures
+
+
+def _training_table(trained: list[tuple[str, dict]]) -> dict | None:
+  if not trained:
+    return None
+  return _table(
+      ["run", "steps", "dev accuracy at init", "best dev accuracy", "train examples", "seconds"],
+      [[name, t["steps"], _num(t.get("dev_accuracy_at_init")), _num(t.get("best_dev_accuracy")),
+        t.get("n_train"), f"{t.get('seconds', 0):.1f}"] for name, t in trained])
+
+
+def _neuron_table(summary: dict) -> dict:
+  threshold = float(summary.get("threshold", 0.5))
+  rows = [[name, m["n"], "undefined (constant metric)" if m["max_abs_r"] is None
+           else f"{m['max_abs_r']:.4f}", m["above_threshold"], m["top_k"][:3]]
+          for name, m in summary.get("metrics", {}).items()]
+  return _table(["metric", "examples", "max |r|", f"|r| > {threshold}", "top (layer, neuron)"],
+                rows)
+
+
+def _cells(results: dict):
+  """(selection, mode, row of verify.json at K) of every verified selection and mode."""
+  k = str(results["k"])
+  for sel, per_sel in results["selections"].items():
+    for mode, per_k in per_sel["modes"].items():
+      yield sel, mode, per_k[k]
+
+
+def _verification(results: dict | None) -> dict | None:
+  if results is None:
+    return None
+  k, base = results["k"], results["baseline"]["accuracy"]
+  rows = [[sel, mode, f"{base:.4f}", f"{row['top']['accuracy']:.4f}",
+           f"{row['accuracy_drop']:+.4f}",
+           f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}",
+           "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}",
+           _num(row.get("drop_z"), 1)] for sel, mode, row in _cells(results)]
+  table = _table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
+                  f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
+                  "drop / mean random drop", "(drop - mean random drop) / random std"], rows)
+  return {"table": table, "skipped": list(results.get("skipped", {}).items()),
+          "groups": _group_table(results) if results.get("group_by") else None}
+
+
+def _group_table(results: dict) -> dict:
+  k, base = results["k"], results["baseline"]["group_accuracy"]
+  rows = [[sel, mode, g, f"{base[g]:.4f}", f"{acc:.4f}",
+           f"{row['random']['group_accuracy'][g]:.4f}"]
+          for sel, mode, row in _cells(results)
+          for g, acc in row["top"].get("group_accuracy", {}).items()]
+  return _table(["selected by", "mode", "group", "no perturbation", f"top-{k}",
+                 f"random-{k} mean"], rows)
+
+
+def _shortcut(activations: dict | None) -> dict | None:
+  verdict = None if activations is None else last_digit_shortcut(activations)
+  if verdict is None:
+    return None
+  table = _table(["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
+                  "AUC correct vs elsewhere-wrong", "shortcut"],
+                 [[r["layer"], r["position"], r["neuron"], f"{r['auc_last_digit_wrong']:.3f}",
+                   f"{r['auc_elsewhere_wrong']:.3f}", r["shortcut"]]
+                  for r in verdict["neurons"][:8]])
+  return {"answer": verdict["answer"], "criterion": verdict["criterion"],
+          "groups": json.dumps(verdict["groups"]), "table": table}
+
+
+def _examples(activations: dict | None) -> list[dict] | None:
+  """The top neuron of each metric with the inputs that activate it most."""
+  if activations is None:
+    return None
+  out = []
+  for name in [str(n) for n in activations["metric_names"]]:
+    for j in _features_of_metric(activations, name)[:1]:
+      layer, pos, neuron = activations["features"][j]
+      out.append({"metric": name, "layer": int(layer), "neuron": int(neuron),
+                  "position": str(activations["position_names"][pos]),
+                  "table": _table(["activation", "input"], [[f"{a:.4f}", text] for text, a
+                                                            in top_examples(activations, j)])})
+  return out
+
+
+def _seed_overlap(summary: dict) -> dict | None:
+  overlap = summary.get("seed_overlap_iou_top_k")
+  if not overlap:
+    return None
+  return {"seeds": str(summary.get("seeds")),
+          "table": _table(["metric", "IoU"], [[m, f"{v:.3f}"] for m, v in overlap.items()])}
+
+
+def report_data(run_dir: str | Path) -> dict:
+  """Everything report.html shows, from the files of `run_dir`: plain values, no HTML."""
   run_dir = Path(run_dir)
   if not (run_dir / "correlations.npz").exists():
     raise FileNotFoundError(f"{run_dir}: no correlations.npz; run `jaxskill find` (or "
@@ -299,111 +421,40 @@ def report(run_dir: str | Path) -> Path:
   matplotlib.use("Agg")  # no display: files only
   correlations = files.load_npz(run_dir / "correlations.npz")
   summary = _load_json(run_dir / "summary.json") or {}
-  threshold = float(summary.get("threshold", 0.5))
-  trained = train_summaries(run_dir)
   results = _load_json(run_dir / "verify.json")
   activations = (files.load_npz(run_dir / "activations.npz")
                  if (run_dir / "activations.npz").exists() else None)
-  figures: list[tuple[str, str, bytes]] = []  # (file, caption, png)
-  if activations is not None:
-    for name in [str(n) for n in activations["metric_names"]]:
-      png = figure_kde(activations, name)
-      if png is not None:
-        figures.append((f"kde_{name}.png", f"Activation density of the top neurons of {name}, "
-                        f"per {name} value or tertile ({summary.get('split', 'train')} split)",
-                        png))
-  figures.append(("r_hist.png", "max-over-positions |r| of every neuron, per metric",
-                  figure_r_hist(correlations, threshold)))
-  figures.append(("layers.png", f"neurons with |r| > {threshold} per layer",
-                  figure_layers(correlations, threshold)))
-  if results is not None and results["selections"]:
-    figures.append(("verify.png", f"{results['split']} accuracy with the top-{results['k']} "
-                    f"neurons perturbed vs random-{results['k']} draws matched per layer",
-                    figure_verify(results)))
-    figures.append(("dose.png", "dose-response over K", figure_dose(results)))
-  for name, _, png in figures:
-    files.write_bytes(run_dir / name, png)
+  config = run_dir / "config.yaml"
+  return {"title": run_dir.name,
+          "training": _training_table(train_summaries(run_dir)),
+          "neurons": _neuron_table(summary),
+          "verification": _verification(results),
+          "shortcut": _shortcut(activations),
+          "figures": _figures(correlations, summary, results, activations),
+          "examples": _examples(activations),
+          "seed_overlap": _seed_overlap(summary),
+          "config_text": config.read_text() if config.exists() else ""}
 
-  parts = [f"<h1>jaxskill report: {html.escape(run_dir.name)}</h1>"]
-  config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-  if trained:
-    parts.append("<h2>Prompt training</h2>" + _table(
-        ["run", "steps", "dev accuracy at init", "best dev accuracy", "train examples",
-         "seconds"],
-        [[name, t["steps"], _num(t.get("dev_accuracy_at_init")),
-          _num(t.get("best_dev_accuracy")), t.get("n_train"), f"{t.get('seconds', 0):.1f}"]
-         for name, t in trained]))
-  parts.append("<h2>Skill neurons</h2>")
-  rows = [[name, m["n"], "undefined (constant metric)" if m["max_abs_r"] is None
-           else f"{m['max_abs_r']:.4f}",
-           m["above_threshold"], m["top_k"][:3]] for name, m in summary.get("metrics", {}).items()]
-  parts.append(_table(["metric", "examples", "max |r|", f"|r| > {threshold}",
-                       "top (layer, neuron)"], rows))
-  if results is not None:
-    parts.append("<h2>Verification</h2>")
-    k = str(results["k"])
-    base = results["baseline"]["accuracy"]
-    rows = []
-    for sel, per_sel in results["selections"].items():
-      for mode, per_k in per_sel["modes"].items():
-        row = per_k[k]
-        rows.append([sel, mode, f"{base:.4f}", f"{row['top']['accuracy']:.4f}",
-                     f"{row['accuracy_drop']:+.4f}",
-                     f"{row['random_accuracy_drop_mean']:+.4f} +- "
-                     f"{row['random_accuracy_drop_std']:.4f}",
-                     "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}",
-                     _num(row.get("drop_z"), 1)])
-    parts.append(_table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
-                         f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
-                         "drop / mean random drop", "(drop - mean random drop) / random std"],
-                        rows))
-    for sel, why in results.get("skipped", {}).items():
-      parts.append(f"<p>Not verified: {html.escape(sel)} ({html.escape(why)}).</p>")
-    if results.get("group_by"):
-      grows = []
-      for sel, per_sel in results["selections"].items():
-        for mode, per_k in per_sel["modes"].items():
-          row = per_k[k]
-          for g, acc in row["top"].get("group_accuracy", {}).items():
-            grows.append([sel, mode, g, f"{results['baseline']['group_accuracy'][g]:.4f}",
-                          f"{acc:.4f}", f"{row['random']['group_accuracy'][g]:.4f}"])
-      parts.append("<h3>Accuracy per group</h3>" + _table(
-          ["selected by", "mode", "group", "no perturbation", f"top-{k}", f"random-{k} mean"],
-          grows))
-  if activations is not None:
-    verdict = last_digit_shortcut(activations)
-    if verdict is not None:
-      parts.append(f"<h2>Is there a last-digit shortcut neuron? {verdict['answer']}</h2>")
-      parts.append(f"<p>Criterion: {html.escape(verdict['criterion'])}; examples "
-                   f"{html.escape(json.dumps(verdict['groups']))}.</p>")
-      parts.append(_table(
-          ["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
-           "AUC correct vs elsewhere-wrong", "shortcut"],
-          [[r["layer"], r["position"], r["neuron"], f"{r['auc_last_digit_wrong']:.3f}",
-            f"{r['auc_elsewhere_wrong']:.3f}", r["shortcut"]] for r in verdict["neurons"][:8]]))
-  for name, caption, png in figures:
-    parts.append(f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}"
-                 f"</figcaption></figure>")
-  if activations is not None:
-    parts.append("<h2>Top-activating examples</h2>")
-    for name in [str(n) for n in activations["metric_names"]]:
-      for j in _features_of_metric(activations, name)[:1]:
-        layer, pos, neuron = activations["features"][j]
-        parts.append(f"<h3>{html.escape(name)}: layer {layer}, neuron {neuron} at "
-                     f"{html.escape(str(activations['position_names'][pos]))}</h3>")
-        parts.append(_table(["activation", "input"],
-                            [[f"{a:.4f}", text] for text, a in top_examples(activations, j)]))
-  overlap = summary.get("seed_overlap_iou_top_k")
-  if overlap:
-    parts.append("<h2>Seed stability</h2><p>IoU of the top-K neuron sets of prompts trained "
-                 f"with seeds {summary.get('seeds')}, mean over pairs.</p>")
-    parts.append(_table(["metric", "IoU"], [[m, f"{v:.3f}"] for m, v in overlap.items()]))
-  if config_text:
-    parts.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
-  style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
-           "collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-           "td{white-space:pre-wrap}img{max-width:100%}figure{margin:16px 0}")
-  page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>jaxskill report "
-          f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
-          + "\n".join(parts) + "</body></html>")
-  return files.write_text(run_dir / "report.html", page)
+
+# --- the page --------------------------------------------------------------------------------
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+  # autoescape=True rather than select_autoescape(): that one decides by the file's extension,
+  # and ".j2" is not ".html", so it would leave report.html.j2 unescaped.
+  return jinja2.Environment(loader=jinja2.PackageLoader("jaxskill", "templates"),
+                            autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def render(data: dict) -> str:
+  """report.html's text for `report_data`'s dict."""
+  return _environment().get_template("report.html.j2").render(**data)
+
+
+def report(run_dir: str | Path) -> Path:
+  """Writes the PNGs and report.html into `run_dir`; returns the HTML's path."""
+  run_dir = Path(run_dir)
+  data = report_data(run_dir)
+  for figure in data["figures"]:
+    files.write_bytes(run_dir / figure.file, figure.png)
+  return files.write_text(run_dir / "report.html", render(data))

@@ -241,3 +241,47 @@ def test_report_from_find_outputs_alone_shows_seed_overlap(tmp_path):
   page = report_lib.report(tmp_path).read_text()
   assert "Seed stability" in page and "0.432" in page and "Verification" not in page
   assert sorted(p.name for p in tmp_path.glob("*.png")) == ["layers.png", "r_hist.png"]
+
+
+class _Text(HTMLParser):
+  """The page as a reader sees it: its text (entities decoded) and the tags it has."""
+
+  def __init__(self):
+    super().__init__()
+    self.text, self.tags = [], set()
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.add(tag)
+
+  def handle_data(self, data):
+    self.text.append(data)
+
+
+def test_report_escapes_text_from_the_run(tmp_path):
+  """Text read from the run's files is shown as text: an input, a position name, a reason
+  that look like HTML come out escaped (the template autoescapes), never as tags."""
+  evil = '<script>alert(1)</script> & "x"'
+  rng = np.random.default_rng(0)
+  label = np.tile([0.0, 1.0], 6)
+  acts = 2 * label + rng.normal(0, 0.3, label.size)
+  acts[0] = 10.0  # the evil input is the top-activating one
+  np.savez(tmp_path / "correlations.npz", label=rng.uniform(-1, 1, (3, 2, 16)))
+  np.savez(tmp_path / "activations.npz", metric_names=np.array(["label"]),
+           metrics=label[:, None].astype(np.float32), features=np.array([[1, 0, 7]]),
+           position_names=np.array(["<last>"]), activations=acts[:, None],
+           texts=np.array([evil] + [f"input {i}" for i in range(1, label.size)]))
+  (tmp_path / "summary.json").write_text(json.dumps({
+      "threshold": 0.5,
+      "metrics": {"label": {"n": 12, "max_abs_r": 0.9, "above_threshold": 1, "top_k": []}}}))
+  (tmp_path / "verify.json").write_text(json.dumps({
+      "k": 2, "split": "test", "random_draws": 2, "baseline": {"accuracy": 0.5},
+      "selections": {}, "skipped": {"<b>label</b>": 'no neuron & no "r"'}}))
+  page = report_lib.report(tmp_path).read_text()
+  assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; " in page and "<script" not in page
+  parsed = _Text()
+  parsed.feed(page)
+  assert not parsed.tags & {"script", "b", "last"}
+  text = "".join(parsed.text)
+  assert evil in text  # decoded, the reader sees the input as it was
+  assert "label: layer 1, neuron 7 at <last>" in text
+  assert 'Not verified: <b>label</b> (no neuron & no "r").' in text
