@@ -5,15 +5,8 @@ Sites (which token positions' neuron activations are read):
               in a causal model, so its activations are the same for every example)
   last_input  the last input token
   answer      the position whose next-token logits give the answer (`answer_pos`)
-Metrics (one number per example; NaN where undefined):
-  label       the external label (classification)
-  confidence  probability of the gold answer (classification: over the verbalizer; generation:
-              the geometric mean over the answer tokens, exp(-loss))
-  max_prob    the largest probability (verbalizer / first answer token)
-  margin      gold probability minus the best other one (same distribution as max_prob)
-  loss        cross-entropy of the gold answer (mean over answer tokens for generation)
-  correct     1 if the argmax is the gold answer (all answer tokens for generation)
-  entropy     of the same distribution as max_prob
+Metrics (one number per example): the built-in ones of `jaxskill.forward.METRICS` (label,
+confidence, loss, correct, ...; described there, beside the one function that computes them),
 plus any numeric metadata column of the task ("meta_<column>") and user functions
 `fn(logits, batch) -> [b]` passed by name.
 """
@@ -30,7 +23,7 @@ from jaxskill import forward
 from jaxskill.model import Qwen2LM
 
 SITES = ("prompt", "last_input", "answer")
-BUILTIN_METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entropy")
+BUILTIN_METRICS = forward.METRICS
 MetricFn = Callable[[jax.Array, dict], jax.Array]
 
 

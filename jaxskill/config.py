@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from jaxskill import interventions
 from jaxskill.tasks import TaskConfig
 
 
@@ -134,7 +135,7 @@ class VerifyConfig:
     _check(self, sigma=self.sigma > 0, k=self.k >= 1,
            k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
            random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
-           modes=bool(self.modes) and all(m in ("noise", "zero", "mean") for m in self.modes),
+           modes=bool(self.modes) and all(m in interventions.MODES for m in self.modes),
            split=self.split in ("train", "dev", "test"))
 
 

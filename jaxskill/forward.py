@@ -23,6 +23,17 @@ import jax.numpy as jnp
 from jaxskill import prompt as prompt_lib
 from jaxskill.model import Qwen2LM, neuron_activations
 
+# The built-in per-example metrics of `metrics` (NaN where undefined), which discovery offers:
+#   label       the external label (classification)
+#   confidence  probability of the gold answer (classification: over the verbalizer; generation:
+#               the geometric mean over the answer tokens, exp(-loss))
+#   max_prob    the largest probability (verbalizer / first answer token)
+#   margin      gold probability minus the best other one (same distribution as max_prob)
+#   loss        cross-entropy of the gold answer (mean over answer tokens for generation)
+#   correct     1 if the argmax is the gold answer (all answer tokens for generation)
+#   entropy     of the same distribution as max_prob
+METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entropy")
+
 # The batch arrays the columns of a split view are cut from (see `split` below).
 _COLUMN_ARRAYS = ("input_ids", "attention_mask", "prompt_index", "targets", "loss_mask")
 
@@ -72,8 +83,8 @@ def prompted_apply(model: Qwen2LM, params, prompt, batch: dict, *, kind: str,
 
 
 def metrics(logits: jax.Array, batch: dict, kind: str, verbalizer: jax.Array) -> dict:
-  """name -> `[b]` float32 (see `jaxskill.capture` for what each means). logits: `[b, v]` at
-  answer_pos (classification) or `[b, t, v]` (generation)."""
+  """name -> `[b]` float32 for each of METRICS. logits: `[b, v]` at answer_pos
+  (classification) or `[b, t, v]` (generation)."""
   if kind == "classification":
     logp = jax.nn.log_softmax(logits[:, verbalizer], axis=-1)  # [b, c]
     gold = batch["label"]
