@@ -338,7 +338,7 @@ def load_prompt(run) -> np.ndarray:
 def find(config, *, progress: bool = True) -> dict:
   """Correlates the activations under the trained prompt(s) with the metrics; returns the
   summary. The prompts must have been trained (the pipeline orders the stages)."""
-  from jaxskill.train import eval_plan, make_mesh, prepare
+  from jaxskill.train import eval_plan, prepare
   fc = config.find
   position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   seeds = fc.seeds or (config.train.seed,)
@@ -348,7 +348,7 @@ def find(config, *, progress: bool = True) -> dict:
   results, predictivity_summary = [], {}
   for run in runs:
     if setup is None:
-      mesh = make_mesh(run.train.data_parallel, run.train.model_parallel)
+      mesh = sharding.make_mesh(run.train.data_parallel, run.train.model_parallel)
       setup = prepare(run, eval_plan(mesh, fc.batch_size))
       params, _ = sharding.place_params(setup.params, mesh, run.train.param_sharding)
       encoded = encoded_split(setup, run, fc.split)
@@ -370,7 +370,7 @@ def find(config, *, progress: bool = True) -> dict:
                                 verbalizer=setup.verbalizer, sites=fc.sites,
                                 prompt_length=run.prompt.length, mesh=mesh,
                                 batch_size=fc.batch_size)
-      if jax.process_index() == 0:
+      if sharding.is_writer():
         files.save_npz(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
       predictivity_summary[run.name] = {
           "n_dev": n_dev, "top_k": [list(x) for x in top_k(
@@ -395,13 +395,13 @@ def find(config, *, progress: bool = True) -> dict:
         setup.model, params, first_prompt, encoded, features, kind=setup.task.kind,
         verbalizer=setup.verbalizer, sites=fc.sites, prompt_length=config.prompt.length,
         names=names, custom=custom, mesh=mesh, batch_size=fc.batch_size)
-    if jax.process_index() == 0:
+    if sharding.is_writer():
       files.save_npz(config.run_dir / "activations.npz",
                      features=np.asarray(features, np.int32), activations=acts, metrics=values,
                      metric_names=np.asarray(names), position_names=np.asarray(position_names),
                      texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
   summary = {}
-  if jax.process_index() == 0:  # every process holds the same statistics; one writes them
+  if sharding.is_writer():  # every process holds the same statistics; one writes them
     summary = _write_find_outputs(config, results, r_all, names, position_names, common, extra)
   sharding.barrier("find: outputs written")
   return summary

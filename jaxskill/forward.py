@@ -4,7 +4,7 @@ training, discovery, verification and the neuron mean all run.
 Shapes: b batch rows, t tokens per row, h hidden size, v vocabulary, c verbalizer words, l layers,
 k captured positions per row, i neurons per layer.
 
-`prompted_apply(model, params, prompt, batch, kind=..., capture=..., edit=..., split=...)`:
+`prompted_apply(model, params, prompt, batch, kind=..., capture=..., edit=..., input_cols=...)`:
   1. embed the batch's tokens and put the prompt vectors in their slots (`prompt_index`);
   2. run the frozen model, with an optional neuron intervention (`edit`, see
      `jaxskill.interventions`) and the neuron activations read at `capture` positions;
@@ -34,35 +34,35 @@ from jaxskill.model import Qwen2LM, neuron_activations
 #   entropy     of the same distribution as max_prob
 METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entropy")
 
-# The batch arrays the columns of a split view are cut from (see `split` below).
+# The batch arrays whose columns are cut where the cached input ends (see `input_cols` below).
 _COLUMN_ARRAYS = ("input_ids", "attention_mask", "prompt_index", "targets", "loss_mask")
 
 
 class Output(NamedTuple):
-  logits: jax.Array | None  # `[b, v]` (classification) or `[b, t - split, v]` (generation)
+  logits: jax.Array | None  # `[b, v]` (classification) or `[b, t - input_cols, v]` (generation)
   activations: jax.Array | None  # `[b, l, k, i]` at the `capture` positions, or None
-  batch: dict  # the batch the logits line up with (columns from `split` on)
+  batch: dict  # the batch the logits line up with (columns from `input_cols` on)
 
 
 def prompted_apply(model: Qwen2LM, params, prompt, batch: dict, *, kind: str,
                    capture: jax.Array | None = None, edit: dict | None = None,
-                   split: int = 0, logits: bool = True) -> Output:
+                   input_cols: int = 0, logits: bool = True) -> Output:
   """The model on `batch` with `prompt` inserted.
 
   capture: int `[b, k]` positions whose neuron activations are returned.
   edit: a neuron intervention applied in every layer's MLP at every position.
-  split: the column where the prompt starts in every row (infix layout), or 0. The columns
-    before it cannot depend on the prompt: they run once as a constant cache, so a gradient with
-    respect to the prompt only differentiates the t - split columns after it.
+  input_cols: the column where the prompt starts in every row (infix layout), or 0. The
+    columns before it cannot depend on the prompt: they run once as a constant cache, so a
+    gradient with respect to the prompt only differentiates the t - input_cols columns after it.
   logits: False when only the activations matter (the LM head then runs at one position).
   """
   past = None
-  if split:
+  if input_cols:
     past = jax.lax.stop_gradient(model.apply(
-        {"params": params}, batch["input_ids"][:, :split],
-        attention_mask=batch["attention_mask"][:, :split], method=model.prefill))
-    batch = dict(batch, **{k: batch[k][:, split:] for k in _COLUMN_ARRAYS if k in batch},
-                 answer_pos=batch["answer_pos"] - split)
+        {"params": params}, batch["input_ids"][:, :input_cols],
+        attention_mask=batch["attention_mask"][:, :input_cols], method=model.prefill))
+    batch = dict(batch, **{k: batch[k][:, input_cols:] for k in _COLUMN_ARRAYS if k in batch},
+                 answer_pos=batch["answer_pos"] - input_cols)
   embeds = model.apply({"params": params}, batch["input_ids"], method=model.embed)
   embeds = prompt_lib.insert_prompt(embeds, prompt, batch["prompt_index"])
   at = None  # every position

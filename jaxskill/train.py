@@ -55,38 +55,38 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
 
 
-def _values(prompt, params, batch, *, model, kind, verbalizer, split) -> dict:
+def _values(prompt, params, batch, *, model, kind, verbalizer, input_cols) -> dict:
   """The per-example metrics `[b]` of the prompted forward (see `jaxskill.forward`)."""
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, split=split)
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, input_cols=input_cols)
   return forward.metrics(out.logits, out.batch, kind, verbalizer)
 
 
-def loss_fn(prompt, params, batch, *, model, kind, verbalizer, split=0):
+def loss_fn(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
   """Mean loss over the batch's valid rows, and {"loss", "accuracy"}; the gradient flows to the
   prompt alone."""
   params = jax.lax.stop_gradient(params)  # frozen: the model is a constant of the loss
   values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
-                   split=split)
+                   input_cols=input_cols)
   valid = batch.get("valid", jnp.ones_like(values["loss"]))
   n = jnp.maximum(valid.sum(), 1.0)
   loss = (values["loss"] * valid).sum() / n
   return loss, {"loss": loss, "accuracy": (values["correct"] * valid).sum() / n}
 
 
-def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer, split=0):
+def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer, input_cols=0):
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state["prompt"], params, batch, model=model, kind=kind,
-                           verbalizer=verbalizer, split=split)
+                           verbalizer=verbalizer, input_cols=input_cols)
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["prompt"])
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
   return dict(state, prompt=optax.apply_updates(state["prompt"], updates), opt_state=opt_state,
               step=state["step"] + 1, rng=jax.random.split(state["rng"])[0]), metrics
 
 
-def eval_step(prompt, params, batch, *, model, kind, verbalizer, split=0):
+def eval_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
   """Sums over the valid rows: {"loss", "correct", "n"}."""
   values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
-                   split=split)
+                   input_cols=input_cols)
   valid = batch["valid"]
   return {"loss": (values["loss"] * valid).sum(), "correct": (values["correct"] * valid).sum(),
           "n": valid.sum()}
@@ -122,7 +122,7 @@ class Setup:
   train: data_lib.Encoded
   dev: data_lib.Encoded | None
   verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
-  split: int  # the prompt's first column in every row (infix), or 0 (prefix)
+  input_cols: int  # the prompt's first column in every row (infix), or 0 (prefix)
   budget: int  # answer tokens every row leaves room for (`data.answer_budget`)
   rows: RowPlan | None = None  # which rows of a split this process tokenizes (None: all)
 
@@ -162,7 +162,7 @@ def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
   plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
   # Read straight into the run's layout: each device loads only its shard of the params.
-  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
+  mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
   model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat,
                              mesh=mesh, layout=config.train.param_sharding)
   tokenizer = load_tokenizer(config.model.path)
@@ -176,17 +176,9 @@ def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
                 if task.kind == "classification" else np.zeros(1, np.int32))
   # From the layout, not from a row: under a row plan row 0 may be another process's, and
   # every process must compile the same program.
-  split = (config.data.max_length - config.prompt.length - budget
-           if config.prompt.placement == "infix" else 0)
-  return Setup(model, params, tokenizer, task, train, dev, verbalizer, split, budget, rows)
-
-
-def make_mesh(data_parallel: int, model_parallel: int = 1) -> Mesh:
-  """The (data, model) device mesh of a run (see `jaxskill.sharding`)."""
-  try:
-    return sharding.make_mesh(data_parallel, model_parallel)
-  except sharding.MeshError as e:
-    raise RunConfigError(str(e)) from None
+  input_cols = (config.data.max_length - config.prompt.length - budget
+                if config.prompt.placement == "infix" else 0)
+  return Setup(model, params, tokenizer, task, train, dev, verbalizer, input_cols, budget, rows)
 
 
 # Keys a re-run may change and still continue the same run: how it logs and checkpoints, and
@@ -322,7 +314,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   cfg = config.train
   run_dir = config.run_dir
   check_resume_config(run_dir, config)
-  mesh = make_mesh(cfg.data_parallel, cfg.model_parallel)
+  mesh = sharding.make_mesh(cfg.data_parallel, cfg.model_parallel)
   n_data = mesh.shape["data"]
   if cfg.batch_size % n_data:
     raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
@@ -344,7 +336,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
   optimizer = make_optimizer(cfg)
   statics = dict(model=setup.model, kind=setup.task.kind,
-                 verbalizer=jnp.asarray(setup.verbalizer), split=setup.split)
+                 verbalizer=jnp.asarray(setup.verbalizer), input_cols=setup.input_cols)
 
   key = jax.random.PRNGKey(cfg.seed)
   init_key, rng = jax.random.split(key)

@@ -106,7 +106,7 @@ def _read_progress(path: Path, fingerprint: str) -> dict:
       except (json.JSONDecodeError, AttributeError, KeyError):
         continue  # a line cut short by an interruption: evaluated again
       keep.append(line)
-    if jax.process_index() == 0:  # without the cut line, so the next record starts cleanly
+    if sharding.is_writer():  # without the cut line, so the next record starts cleanly
       files.write_text(path, "".join(line + "\n" for line in keep))
   return done
 
@@ -200,7 +200,7 @@ def verify(config, *, progress: bool = True) -> dict:
   runs training and discovery first); returns the results written to `run_dir/verify.json`."""
   from tqdm.auto import tqdm
   from jaxskill.discover import encoded_split
-  from jaxskill.train import eval_plan, make_mesh, prepare
+  from jaxskill.train import eval_plan, prepare
   vc = config.verify
   run_dir = config.run_dir
   corr_path = run_dir / "correlations.npz"
@@ -208,7 +208,7 @@ def verify(config, *, progress: bool = True) -> dict:
     raise FileNotFoundError(f"{corr_path}: not found; run `jaxskill find` (or `jaxskill run`) "
                             "with this config first")
   correlations = files.load_npz(corr_path)
-  mesh = make_mesh(config.train.data_parallel, config.train.model_parallel)
+  mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
   if vc.batch_size % mesh.shape["data"]:
     raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
                      f"{mesh.shape['data']} devices of the data axis")
@@ -251,7 +251,7 @@ def verify(config, *, progress: bool = True) -> dict:
         s, n = mean_fn(prompt, params, put(b))
         total, count = total + np.asarray(s, np.float64), count + float(n)
       mean = (total / count).astype(np.float32)
-      if jax.process_index() == 0:
+      if sharding.is_writer():
         files.save_npy(mean_path, mean)
 
   progress_path = run_dir / "verify_progress.jsonl"
@@ -288,7 +288,7 @@ def verify(config, *, progress: bool = True) -> dict:
           key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None)
       edit = jax.device_put(edit, replicated)
     done[key] = run(edit)
-    if jax.process_index() == 0:
+    if sharding.is_writer():
       with open(progress_path, "a") as f:
         f.write(json.dumps({"key": key, "fingerprint": fingerprint, "result": done[key]})
                 + "\n")
@@ -324,7 +324,7 @@ def verify(config, *, progress: bool = True) -> dict:
             "random_neurons": [[list(x) for x in draw] for draw in random_sets[sel, k]]}
       per_sel["modes"][mode] = per_k
     results["selections"][sel] = per_sel
-  if jax.process_index() == 0:
+  if sharding.is_writer():
     files.write_json(run_dir / "verify.json", results)
   sharding.barrier("verify: outputs written")
   return results

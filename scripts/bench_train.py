@@ -38,7 +38,7 @@ def make_batch(config, b, t, p, seed=0):
           "answer_pos": np.full(b, t - 1, np.int32), "label": rng.integers(0, 2, b).astype(np.int32)}
 
 
-def bench_jax(config, batch, p, iters, split):
+def bench_jax(config, batch, p, iters, input_cols):
   model = jaxskill.Qwen2LM(config)
   params = random_params(model, batch["input_ids"][:, :8])
   reset_peak_rss()
@@ -48,7 +48,7 @@ def bench_jax(config, batch, p, iters, split):
            "rng": jax.random.PRNGKey(2)}
   step = jax.jit(lambda s, params, b: train_step(s, params, b, model=model, optimizer=optimizer,
                                                  kind="classification",
-                                                 verbalizer=jnp.array([3, 5]), split=split))
+                                                 verbalizer=jnp.array([3, 5]), input_cols=input_cols))
   batch = jax.tree.map(jnp.asarray, batch)
   t0 = time.perf_counter()
   compiled = step.lower(state, params, batch).compile()
@@ -114,11 +114,11 @@ def main(argv=None):
   args = ap.parse_args(argv)
   config = PRESETS[args.preset]
   batch = make_batch(config, args.batch, args.seq, args.prompt)
-  split = 0 if args.no_split else args.seq - args.prompt
+  input_cols = 0 if args.no_split else args.seq - args.prompt
   result = dict(preset=args.preset, batch=args.batch, seq=args.seq, prompt=args.prompt,
-                split=split, **run_info())
+                input_cols=input_cols, **run_info())
   if not args.skip_jax:
-    result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters, split)
+    result["jaxskill"] = bench_jax(config, batch, args.prompt, args.iters, input_cols)
     result["jaxskill"]["steps_per_s"] = 1 / result["jaxskill"]["step_s"]
     print(f"jaxskill: {result['jaxskill']['steps_per_s']:.3f} steps/s (step "
           f"{result['jaxskill']['step_s']:.3f}s, compile {result['jaxskill']['compile_s']:.1f}s)",

@@ -24,7 +24,7 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
   from jaxskill import data as data_lib
   from jaxskill import discover
   from jaxskill.tasks import arithmetic_verification
-  from jaxskill.train import make_mesh
+  from jaxskill.sharding import make_mesh
 
   model, params = jaxskill.load_model("demo", dtype=jnp.float64)
   assert jax.tree.leaves(params)[0].dtype == jnp.float64

@@ -38,7 +38,7 @@ def run(mesh, layout, params, model, encoded, verbalizer):
            "rng": jax.random.PRNGKey(1)}
   step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
                                    kind="classification", verbalizer=jnp.asarray(verbalizer),
-                                   split=int(encoded.prompt_start[0])),
+                                   input_cols=int(encoded.prompt_start[0])),
                  in_shardings=(replicated, shardings, rows), out_shardings=replicated)
   state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
   r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",

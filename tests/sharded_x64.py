@@ -56,7 +56,7 @@ def trained_prompt(model, params, encoded, verbalizer, mesh, layout):
            "rng": jax.random.PRNGKey(1)}
   step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
                                    kind="classification", verbalizer=jnp.asarray(verbalizer),
-                                   split=int(encoded.prompt_start[0])),
+                                   input_cols=int(encoded.prompt_start[0])),
                  in_shardings=(replicated, shardings, rows), out_shardings=replicated)
   state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
   return np.asarray(state["prompt"]["embeddings"])

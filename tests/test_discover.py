@@ -15,7 +15,7 @@ from jaxskill import data as data_lib
 from jaxskill.config import load_config
 from jaxskill.pipeline import run
 from jaxskill.tasks import table
-from jaxskill.train import make_mesh
+from jaxskill.sharding import make_mesh
 
 # The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
 _DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())

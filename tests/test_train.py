@@ -220,7 +220,7 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
       "task.n_train": 16, "task.n_dev": 0, "task.n_test": 0, "data.max_length": 32}
   config = load_config(None, _overrides(data_file, tmp_path, "split", **extra))
   setup = prepare(config)
-  assert setup.split > 0
+  assert setup.input_cols > 0
   arrays = {k: v[:16] for k, v in setup.train.arrays().items()}
   prompt = np.asarray(0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H)))
   grad = jax.grad(loss_fn, has_aux=True)
@@ -230,7 +230,7 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
     kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     p = {"embeddings": jnp.asarray(prompt, dtype)}
-    out = [grad(p, params, batch, split=s, **kw) for s in (setup.split, 0)]
+    out = [grad(p, params, batch, input_cols=s, **kw) for s in (setup.input_cols, 0)]
     return [(np.asarray(g["embeddings"]), float(m["loss"])) for g, m in out]
 
   # Both paths round differently (other matmul shapes, so other summation orders on each CPU),
@@ -304,4 +304,4 @@ def test_a_row_plan_without_row_0_keeps_the_layout(data_file, tmp_path):
   part = prepare(config, lambda split, n: np.arange(1, min(n, 5)))
   assert part.train.present is not None and not part.train.present[0]
   assert part.train.prompt_start[0] == 0 and whole.train.prompt_start[0] > 0  # row 0 not there
-  assert part.split == whole.split == int(whole.train.prompt_start[1]) > 0
+  assert part.input_cols == whole.input_cols == int(whole.train.prompt_start[1]) > 0
