@@ -198,12 +198,10 @@ def check_inputs(config) -> None:
 def verify(config, *, progress: bool = True) -> dict:
   """Runs the verification of `config` on its trained prompt and found neurons (the pipeline
   runs training and discovery first); returns the results written to `run_dir/verify.json`."""
-  from tqdm.auto import tqdm
-  from jaxskill.discover import encoded_split
+  from jaxskill.config import to_dict
   from jaxskill.train import eval_plan, prepare
   vc = config.verify
-  run_dir = config.run_dir
-  corr_path = run_dir / "correlations.npz"
+  corr_path = config.run_dir / "correlations.npz"
   if not corr_path.exists():
     raise FileNotFoundError(f"{corr_path}: not found; run `jaxskill find` (or `jaxskill run`) "
                             "with this config first")
@@ -213,81 +211,107 @@ def verify(config, *, progress: bool = True) -> dict:
     raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
                      f"{mesh.shape['data']} devices of the data axis")
   setup = prepare(config, eval_plan(mesh, vc.batch_size))
-  c = setup.model.config
-  kind = setup.task.kind
-  ks = sorted(set(vc.k_list) | {vc.k})
-  ranked_by, skipped = selections(config, correlations, kind)
-  selection = tuple(ranked_by)
-  prompt_dir = seed_runs(config)[0].run_dir  # with several seeds: the first seed's prompt
-  prompt = {"embeddings": jnp.asarray(load_prompt(seed_runs(config)[0]))}
-  replicated = NamedSharding(mesh, P())
-  prompt = jax.device_put(prompt, replicated)
+  ranked_by, skipped = selections(config, correlations, setup.task.kind)
+  prompt_run = seed_runs(config)[0]  # with several seeds: the first seed's prompt
+  prompt = jax.device_put({"embeddings": jnp.asarray(load_prompt(prompt_run))},
+                          NamedSharding(mesh, P()))
   params, _ = sharding.place_params(setup.params, mesh, config.train.param_sharding)
+  evaluate, n = _evaluator(config, setup, mesh, prompt, params)
+  mean = _neuron_mean(config, setup, mesh, prompt, params) if "mean" in vc.modes else None
+  progress_path = config.run_dir / "verify_progress.jsonl"
+  fingerprint = _fingerprint(np.asarray(prompt["embeddings"]).tobytes(), corr_path.read_bytes(),
+                             to_dict(vc), to_dict(config.task))
+  done = _read_progress(progress_path, fingerprint)
+  sharding.barrier("verify: progress read")
+  c = setup.model.config
+  jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
+
+  def edit_of(spec):
+    mode, neurons, draw = spec
+    return jax.device_put(interventions.neuron_edit(
+        c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma, mean=mean,
+        key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None),
+        NamedSharding(mesh, P()))
+  _run_jobs(jobs, done, lambda spec: evaluate(None if spec is None else edit_of(spec)),
+            progress_path, fingerprint, progress)
+  results = _results(vc, done, ranked_by, random_sets, skipped, n=n,
+                     prompt=prompt_run.run_dir / "prompt_best.npy")
+  if sharding.is_writer():
+    files.write_json(config.run_dir / "verify.json", results)
+  sharding.barrier("verify: outputs written")
+  return results
+
+
+def _evaluator(config, setup, mesh, prompt, params):
+  """(evaluate(edit) -> `summarize` of the verify split with `edit`, number of examples)."""
+  from jaxskill.discover import encoded_split
+  vc = config.verify
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
-  statics = dict(model=setup.model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
-  metrics_fn = jax.jit(functools.partial(example_metrics, **statics), out_shardings=replicated)
+  metrics_fn = jax.jit(functools.partial(example_metrics, model=setup.model,
+                                         kind=setup.task.kind,
+                                         verbalizer=jnp.asarray(setup.verbalizer)),
+                       out_shardings=NamedSharding(mesh, P()))
   local = sharding.local_rows(mesh, vc.batch_size)  # each process feeds only its rows
-  put = functools.partial(sharding.put_local, mesh=mesh, batch_size=vc.batch_size)
-  batches = [put(b) for b in data_lib.eval_batches(encoded, vc.batch_size, local=local)]
+  batches = [sharding.put_local(b, mesh, vc.batch_size)
+             for b in data_lib.eval_batches(encoded, vc.batch_size, local=local)]
   valid = [data_lib.global_valid(len(encoded), vc.batch_size, start)
            for start in range(0, len(encoded), vc.batch_size)]
 
-  def run(edit) -> dict:
+  def evaluate(edit) -> dict:
     rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
             for i, (b, v) in enumerate(zip(batches, valid))]
     return summarize(np.concatenate(rows), groups)
+  return evaluate, len(encoded)
 
-  mean = None
-  if "mean" in vc.modes:
-    mean_path = run_dir / "neuron_mean.npy"
-    if mean_path.exists():
-      mean = files.load_npy(mean_path)
-    else:  # the train-split mean of every neuron over all real positions, with the prompt
-      mean_fn = jax.jit(functools.partial(position_mean, model=setup.model, kind=kind),
-                        out_shardings=replicated)
-      total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
-      for b in data_lib.eval_batches(setup.train, vc.batch_size, local=local):
-        s, n = mean_fn(prompt, params, put(b))
-        total, count = total + np.asarray(s, np.float64), count + float(n)
-      mean = (total / count).astype(np.float32)
-      if sharding.is_writer():
-        files.save_npy(mean_path, mean)
 
-  progress_path = run_dir / "verify_progress.jsonl"
-  from jaxskill.config import to_dict
-  fingerprint = _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
-                             corr_path.read_bytes(), to_dict(vc),
-                             to_dict(config.task))
-  done = _read_progress(progress_path, fingerprint)
-  sharding.barrier("verify: progress read")
-  jobs = [("baseline", None)]
-  random_sets = {}
-  for sel in selection:
-    ranked = ranked_by[sel]
-    for k in ks:
+def _neuron_mean(config, setup, mesh, prompt, params) -> np.ndarray:
+  """The train-split mean of every neuron `[l, i]` over all real positions, with the prompt
+  (neuron_mean.npy: computed once per verification)."""
+  path = config.run_dir / "neuron_mean.npy"
+  if path.exists():
+    return files.load_npy(path)
+  vc, c = config.verify, setup.model.config
+  mean_fn = jax.jit(functools.partial(position_mean, model=setup.model, kind=setup.task.kind),
+                    out_shardings=NamedSharding(mesh, P()))
+  local = sharding.local_rows(mesh, vc.batch_size)
+  total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
+  for b in data_lib.eval_batches(setup.train, vc.batch_size, local=local):
+    s, n = mean_fn(prompt, params, sharding.put_local(b, mesh, vc.batch_size))
+    total, count = total + np.asarray(s, np.float64), count + float(n)
+  mean = (total / count).astype(np.float32)
+  if sharding.is_writer():
+    files.save_npy(path, mean)
+  return mean
+
+
+def _jobs(vc, ranked_by: dict, num_neurons: int) -> tuple[list, dict]:
+  """([(key, (mode, neurons, draw) or None for the baseline)], {(metric, K): random draws})."""
+  jobs, random_sets = [("baseline", None)], {}
+  for sel, ranked in ranked_by.items():
+    for k in sorted(set(vc.k_list) | {vc.k}):
       chosen = ranked[:k]
-      draws = [random_matched(chosen, c.intermediate_size,
-                              np.random.default_rng([vc.seed, k, d]))
+      draws = [random_matched(chosen, num_neurons, np.random.default_rng([vc.seed, k, d]))
                for d in range(vc.random_draws)]
       random_sets[sel, k] = draws
       for mode in vc.modes:
         jobs.append((f"{sel}|{mode}|{k}|top", (mode, chosen, 0)))
         jobs += [(f"{sel}|{mode}|{k}|random{d}", (mode, draw, d + 1))
                  for d, draw in enumerate(draws)]
+  return jobs, random_sets
+
+
+def _run_jobs(jobs, done: dict, evaluate, progress_path: Path, fingerprint: str,
+              progress: bool) -> None:
+  """Evaluates the jobs not in `done` (filled in), each appended to the progress log as it
+  finishes, so that an interruption loses at most the evaluation under way."""
+  from tqdm.auto import tqdm
   bar = tqdm(total=len(jobs), initial=sum(key in done for key, _ in jobs), disable=not progress,
              desc="verify")
   for key, spec in jobs:
     if key in done:
       continue
-    edit = None
-    if spec is not None:
-      mode, neurons, draw = spec
-      edit = interventions.neuron_edit(
-          c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma, mean=mean,
-          key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None)
-      edit = jax.device_put(edit, replicated)
-    done[key] = run(edit)
+    done[key] = evaluate(spec)
     if sharding.is_writer():
       with open(progress_path, "a") as f:
         f.write(json.dumps({"key": key, "fingerprint": fingerprint, "result": done[key]})
@@ -295,36 +319,37 @@ def verify(config, *, progress: bool = True) -> dict:
     bar.update(1)
   bar.close()
 
+
+def _results(vc, done: dict, ranked_by: dict, random_sets: dict, skipped: dict, *, n: int,
+             prompt: Path) -> dict:
+  """verify.json: the baseline, and per selection, mode and K the top-K against its controls."""
+  ks = sorted(set(vc.k_list) | {vc.k})
   baseline = done["baseline"]
-  results = {"split": vc.split, "n": len(encoded), "prompt": str(prompt_dir / "prompt_best.npy"),
+  results = {"split": vc.split, "n": n, "prompt": str(prompt),
              "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
              "modes": list(vc.modes), "sigma": vc.sigma, "k": vc.k, "k_list": ks,
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),
              "baseline": baseline, "selections": {}, "skipped": skipped}
-  for sel in selection:
-    ranked = ranked_by[sel]
+  for sel, ranked in ranked_by.items():
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
     for mode in vc.modes:
-      per_k = {}
-      for k in ks:
-        top = done[f"{sel}|{mode}|{k}|top"]
-        control = _control([done[f"{sel}|{mode}|{k}|random{d}"]
-                            for d in range(vc.random_draws)], baseline)
-        drop = baseline["accuracy"] - top["accuracy"]
-        mean_drop = control["accuracy_drop"]["mean"]
-        per_k[str(k)] = {
-            "top": top, "random": control, "accuracy_drop": drop,
-            "random_accuracy_drop_mean": mean_drop,
-            "random_accuracy_drop_std": control["accuracy_drop"]["std"],
-            "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
-            # How far outside the random spread: (top drop - mean random drop) / random std.
-            "drop_z": ((drop - mean_drop) / control["accuracy_drop"]["std"]
-                       if control["accuracy_drop"]["std"] > 0 else None),
-            "layers": sorted({layer for layer, _ in ranked[:k]}),
-            "random_neurons": [[list(x) for x in draw] for draw in random_sets[sel, k]]}
-      per_sel["modes"][mode] = per_k
+      per_sel["modes"][mode] = {str(k): _row(
+          done[f"{sel}|{mode}|{k}|top"],
+          [done[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)], baseline,
+          layers=sorted({layer for layer, _ in ranked[:k]}), draws=random_sets[sel, k])
+          for k in ks}
     results["selections"][sel] = per_sel
-  if sharding.is_writer():
-    files.write_json(run_dir / "verify.json", results)
-  sharding.barrier("verify: outputs written")
   return results
+
+
+def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws) -> dict:
+  """One (selection, mode, K) entry: the top-K's metrics, the random sets' spread, the drop."""
+  control = _control(randoms, baseline)
+  drop = baseline["accuracy"] - top["accuracy"]
+  mean_drop, std = control["accuracy_drop"]["mean"], control["accuracy_drop"]["std"]
+  return {"top": top, "random": control, "accuracy_drop": drop,
+          "random_accuracy_drop_mean": mean_drop, "random_accuracy_drop_std": std,
+          "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
+          # How far outside the random spread: (top drop - mean random drop) / random std.
+          "drop_z": (drop - mean_drop) / std if std > 0 else None,
+          "layers": layers, "random_neurons": [[list(x) for x in draw] for draw in draws]}
