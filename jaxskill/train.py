@@ -310,15 +310,14 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
   `run_dir/train_summary.json`. Run dir: train_config.yaml, metrics.jsonl, checkpoints/,
   prompt_final.npy, prompt_best.npy (the prompt with the best dev accuracy)."""
-  from tqdm.auto import tqdm
   cfg = config.train
   run_dir = config.run_dir
   check_resume_config(run_dir, config)
   mesh = sharding.make_mesh(cfg.data_parallel, cfg.model_parallel)
-  n_data = mesh.shape["data"]
-  if cfg.batch_size % n_data:
-    raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {n_data} "
-                         "devices of the data axis (set train.data_parallel)")
+  if cfg.batch_size % mesh.shape["data"]:
+    raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the "
+                         f"{mesh.shape['data']} devices of the data axis (set "
+                         "train.data_parallel)")
   # Each process tokenizes and feeds only its rows of every batch (all rows in one process).
   local = sharding.local_rows(mesh, cfg.batch_size)
   plan = None
@@ -331,85 +330,121 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "train_config.yaml")
   sharding.barrier("train: run dir ready")
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  put = functools.partial(sharding.put_local, mesh=mesh, batch_size=cfg.batch_size)
-  params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
-  optimizer = make_optimizer(cfg)
-  statics = dict(model=setup.model, kind=setup.task.kind,
-                 verbalizer=jnp.asarray(setup.verbalizer), input_cols=setup.input_cols)
-
-  key = jax.random.PRNGKey(cfg.seed)
-  init_key, rng = jax.random.split(key)
-  prompt = init_prompt(config.prompt, init_key, setup.params["embed_tokens"]["embedding"],
-                       setup.tokenizer)
-  state = jax.device_put({
-      "prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0), "rng": rng,
-      "best_prompt": jax.tree.map(jnp.copy, prompt), "best_dev": jnp.float32(-1.0)}, replicated)
-
+  loop = _Loop.build(config, setup, mesh, local)
   ckpt = checkpointing.manager(run_dir / "checkpoints", max_to_keep=cfg.max_to_keep,
                                async_save=cfg.async_checkpoint)
   try:
-    restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
-    start = 0
-    if restored is not None:
-      start, state = restored
-      if start > cfg.steps:
-        raise RunConfigError(f"{run_dir}: checkpoints reach step {start}, beyond train.steps="
-                             f"{cfg.steps}; ask for at least {start} steps or another run name")
-      log.info("resuming %s from step %d", run_dir, start)
-    log_path = run_dir / "metrics.jsonl"
-    _truncate_log(log_path, start)
+    start, state = _restore(ckpt, loop.initial_state(), cfg, run_dir)
+    _truncate_log(loop.log_path, start)
+    t0 = time.perf_counter()
+    state = loop.run(state, start, ckpt, progress=progress)
+    ckpt.wait_until_finished()
+  finally:
+    ckpt.close()  # also on errors: no orbax thread left behind
+  summary = _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
+                           devices=mesh.shape["data"], seconds=time.perf_counter() - t0)
+  sharding.barrier("train: outputs written")
+  return summary
 
+
+def _restore(ckpt, state: dict, cfg: TrainConfig, run_dir: Path) -> tuple[int, dict]:
+  """(step, state) of the newest readable checkpoint, or (0, state) for a fresh run."""
+  restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
+  if restored is None:
+    return 0, state
+  start, state = restored
+  if start > cfg.steps:
+    raise RunConfigError(f"{run_dir}: checkpoints reach step {start}, beyond train.steps="
+                         f"{cfg.steps}; ask for at least {start} steps or another run name")
+  log.info("resuming %s from step %d", run_dir, start)
+  return start, state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+  """One training run's compiled steps, placed params and data feed."""
+  config: RunConfig
+  setup: Setup
+  params: Any  # placed on the mesh
+  optimizer: optax.GradientTransformation
+  step_fn: Callable  # (state, params, batch) -> (state, metrics)
+  eval_fn: Callable  # (prompt, params, batch) -> sums
+  put: Callable  # host batch -> global array batch
+  local: np.ndarray  # the rows of each batch this process feeds
+  replicated: NamedSharding
+
+  @classmethod
+  def build(cls, config: RunConfig, setup: Setup, mesh: Mesh, local: np.ndarray) -> "_Loop":
+    cfg = config.train
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
+    optimizer = make_optimizer(cfg)
+    statics = dict(model=setup.model, kind=setup.task.kind,
+                   verbalizer=jnp.asarray(setup.verbalizer), input_cols=setup.input_cols)
     step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
                       in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=(replicated, replicated))
     eval_fn = jax.jit(functools.partial(eval_step, **statics),
                       in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=replicated)
-    arrays = setup.train.arrays()
-    n_train = len(setup.train)
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.name}",
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    pending = []  # (step, loss, gradient norm) on the device since the last finiteness check
+    put = functools.partial(sharding.put_local, mesh=mesh, batch_size=cfg.batch_size)
+    return cls(config, setup, params, optimizer, step_fn, eval_fn, put, local, replicated)
+
+  @property
+  def log_path(self) -> Path:
+    return self.config.run_dir / "metrics.jsonl"
+
+  def initial_state(self) -> dict:
+    """The untrained prompt, its optimizer state and the best-so-far record (none yet: -1)."""
+    init_key, rng = jax.random.split(jax.random.PRNGKey(self.config.train.seed))
+    prompt = init_prompt(self.config.prompt, init_key,
+                         self.setup.params["embed_tokens"]["embedding"], self.setup.tokenizer)
+    return jax.device_put({
+        "prompt": prompt, "opt_state": self.optimizer.init(prompt), "step": jnp.int32(0),
+        "rng": rng, "best_prompt": jax.tree.map(jnp.copy, prompt),
+        "best_dev": jnp.float32(-1.0)}, self.replicated)
+
+  def dev(self, state: dict, step: int) -> tuple[dict, dict]:
+    """Evaluates the prompt on the dev split, logs it, and keeps it if it is the best yet."""
+    dev = _evaluate(self.eval_fn, state["prompt"], self.params, self.setup.dev,
+                    self.config.train.batch_size, self.put, self.local)
+    _append_jsonl(self.log_path, {"step": step, "split": "dev", **dev})
+    # Both in float32, as best_dev is kept: a float64 accuracy equal to the best would
+    # otherwise count as better than its float32 rounding.
+    if np.float32(dev["accuracy"]) > np.float32(state["best_dev"]):
+      state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
+                   best_dev=jax.device_put(jnp.float32(dev["accuracy"]), self.replicated))
+    return state, dev
+
+  def run(self, state: dict, start: int, ckpt, *, progress: bool) -> dict:
+    """Steps `start` to train.steps: logs, dev evaluations and checkpoints at their cadence."""
+    from tqdm.auto import tqdm
+    cfg, setup = self.config.train, self.setup
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress,
+               desc=f"train {self.config.name}", dynamic_ncols=True)
     if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
-      dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
-      _append_jsonl(log_path, {"step": 0, "split": "dev", **dev})
-      state = dict(state, best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
+      state, _ = self.dev(state, 0)
+    arrays, pending = setup.train.arrays(), []  # pending: steps not yet checked to be finite
     for step in range(start, cfg.steps):
-      idx = data_lib.batch_indices(n_train, cfg.batch_size, step, cfg.seed)[local]
+      idx = data_lib.batch_indices(len(setup.train), cfg.batch_size, step, cfg.seed)[self.local]
       setup.train.check_rows(idx, "train: ")
-      batch = data_lib.take(arrays, idx)
-      state, metrics = step_fn(state, params, put(batch))
+      state, metrics = self.step_fn(state, self.params, self.put(data_lib.take(arrays, idx)))
       done = step + 1
       pending.append((done, metrics["loss"], metrics["grad_norm"]))
-      if (done % cfg.log_every == 0 or done % cfg.eval_every == 0
-          or done % cfg.checkpoint_every == 0 or done == cfg.steps):
+      last = done == cfg.steps
+      if last or any(done % n == 0 for n in (cfg.log_every, cfg.eval_every,
+                                             cfg.checkpoint_every)):
         _check_finite(pending, cfg)  # before anything of these steps is logged or saved
         pending = []
-      if done % cfg.log_every == 0 or done == cfg.steps:
-        record = {"step": done, "split": "train",
-                  **{k: float(v) for k, v in metrics.items()}}
-        _append_jsonl(log_path, record)
+      if done % cfg.log_every == 0 or last:
+        record = {"step": done, "split": "train", **{k: float(v) for k, v in metrics.items()}}
+        _append_jsonl(self.log_path, record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-      if setup.dev is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-        dev = _evaluate(eval_fn, state["prompt"], params, setup.dev, cfg.batch_size, put, local)
-        _append_jsonl(log_path, {"step": done, "split": "dev", **dev})
-        # Both in float32, as best_dev is kept: a float64 accuracy equal to the best would
-        # otherwise count as better than its float32 rounding.
-        if np.float32(dev["accuracy"]) > np.float32(state["best_dev"]):
-          state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
-                       best_dev=jax.device_put(jnp.float32(dev["accuracy"]), replicated))
+      if setup.dev is not None and (done % cfg.eval_every == 0 or last):
+        state, dev = self.dev(state, done)
         bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
-      if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+      if done % cfg.checkpoint_every == 0 or last:
         checkpointing.save(ckpt, done, state)
       bar.update(1)
     bar.close()
-    ckpt.wait_until_finished()
-  finally:
-    ckpt.close()  # also on errors: no orbax thread left behind
-
-  summary = _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
-                           devices=n_data, seconds=time.perf_counter() - t0)
-  sharding.barrier("train: outputs written")
-  return summary
+    return state
