@@ -13,11 +13,12 @@ Outputs in the run directory:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -335,74 +336,110 @@ def load_prompt(run) -> np.ndarray:
   return files.load_npy(path)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Find:
+  """What the discovery of every seed's prompt shares: model, placed params, the split, names."""
+  config: Any
+  setup: Any  # train.Setup
+  mesh: Mesh
+  params: Any
+  encoded: data_lib.Encoded
+  names: tuple[str, ...]
+  custom: Mapping[str, capture.MetricFn]
+
+  @classmethod
+  def build(cls, config) -> "_Find":
+    from jaxskill.train import eval_plan, prepare
+    fc, first = config.find, seed_runs(config)[0]  # seed runs differ only in train.seed
+    mesh = sharding.make_mesh(first.train.data_parallel, first.train.model_parallel)
+    setup = prepare(first, eval_plan(mesh, fc.batch_size))
+    params, _ = sharding.place_params(setup.params, mesh, first.train.param_sharding)
+    encoded = encoded_split(setup, first, fc.split)
+    custom = load_custom_metrics(fc.custom_metrics)
+    names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
+    return cls(config, setup, mesh, params, encoded, names, custom)
+
+  def statics(self) -> dict:
+    return dict(verbalizer=self.setup.verbalizer, sites=self.config.find.sites,
+                prompt_length=self.config.prompt.length, mesh=self.mesh,
+                batch_size=self.config.find.batch_size)
+
+  def correlate(self, run, prompt, progress: bool):
+    fc = self.config.find
+    return correlate(self.setup.model, self.params, prompt, self.encoded,
+                     kind=self.setup.task.kind, names=self.names, custom=self.custom,
+                     ckpt_dir=run.run_dir / "find_checkpoints",
+                     checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
+                     progress=progress, **self.statics())
+
+  def predictivity(self, run, prompt, st: dict) -> dict | None:
+    """The 2022 baseline for a binary label (threshold: the train mean activation, from the
+    statistics just taken): predictivity.npz of the run, and its summary."""
+    task = self.setup.task
+    if not (task.kind == "classification" and len(task.verbalizer) == 2
+            and self.setup.dev is not None and self.config.find.split == "train"
+            and "label" in self.names):
+      return None
+    j = self.names.index("label")
+    baseline = (st["mean_x"][j] + st["ref_x"]).astype(np.float32)
+    acc, n_dev = predictivity(self.setup.model, self.params, prompt, self.setup.dev, baseline,
+                              **self.statics())
+    if sharding.is_writer():
+      files.save_npz(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
+    return {"n_dev": n_dev,
+            "top_k": [list(x) for x in top_k(neuron_scores(np.abs(acc - 0.5))[0], 10)],
+            "max_score": float(np.abs(acc - 0.5).max())}
+
+  def save_activations(self, r: np.ndarray, prompt, position_names) -> None:
+    """activations.npz, the report's raw material: the top few neurons of each metric (by the
+    r given), on every example, with the metrics."""
+    features = []
+    for j in range(len(self.names)):
+      scores, pos = neuron_scores(r[j])
+      for layer, neuron in top_k(scores, self.config.find.report_neurons):
+        if (layer, int(pos[layer, neuron]), neuron) not in features:
+          features.append((layer, int(pos[layer, neuron]), neuron))
+    if not features:
+      return
+    acts, values = top_activations(self.setup.model, self.params, prompt, self.encoded, features,
+                                   kind=self.setup.task.kind, names=self.names,
+                                   custom=self.custom, **self.statics())
+    if sharding.is_writer():
+      texts = [ex.input for ex in self.setup.task.splits[self.config.find.split]]
+      files.save_npz(self.config.run_dir / "activations.npz",
+                     features=np.asarray(features, np.int32), activations=acts, metrics=values,
+                     metric_names=np.asarray(self.names),
+                     position_names=np.asarray(position_names), texts=np.asarray(texts))
+
+
 def find(config, *, progress: bool = True) -> dict:
   """Correlates the activations under the trained prompt(s) with the metrics; returns the
   summary. The prompts must have been trained (the pipeline orders the stages)."""
-  from jaxskill.train import eval_plan, prepare
   fc = config.find
   position_names = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
-  seeds = fc.seeds or (config.train.seed,)
+  ctx = _Find.build(config)
   runs = seed_runs(config)
-  custom = load_custom_metrics(fc.custom_metrics)
-  setup = None
   results, predictivity_summary = [], {}
   for run in runs:
-    if setup is None:
-      mesh = sharding.make_mesh(run.train.data_parallel, run.train.model_parallel)
-      setup = prepare(run, eval_plan(mesh, fc.batch_size))
-      params, _ = sharding.place_params(setup.params, mesh, run.train.param_sharding)
-      encoded = encoded_split(setup, run, fc.split)
-      names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
     prompt = {"embeddings": jnp.asarray(load_prompt(run))}
-    r, st = correlate(setup.model, params, prompt, encoded, kind=setup.task.kind,
-                      verbalizer=setup.verbalizer, sites=fc.sites,
-                      prompt_length=run.prompt.length, names=names, custom=custom, mesh=mesh,
-                      batch_size=fc.batch_size, ckpt_dir=run.run_dir / "find_checkpoints",
-                      checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
-                      progress=progress)
+    r, st = ctx.correlate(run, prompt, progress)
     results.append((run, r, st["n"]))
-    if (setup.task.kind == "classification" and len(setup.task.verbalizer) == 2
-        and setup.dev is not None and fc.split == "train" and "label" in names):
-      # 2022 baseline: threshold = the train mean activation (from the statistics just taken)
-      j = names.index("label")
-      baseline = (st["mean_x"][j] + st["ref_x"]).astype(np.float32)
-      acc, n_dev = predictivity(setup.model, params, prompt, setup.dev, baseline,
-                                verbalizer=setup.verbalizer, sites=fc.sites,
-                                prompt_length=run.prompt.length, mesh=mesh,
-                                batch_size=fc.batch_size)
-      if sharding.is_writer():
-        files.save_npz(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
-      predictivity_summary[run.name] = {
-          "n_dev": n_dev, "top_k": [list(x) for x in top_k(
-              neuron_scores(np.abs(acc - 0.5))[0], 10)],
-          "max_score": float(np.abs(acc - 0.5).max())}
-  common = dict(n_examples=len(encoded), top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
+    baseline = ctx.predictivity(run, prompt, st)
+    if baseline is not None:
+      predictivity_summary[run.name] = baseline
+  n = len(ctx.encoded)
+  common = dict(n_examples=n, top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
                 threshold=fc.threshold)
-  extra = {"split": fc.split, "examples": len(encoded), "sites": list(fc.sites),
-           "seeds": list(seeds), "predictivity_2022": predictivity_summary or None}
+  extra = {"split": fc.split, "examples": n, "sites": list(fc.sites),
+           "seeds": list(fc.seeds or (config.train.seed,)),
+           "predictivity_2022": predictivity_summary or None}
   r_all = results[0][1] if len(results) == 1 else np.nanmean(  # the mean over seeds
       np.stack([r for _, r, _ in results]), axis=0)
-  # The report's raw material: the top few neurons of each metric on every example.
-  features = []
-  for j in range(len(names)):
-    scores, pos = neuron_scores(r_all[j])
-    for layer, neuron in top_k(scores, fc.report_neurons):
-      if (layer, int(pos[layer, neuron]), neuron) not in features:
-        features.append((layer, int(pos[layer, neuron]), neuron))
-  if features:
-    first_prompt = {"embeddings": jnp.asarray(load_prompt(runs[0]))}
-    acts, values = top_activations(
-        setup.model, params, first_prompt, encoded, features, kind=setup.task.kind,
-        verbalizer=setup.verbalizer, sites=fc.sites, prompt_length=config.prompt.length,
-        names=names, custom=custom, mesh=mesh, batch_size=fc.batch_size)
-    if sharding.is_writer():
-      files.save_npz(config.run_dir / "activations.npz",
-                     features=np.asarray(features, np.int32), activations=acts, metrics=values,
-                     metric_names=np.asarray(names), position_names=np.asarray(position_names),
-                     texts=np.asarray([ex.input for ex in setup.task.splits[fc.split]]))
+  ctx.save_activations(r_all, {"embeddings": jnp.asarray(load_prompt(runs[0]))}, position_names)
   summary = {}
   if sharding.is_writer():  # every process holds the same statistics; one writes them
-    summary = _write_find_outputs(config, results, r_all, names, position_names, common, extra)
+    summary = _write_find_outputs(config, results, r_all, ctx.names, position_names, common,
+                                  extra)
   sharding.barrier("find: outputs written")
   return summary
 
