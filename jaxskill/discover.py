@@ -18,7 +18,7 @@ import functools
 import importlib
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -77,19 +77,15 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
   Each batch's statistics are merged into a float32 accumulator on the device; every
   `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
   float64 statistics, in a background thread while the device runs the next batches."""
-  from concurrent.futures import ThreadPoolExecutor
-  from tqdm.auto import tqdm
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"find.batch_size={batch_size} is not divisible by the "
                      f"{mesh.shape['data']} devices of the data axis")
   step = functools.partial(capture.capture_step, model=model, kind=kind,
                            verbalizer=jnp.asarray(verbalizer), sites=sites,
                            prompt_length=prompt_length, metric_names=names, custom=dict(custom))
-  prompt = jax.device_put(prompt, replicated)
+  prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
   params, param_shardings = sharding.place_params(params, mesh)
   arrays = _arrays_with_metadata(encoded, names)
-  n_batches = -(-len(encoded) // batch_size)
   local = sharding.local_rows(mesh, batch_size)  # each process feeds only its rows
 
   def batch_at(i):
@@ -98,42 +94,8 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
 
   shape = jax.eval_shape(step, prompt, params, batch_at(0))[0].shape[1:]  # [l, k, i]
   f = int(np.prod(shape))
-  # The statistics are per feature: split them over the model axis like the params, so that
-  # each device computes and keeps only its share of the [m, f] arrays.
-  model_size = mesh.shape.get("model", 1)
-  feat = "model" if model_size > 1 and f % model_size == 0 else None
-  specs = {"n": P(), "mean_x": P(None, feat), "mean_y": P(), "m2_x": P(None, feat),
-           "m2_y": P(), "c_xy": P(None, feat)}
-  acc_shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
-  ref_shardings = (NamedSharding(mesh, P(feat)), replicated)
-  batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
-                           in_specs=(P("data", feat), P("data"), P("data"), P(feat), P()),
-                           out_specs=specs)
-
-  def fused(prompt, params, batch, ref_x, ref_y, acc):
-    acts, y = step(prompt, params, batch)
-    return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
-                                          ref_x, ref_y))
-
-  def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
-    acts, y = step(prompt, params, batch)
-    x = acts.reshape(acts.shape[0], -1)
-    ref_x, ref_y = stats.reference(x, y, batch["valid"])
-    return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
-
-  fused_fn = jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, *ref_shardings,
-                                          acc_shardings),
-                     out_shardings=acc_shardings, donate_argnums=5)
-  first_fn = jax.jit(first, in_shardings=(replicated, param_shardings, sharded, acc_shardings),
-                     out_shardings=(*ref_shardings, acc_shardings), donate_argnums=3)
-  fresh = jax.jit(functools.partial(stats.zeros, len(names), f), out_shardings=acc_shardings)
-  # To the host: directly where this process holds every shard; otherwise (a model axis across
-  # hosts) replicated first, on the main thread, so that every process runs that collective in
-  # the same order.
-  replicate = jax.jit(lambda tree: tree, out_shardings=replicated)
-
-  def host_ready(tree):
-    return tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree)) else replicate(tree)
+  programs = _StatsPrograms.build(step, mesh, param_shardings, len(names), f)
+  n_batches = -(-len(encoded) // batch_size)
   state = {"stats": stats.init(len(names), f), "ref_x": np.zeros(f, np.float32),
            "ref_y": np.zeros(len(names), np.float32), "next_batch": np.int64(0)}
   mngr = None
@@ -144,45 +106,110 @@ def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
     if restored is not None:
       state = jax.tree.map(np.asarray, restored[1])
       log.info("resuming statistics at batch %d of %d", int(state["next_batch"]), n_batches)
-  bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
-             desc="correlate")
-  ref = jax.device_put((state["ref_x"], state["ref_y"]), ref_shardings)
-  # The host statistics are merged into in place (stats.merge_into), one merge at a time.
-  merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
-  scratch = np.empty((2, len(names), f))
-  pending, acc, held = None, fresh(), 0
-  with ThreadPoolExecutor(1) as pool:
-    for i in range(int(state["next_batch"]), n_batches):
-      if i == 0:
-        ref_x, ref_y, acc = first_fn(prompt, params, batch_at(0), acc)
-        ref = (ref_x, ref_y)
-        state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
-                                                      host_ready((ref_x, ref_y))))))
-      else:
-        acc = fused_fn(prompt, params, batch_at(i), *ref, acc)
-      held += 1
-      save = mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
-                                                        or i + 1 == n_batches)
-      if held == merge_every or save or i + 1 == n_batches:
-        if pending is not None:
-          pending.result()
-        pending = pool.submit(lambda a: stats.merge_into(merged, jax.device_get(a), scratch),
-                              host_ready(acc))
-        acc, held = fresh(), 0
-        if save:
-          pending.result()
-          pending = None
-          state = dict(state, stats=merged, next_batch=np.int64(i + 1))
-          checkpointing.save(mngr, i + 1, state)
-      bar.update(1)
-    if pending is not None:
-      pending.result()
-  bar.close()
-  if mngr is not None:
-    mngr.wait_until_finished()
-    mngr.close()
+  try:
+    merged, state = programs.stream(
+        lambda i: (prompt, params, batch_at(i)), state, n_batches, mngr=mngr,
+        checkpoint_every=checkpoint_every, merge_every=merge_every, progress=progress)
+  finally:
+    if mngr is not None:
+      mngr.wait_until_finished()
+      mngr.close()
   r = stats.finalize(merged).reshape(len(names), *shape)
   return r, {**merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StatsPrograms:
+  """The compiled programs of streamed statistics: the first batch (which also gives the shift
+  of the reference row), every later batch, a zero accumulator, and the move to the host."""
+  first: Callable  # (prompt, params, batch, acc) -> (ref_x, ref_y, acc)
+  fused: Callable  # (prompt, params, batch, ref_x, ref_y, acc) -> acc
+  fresh: Callable  # () -> a zero accumulator
+  host_ready: Callable  # accumulator -> a tree this process can read whole
+  ref_shardings: tuple
+
+  @classmethod
+  def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int) -> "_StatsPrograms":
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    # The statistics are per feature: split them over the model axis like the params, so that
+    # each device computes and keeps only its share of the [m, f] arrays.
+    model_size = mesh.shape.get("model", 1)
+    feat = "model" if model_size > 1 and f % model_size == 0 else None
+    specs = {"n": P(), "mean_x": P(None, feat), "mean_y": P(), "m2_x": P(None, feat),
+             "m2_y": P(), "c_xy": P(None, feat)}
+    acc_shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
+    ref_shardings = (NamedSharding(mesh, P(feat)), replicated)
+    batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
+                             in_specs=(P("data", feat), P("data"), P("data"), P(feat), P()),
+                             out_specs=specs)
+
+    def fused(prompt, params, batch, ref_x, ref_y, acc):
+      acts, y = step(prompt, params, batch)
+      return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
+                                            ref_x, ref_y))
+
+    def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
+      acts, y = step(prompt, params, batch)
+      x = acts.reshape(acts.shape[0], -1)
+      ref_x, ref_y = stats.reference(x, y, batch["valid"])
+      return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
+
+    # To the host: directly where this process holds every shard; otherwise (a model axis across
+    # hosts) replicated first, on the main thread, so that every process runs that collective in
+    # the same order.
+    replicate = jax.jit(lambda tree: tree, out_shardings=replicated)
+    return cls(
+        first=jax.jit(first, in_shardings=(replicated, param_shardings, sharded, acc_shardings),
+                      out_shardings=(*ref_shardings, acc_shardings), donate_argnums=3),
+        fused=jax.jit(fused, in_shardings=(replicated, param_shardings, sharded,
+                                           *ref_shardings, acc_shardings),
+                      out_shardings=acc_shardings, donate_argnums=5),
+        fresh=jax.jit(functools.partial(stats.zeros, m, f), out_shardings=acc_shardings),
+        host_ready=lambda tree: tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree))
+        else replicate(tree),
+        ref_shardings=ref_shardings)
+
+  def stream(self, inputs_at, state: dict, n_batches: int, *, mngr, checkpoint_every: int,
+             merge_every: int, progress: bool) -> tuple[dict, dict]:
+    """Batches state["next_batch"] .. n_batches - 1 (`inputs_at(i)`: prompt, params, batch i)
+    into the host float64 statistics, merged in place (stats.merge_into) in a background
+    thread, one merge at a time; a checkpoint every `checkpoint_every` batches. Returns (the
+    statistics, the state)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm.auto import tqdm
+    bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
+               desc="correlate")
+    ref = jax.device_put((state["ref_x"], state["ref_y"]), self.ref_shardings)
+    merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
+    scratch = np.empty((2, *merged["c_xy"].shape))
+    pending, acc, held = None, self.fresh(), 0
+    with ThreadPoolExecutor(1) as pool:
+      for i in range(int(state["next_batch"]), n_batches):
+        if i == 0:
+          *ref, acc = self.first(*inputs_at(0), acc)
+          state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
+                                                        self.host_ready(tuple(ref))))))
+        else:
+          acc = self.fused(*inputs_at(i), *ref, acc)
+        held += 1
+        save = mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
+                                                          or i + 1 == n_batches)
+        if held == merge_every or save or i + 1 == n_batches:
+          if pending is not None:
+            pending.result()
+          pending = pool.submit(lambda a: stats.merge_into(merged, jax.device_get(a), scratch),
+                                self.host_ready(acc))
+          acc, held = self.fresh(), 0
+          if save:
+            pending.result()
+            pending = None
+            state = dict(state, stats=merged, next_batch=np.int64(i + 1))
+            checkpointing.save(mngr, i + 1, state)
+        bar.update(1)
+      if pending is not None:
+        pending.result()
+    bar.close()
+    return merged, state
 
 
 def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.ndarray, *,
