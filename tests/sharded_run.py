@@ -18,6 +18,30 @@ from jaxskill.tasks import arithmetic_verification
 from jaxskill.train import make_optimizer, train_step
 
 
+def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
+  """The prompt after one training step on the first 8 examples (params placed on `mesh`)."""
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+  optimizer = make_optimizer(TrainConfig(lr=1e-2))
+  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
+           "rng": jax.random.PRNGKey(1)}
+  step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
+                                   kind="classification", verbalizer=jnp.asarray(verbalizer),
+                                   input_cols=int(encoded.prompt_start[0])),
+                 in_shardings=(replicated, shardings, rows), out_shardings=replicated)
+  state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
+  return np.asarray(state["prompt"]["embeddings"])
+
+
+def correlations(model, placed, prompt, encoded, verbalizer, mesh):
+  """`discover.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
+  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
+                            verbalizer=verbalizer, sites=("prompt", "last_input"),
+                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
+                            mesh=mesh, batch_size=8)
+  return np.asarray(r)
+
+
 def run(mesh, layout, params, model, encoded, verbalizer):
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   placed, shardings = sharding.place_params(params, mesh, layout)
@@ -33,22 +57,12 @@ def run(mesh, layout, params, model, encoded, verbalizer):
     return logits, jaxskill.neuron_activations(variables)
 
   logits, acts = forward(placed, batch["input_ids"], positions)
-  optimizer = make_optimizer(TrainConfig(lr=1e-2))
-  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
-           "rng": jax.random.PRNGKey(1)}
-  step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
-                                   kind="classification", verbalizer=jnp.asarray(verbalizer),
-                                   input_cols=int(encoded.prompt_start[0])),
-                 in_shardings=(replicated, shardings, rows), out_shardings=replicated)
-  state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
-  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
-                            verbalizer=verbalizer, sites=("prompt", "last_input"),
-                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
-                            mesh=mesh, batch_size=8)
+  trained = trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh)
+  r = correlations(model, placed, prompt, encoded, verbalizer, mesh)
   split_dims = sum(s.spec != P(*([None] * len(s.spec))) for s in jax.tree.leaves(
       shardings, is_leaf=lambda x: isinstance(x, NamedSharding)))
   return {"logits": np.asarray(logits), "acts": np.asarray(acts),
-          "prompt": np.asarray(state["prompt"]["embeddings"]), "r": r,
+          "prompt": trained, "r": r,
           "split_params": np.int64(split_dims),
           "gate_shard": np.asarray(placed["layers"]["mlp"]["gate_proj"]["kernel"]
                                    .addressable_shards[0].data.shape)}

@@ -22,10 +22,9 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxskill  # noqa: E402
-from jaxskill import data as data_lib, discover, sharding  # noqa: E402
-from jaxskill.config import TrainConfig  # noqa: E402
+import sharded_run  # noqa: E402  (beside this script: its training step and correlations)
+from jaxskill import data as data_lib, sharding  # noqa: E402
 from jaxskill.tasks import arithmetic_verification  # noqa: E402
-from jaxskill.train import make_optimizer, train_step  # noqa: E402
 
 
 def forward(model, params, ids, mesh, layout):
@@ -44,33 +43,21 @@ def forward(model, params, ids, mesh, layout):
   return np.asarray(logits), np.asarray(acts)
 
 
+def _prompt(model):
+  return {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
+                                                 (4, model.config.hidden_size))}
+
+
 def trained_prompt(model, params, encoded, verbalizer, mesh, layout):
-  """The prompt after one training step (as tests/sharded_run.py), all in float64."""
-  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  """The prompt after one training step (tests/sharded_run.py's), all in float64."""
   placed, shardings = sharding.place_params(params, mesh, layout)
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
-                                                   (4, model.config.hidden_size))}
-  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
-  optimizer = make_optimizer(TrainConfig(lr=1e-2))
-  state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
-           "rng": jax.random.PRNGKey(1)}
-  step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
-                                   kind="classification", verbalizer=jnp.asarray(verbalizer),
-                                   input_cols=int(encoded.prompt_start[0])),
-                 in_shardings=(replicated, shardings, rows), out_shardings=replicated)
-  state, _ = step(jax.device_put(state, replicated), placed, jax.device_put(batch, rows))
-  return np.asarray(state["prompt"]["embeddings"])
+  return sharded_run.trained_prompt(model, placed, shardings, _prompt(model), encoded,
+                                    verbalizer, mesh)
 
 
 def correlations(model, params, encoded, verbalizer, mesh, layout):
   placed, _ = sharding.place_params(params, mesh, layout)
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
-                                                   (4, model.config.hidden_size))}
-  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
-                            verbalizer=verbalizer, sites=("prompt", "last_input"),
-                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
-                            mesh=mesh, batch_size=8)
-  return np.asarray(r)
+  return sharded_run.correlations(model, placed, _prompt(model), encoded, verbalizer, mesh)
 
 
 def main(dst):
