@@ -28,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxskill import capture, checkpointing, files, sharding, stats
 from jaxskill import data as data_lib
 from jaxskill.config import seed_runs
+from jaxskill.selection import iou, neuron_scores, top_k, top_p_per_layer
+from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
 
 log = logging.getLogger("jaxskill.discover")
 
@@ -276,41 +278,6 @@ def top_activations(model, params, prompt, encoded: data_lib.Encoded,
   return np.concatenate(out_a), np.concatenate(out_y)
 
 
-# --- selection and aggregation ----------------------------------------------------------------
-
-def neuron_scores(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """r `[l, k, i]` -> (max |r| over positions `[l, i]`, NaN if all undefined; the argmax
-  position `[l, i]`)."""
-  a = np.abs(r)
-  filled = np.where(np.isnan(a), -1.0, a)
-  pos = filled.argmax(axis=1)
-  best = np.take_along_axis(filled, pos[:, None], axis=1)[:, 0]
-  return np.where(best < 0, np.nan, best), pos
-
-
-def top_k(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
-  """(layer, neuron) of the k largest scores `[l, i]`, NaN never ranked."""
-  flat = np.where(np.isnan(scores), -np.inf, scores).ravel()
-  order = np.argsort(-flat, kind="stable")[:k]
-  return [tuple(int(v) for v in np.unravel_index(j, scores.shape)) for j in order
-          if np.isfinite(flat[j])]
-
-
-def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
-  per_layer = max(1, int(np.ceil(p * scores.shape[1])))
-  chosen = []
-  for layer, row in enumerate(scores):
-    finite = np.where(np.isnan(row), -np.inf, row)
-    chosen += [(layer, int(j)) for j in np.argsort(-finite, kind="stable")[:per_layer]
-               if np.isfinite(finite[j])]
-  return chosen
-
-
-def iou(a, b) -> float:
-  a, b = set(a), set(b)
-  return len(a & b) / len(a | b) if a | b else float("nan")
-
-
 # --- outputs ----------------------------------------------------------------------------------
 
 def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *,
@@ -346,28 +313,11 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
 
 # --- the stage ------------------------------------------------------------------------------
 
-def encoded_split(setup, config, split: str) -> data_lib.Encoded:
-  if split == "train":
-    return setup.train
-  if split == "dev" and setup.dev is not None:
-    return setup.dev
-  return setup.encode(config, split)
-
-
-def load_prompt(run) -> np.ndarray:
-  """The trained prompt `[p, h]` of a (seed) run: its prompt_best.npy."""
-  path = run.run_dir / "prompt_best.npy"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no trained prompt; train it first (`jaxskill train` or "
-                            "`jaxskill run` with this config)")
-  return files.load_npy(path)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Find:
   """What the discovery of every seed's prompt shares: model, placed params, the split, names."""
   config: Any
-  setup: Any  # train.Setup
+  setup: Any  # setup.Setup
   mesh: Mesh
   params: Any
   encoded: data_lib.Encoded
@@ -376,7 +326,6 @@ class _Find:
 
   @classmethod
   def build(cls, config) -> "_Find":
-    from jaxskill.train import eval_plan, prepare
     fc, first = config.find, seed_runs(config)[0]  # seed runs differ only in train.seed
     mesh = sharding.make_mesh(first.train.data_parallel, first.train.model_parallel)
     setup = prepare(first, eval_plan(mesh, fc.batch_size))

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxskill import files
 from jaxskill.config import load_config
-from jaxskill.discover import neuron_scores
+from jaxskill.selection import neuron_scores
 
 
 # --- numbers ----------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
                              dump_config, load_config, to_dict)
-from jaxskill.model import Qwen2LM, load_model, load_tokenizer
-from jaxskill.tasks import Task, TaskError, build_task
+from jaxskill.setup import Setup, prepare
 
 log = logging.getLogger("jaxskill.train")
 
@@ -107,79 +106,6 @@ def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prom
 
 
 # --- the run ------------------------------------------------------------------------------------
-
-# (split name, number of examples) -> the example indices this process feeds.
-RowPlan = Callable[[str, int], np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """What a run builds from its config before training: model, data and task."""
-  model: Qwen2LM
-  params: Any
-  tokenizer: Any
-  task: Task
-  train: data_lib.Encoded
-  dev: data_lib.Encoded | None
-  verbalizer: np.ndarray  # token ids `[c]` (classification) or `[1]` zeros (generation)
-  input_cols: int  # the prompt's first column in every row (infix), or 0 (prefix)
-  budget: int  # answer tokens every row leaves room for (`data.answer_budget`)
-  rows: RowPlan | None = None  # which rows of a split this process tokenizes (None: all)
-
-  def encode(self, config: RunConfig, split: str) -> data_lib.Encoded:
-    """Another split of the task, in the same layout and row plan."""
-    return sharding.raise_together(lambda: encode_split(
-        config, self.task, self.tokenizer, split, self.budget, self.rows), TaskError)
-
-
-def encode_split(config: RunConfig, task: Task, tokenizer, split: str, budget: int,
-                 rows: RowPlan | None = None) -> data_lib.Encoded:
-  """One split in the run's layout; with a row plan, only this process's rows are tokenized."""
-  n = len(task.splits.get(split, ()))
-  chosen = rows(split, n) if rows is not None and n else None
-  encoded = data_lib.encode(
-      task, split, tokenizer, prompt_length=config.prompt.length,
-      placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos, budget=budget,
-      rows=chosen)
-  if chosen is not None:
-    log.info("process %d of %d tokenized %d of the %d %s rows (its share)",
-             jax.process_index(), jax.process_count(), len(chosen), n, split)
-  return encoded
-
-
-def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:
-  """Multi-process runs: each process tokenizes only the rows it feeds when splits are streamed
-  in order in global batches of `batch_size`. None (every row) in a single process."""
-  if jax.process_count() == 1:
-    return None
-  local = sharding.local_rows(mesh, batch_size)
-  return lambda split, n: data_lib.eval_rows(n, batch_size, local)
-
-
-def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
-  """Model, tokenizer, task and the encoded train and dev splits of `config`. `rows`: the row
-  plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row."""
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-  # Read straight into the run's layout: each device loads only its shard of the params.
-  mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
-  model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat,
-                             mesh=mesh, layout=config.train.param_sharding)
-  tokenizer = load_tokenizer(config.model.path)
-  task = build_task(config.task)
-  budget = data_lib.answer_budget(task, tokenizer, config.data.append_eos)  # one for all splits
-  train, dev = sharding.raise_together(lambda: (
-      encode_split(config, task, tokenizer, "train", budget, rows),
-      encode_split(config, task, tokenizer, "dev", budget, rows) if task.splits.get("dev")
-      else None), TaskError)
-  verbalizer = (data_lib.verbalizer_ids(tokenizer, task.verbalizer)
-                if task.kind == "classification" else np.zeros(1, np.int32))
-  # From the layout, not from a row: under a row plan row 0 may be another process's, and
-  # every process must compile the same program.
-  input_cols = (config.data.max_length - config.prompt.length - budget
-                if config.prompt.placement == "infix" else 0)
-  return Setup(model, params, tokenizer, task, train, dev, verbalizer, input_cols, budget, rows)
-
 
 # Keys a re-run may change and still continue the same run: how it logs and checkpoints, and
 # (under a constant learning rate, where the schedule does not depend on it) its length.

@@ -28,7 +28,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxskill import files, forward, interventions, sharding
 from jaxskill import data as data_lib
 from jaxskill.config import seed_runs
-from jaxskill.discover import load_prompt, neuron_scores, top_k
+from jaxskill.selection import neuron_scores, random_matched, top_k
+from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
 
 log = logging.getLogger("jaxskill.verify")
 
@@ -53,21 +54,6 @@ def position_mean(prompt, params, batch, *, model, kind):
   acts = out.activations.astype(jnp.float32)  # [b, l, t, i]
   w = batch["attention_mask"].astype(jnp.float32) * batch["valid"][:, None]
   return jnp.einsum("blti,bt->li", acts, w), w.sum()
-
-
-def random_matched(chosen: list[tuple[int, int]], num_neurons: int,
-                   rng: np.random.Generator) -> list[tuple[int, int]]:
-  """As many neurons per layer as `chosen` has there, uniformly among that layer's neurons
-  outside `chosen`."""
-  per_layer: dict[int, set[int]] = {}
-  for layer, neuron in chosen:
-    per_layer.setdefault(layer, set()).add(neuron)
-  out = []
-  for layer in sorted(per_layer):
-    pool = np.setdiff1d(np.arange(num_neurons), sorted(per_layer[layer]))
-    picks = rng.choice(pool, size=min(len(per_layer[layer]), len(pool)), replace=False)
-    out += [(layer, int(j)) for j in np.sort(picks)]
-  return out
 
 
 def group_keys(metadata: dict[str, np.ndarray], columns: tuple[str, ...], n: int) -> np.ndarray:
@@ -199,7 +185,6 @@ def verify(config, *, progress: bool = True) -> dict:
   """Runs the verification of `config` on its trained prompt and found neurons (the pipeline
   runs training and discovery first); returns the results written to `run_dir/verify.json`."""
   from jaxskill.config import to_dict
-  from jaxskill.train import eval_plan, prepare
   vc = config.verify
   corr_path = config.run_dir / "correlations.npz"
   if not corr_path.exists():
@@ -244,7 +229,6 @@ def verify(config, *, progress: bool = True) -> dict:
 
 def _evaluator(config, setup, mesh, prompt, params):
   """(evaluate(edit) -> `summarize` of the verify split with `edit`, number of examples)."""
-  from jaxskill.discover import encoded_split
   vc = config.verify
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None

@@ -29,7 +29,7 @@ import jaxskill
 from jaxskill import capture, discover
 from jaxskill import data as data_lib
 from jaxskill.model.config import PRESETS
-from jaxskill.train import make_mesh
+from jaxskill.sharding import make_mesh
 from benchlib import random_params, run_info, time_calls
 
 PROMPT = 8

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxskill
-from jaxskill import capture, discover, stats
+from jaxskill import capture, discover, selection, stats
 from jaxskill import data as data_lib
 from jaxskill.config import load_config
 from jaxskill.pipeline import run
@@ -93,12 +93,12 @@ def _float64(planted):
 def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
   r, st = _correlate(planted, ("label", "meta_is7", "meta_shuffled"))
   assert r.shape == (3, L, 1, I)
-  label_top = discover.top_k(discover.neuron_scores(r[0])[0], 5)
-  is7_top = discover.top_k(discover.neuron_scores(r[1])[0], 5)
-  shuffled_scores = discover.neuron_scores(r[2])[0]
+  label_top = selection.top_k(selection.neuron_scores(r[0])[0], 5)
+  is7_top = selection.top_k(selection.neuron_scores(r[1])[0], 5)
+  shuffled_scores = selection.neuron_scores(r[2])[0]
   assert label_top[0] == (0, PLANTED) and is7_top[0] == (0, PLANTED)
   assert abs(r[1, 0, 0, PLANTED]) > 0.9 and r[0, 0, 0, PLANTED] < -0.9  # label 0 means "is 7"
-  assert discover.top_k(shuffled_scores, 1)[0] != (0, PLANTED)
+  assert selection.top_k(shuffled_scores, 1)[0] != (0, PLANTED)
   assert shuffled_scores[0, PLANTED] < 0.3
 
 
@@ -245,8 +245,8 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
   mean = np.load(tmp_path / "s" / "correlations.npz")["confidence"]
   # find's nanmean of the two float64 arrays is this sum and halving: equal to an ulp of |r| <= 1
   np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-7)
-  sets = [discover.top_k(discover.neuron_scores(x)[0], 20) for x in (a, b)]
-  assert iou == pytest.approx(discover.iou(*sets))  # one pair: the same ratio of set sizes
+  sets = [selection.top_k(selection.neuron_scores(x)[0], 20) for x in (a, b)]
+  assert iou == pytest.approx(selection.iou(*sets))  # one pair: the same ratio of set sizes
 
 
 def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
@@ -292,8 +292,8 @@ def test_undefined_r_is_never_ranked():
   r[0, 1, 2] = -0.9
   r[1, 0, 3] = 0.2
   r[1, 2, 3] = np.nan
-  scores, pos = discover.neuron_scores(r)
+  scores, pos = selection.neuron_scores(r)
   # |-0.9| is 0.9 to the last bit; approx only spares writing the float
   assert np.isnan(scores[0, 0]) and scores[0, 2] == pytest.approx(0.9) and pos[0, 2] == 1
-  assert discover.top_k(scores, 10) == [(0, 2), (1, 3)]
-  assert discover.top_p_per_layer(scores, 0.5) == [(0, 2), (1, 3)]
+  assert selection.top_k(scores, 10) == [(0, 2), (1, 3)]
+  assert selection.top_p_per_layer(scores, 0.5) == [(0, 2), (1, 3)]

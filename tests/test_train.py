@@ -19,7 +19,8 @@ import pytest
 import jaxskill
 from jaxskill import cli
 from jaxskill.config import TrainConfig, load_config
-from jaxskill.train import init_prompt, make_optimizer, prepare, train, train_step
+from jaxskill.setup import prepare
+from jaxskill.train import init_prompt, make_optimizer, train, train_step
 
 # The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
 _DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())

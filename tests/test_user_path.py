@@ -204,10 +204,11 @@ def test_best_dev_prompt_compares_in_float32(tmp_path, monkeypatch):
   accuracy looked like an improvement."""
   from jaxskill import train as train_lib
   from jaxskill.pipeline import run
+  from jaxskill.setup import prepare
   monkeypatch.setattr(train_lib, "_evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.7})
   config = load_config(_args(tmp_path, "train.steps=4")[0], _args(tmp_path, "train.steps=4")[1:])
   run(config, until="train", progress=False)
-  setup = train_lib.prepare(config)
+  setup = prepare(config)
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
   initial = train_lib.init_prompt(config.prompt, init_key,
                                   setup.params["embed_tokens"]["embedding"], setup.tokenizer)

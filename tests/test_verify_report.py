@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxskill import report as report_lib
+from jaxskill import selection
 from jaxskill import verify as verify_lib
 from jaxskill.config import load_config
 from jaxskill.pipeline import run
@@ -41,7 +42,7 @@ def test_random_draws_match_layer_counts_and_avoid_the_top_neurons():
   chosen = [(0, 1), (0, 2), (2, 5)]
   rng = np.random.default_rng(0)
   for _ in range(20):
-    draw = verify_lib.random_matched(chosen, 8, rng)
+    draw = selection.random_matched(chosen, 8, rng)
     assert sorted(layer for layer, _ in draw) == [0, 0, 2]
     assert not set(draw) & set(chosen)
     assert len(set(draw)) == 3
@@ -63,8 +64,7 @@ def _hf_accuracy(config, zeroed):
   import torch
   from transformers import AutoModelForCausalLM
   from jaxskill.model.checkpoint import DEMO_MODEL
-  from jaxskill.discover import encoded_split
-  from jaxskill.train import prepare
+  from jaxskill.setup import encoded_split, prepare
   setup = prepare(config)
   enc = encoded_split(setup, config, "test")
   hf = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, attn_implementation="eager").eval()
