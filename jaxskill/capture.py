@@ -8,11 +8,13 @@ Sites (which token positions' neuron activations are read):
 Metrics (one number per example): the built-in ones of `jaxskill.forward.METRICS` (label,
 confidence, loss, correct, ...; described there, beside the one function that computes them),
 plus any numeric metadata column of the task ("meta_<column>") and user functions
-`fn(logits, batch) -> [b]` passed by name.
+`fn(logits, batch) -> [b]` passed by name (`batch` a `jaxskill.batch.Batch`; logits `[b, v]` for
+classification, `[b, t, v]` for generation).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping
 
 import jax
@@ -20,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxskill import forward
+from jaxskill.batch import Batch
 from jaxskill.model import Qwen2LM
 
 SITES = ("prompt", "last_input", "answer")
 BUILTIN_METRICS = forward.METRICS
-MetricFn = Callable[[jax.Array, dict], jax.Array]
+MetricFn = Callable[[jax.Array, Batch], jax.Array]
 
 
 def site_positions(sites: tuple[str, ...], prompt_length: int, placement: str) -> list[str]:
@@ -45,34 +48,43 @@ def site_positions(sites: tuple[str, ...], prompt_length: int, placement: str) -
   return names
 
 
-def capture_index(batch: dict, sites: tuple[str, ...], prompt_length: int) -> jax.Array:
+def capture_index(batch: Batch, sites: tuple[str, ...], prompt_length: int) -> jax.Array:
   """int `[b, k]` positions of the sites for each row."""
   cols = []
   for site in sites:
     if site == "prompt":
-      cols.append(batch["prompt_start"][:, None] + jnp.arange(prompt_length)[None])
+      cols.append(batch.prompt_start[:, None] + jnp.arange(prompt_length)[None])
     elif site == "last_input":
-      cols.append((batch["input_end"] - 1)[:, None])
+      cols.append((batch.input_end - 1)[:, None])
     else:
-      cols.append(batch["answer_pos"][:, None])
+      cols.append(batch.answer_pos[:, None])
   return jnp.concatenate(cols, axis=1)
 
 
-def capture_step(prompt, params, batch, *, model: Qwen2LM, kind: str, verbalizer: jax.Array,
-                 sites: tuple[str, ...], prompt_length: int, metric_names: tuple[str, ...],
-                 custom: Mapping[str, MetricFn] = ()):
-  """One forward pass: (activations `[b, l, k, i]`, metrics `[b, m]` in `metric_names` order).
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """What a capturing forward reads and computes: the model and its answer head (task kind and
+  verbalizer token ids `[c]`), the sites whose activations are read, and the metrics, in order
+  (built-in names, "meta_<column>" of the batch's metadata, or names of `custom` functions).
+  Calling it runs one batch (see `__call__`)."""
+  model: Qwen2LM
+  kind: str
+  verbalizer: jax.Array
+  sites: tuple[str, ...]
+  prompt_length: int
+  metric_names: tuple[str, ...]
+  custom: Mapping[str, MetricFn] = dataclasses.field(default_factory=dict)
 
-  `batch` holds the encoded arrays plus "meta_<column>" float arrays for metadata metrics.
-  """
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind,
-                               capture=capture_index(batch, sites, prompt_length))
-  values = forward.metrics(out.logits, batch, kind, verbalizer)
-  for name, fn in dict(custom).items():
-    values[name] = fn(out.logits, batch).astype(jnp.float32)
-  columns = [values[name] if name in values else batch[name].astype(jnp.float32)
-             for name in metric_names]
-  return out.activations, jnp.stack(columns, axis=1)
+  def __call__(self, prompt, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """One forward pass: (activations `[b, l, k, i]`, metrics `[b, m]` in `metric_names` order)."""
+    out = forward.prompted_apply(self.model, params, prompt, batch, kind=self.kind,
+                                 capture=capture_index(batch, self.sites, self.prompt_length))
+    values = forward.metrics(out.logits, batch, self.kind, self.verbalizer)
+    for name, fn in dict(self.custom).items():
+      values[name] = fn(out.logits, batch).astype(jnp.float32)
+    columns = [values[name] if name in values else batch.metric(name).astype(jnp.float32)
+               for name in self.metric_names]
+    return out.activations, jnp.stack(columns, axis=1)
 
 
 def metadata_columns(metadata: Mapping[str, np.ndarray]) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("jaxskill.checkpointing")
@@ -24,6 +25,8 @@ class CheckpointRestoreError(RuntimeError):
 
 def manager(directory: str | Path, *, max_to_keep: int, async_save: bool = True
             ) -> ocp.CheckpointManager:
+  """An orbax manager of one unnamed item in `directory` (created if missing), keeping the newest
+  `max_to_keep` steps; saves run in the background unless `async_save` is False."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          enable_async_checkpointing=async_save, create=True)
   # One unnamed item, fixed here: left open, orbax would decide it from the first step directory
@@ -34,12 +37,18 @@ def manager(directory: str | Path, *, max_to_keep: int, async_save: bool = True
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+  """Saves the pytree `state` as `step` (asynchronously when `mngr` is), whatever its interval."""
   mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def abstract_like(state):
   """ShapeDtypeStructs with the shardings of `state`: the restore target."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  def abstract(leaf):
+    if isinstance(leaf, jax.Array):
+      return ocp.utils.to_shape_dtype_struct(leaf)
+    # Host values (numpy arrays and scalars) come back as arrays of their shape and dtype.
+    return jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype)
+  return jax.tree.map(abstract, state)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target):

@@ -62,6 +62,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_convert(args) -> int:
+  """`jaxskill convert HF_DIR OUT_DIR`: an HF Qwen1.5 directory (or cached hub id) to orbax
+  params in --dtype, with its config and tokenizer files."""
   import jaxskill
   from jaxskill.model.checkpoint import resolve_model_dir
   t0 = time.perf_counter()
@@ -73,6 +75,8 @@ def cmd_convert(args) -> int:
 
 
 def cmd_export(args) -> int:
+  """`jaxskill export MODEL OUT_DIR`: a converted (or HF) model to an HF safetensors directory in
+  --dtype, with its tokenizer files."""
   import jaxskill
   from jaxskill.model.checkpoint import resolve_model_dir
   src = resolve_model_dir(args.model)
@@ -211,6 +215,7 @@ def _print_shortcut(run_dir: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The `jaxskill` parser: one subcommand per command, each setting `func` to what runs it."""
   ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
   p = sub.add_parser("demo", help="the shipped model organism end to end (configs/demo.yaml): "
@@ -302,6 +307,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+  """Runs one command line; returns the exit status. Bad input or a file system that refuses
+  gives status 2 and one line on stderr instead of a traceback."""
   args = parse_args(argv)
   _maybe_init_distributed(args)
   from jaxskill.checkpointing import CheckpointRestoreError

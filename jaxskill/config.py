@@ -25,6 +25,7 @@ class RunConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  """Which checkpoint to load and how to run it."""
   path: str = "demo"  # a checkpoint dir, a cached hub id, or "demo" for the shipped model
   dtype: str = "float32"  # float32 | bfloat16
   remat: bool = False
@@ -40,6 +41,7 @@ def _check(section, **conditions) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
+  """The soft prompt: its length, initialization and placement."""
   length: int = 8  # P, the number of soft-prompt vectors
   init: str = "vocab"  # random | vocab | text
   init_std: float = 0.02  # for init=random
@@ -54,6 +56,7 @@ class PromptConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  """How examples become token sequences."""
   max_length: int = 64  # tokens per sequence: input + prompt + answer, padded to this
   truncation: str = "left"  # inputs too long lose tokens on the left | right | error
   append_eos: bool = True  # generation: the target ends with EOS so the model learns to stop
@@ -64,6 +67,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """Prompt training: optimizer, schedule, logging, checkpoints and the device mesh."""
   steps: int = 200
   batch_size: int = 16
   lr: float = 1e-3
@@ -97,6 +101,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FindConfig:
+  """Skill-neuron discovery: capture sites, metrics, ranking and thresholds."""
   sites: tuple[str, ...] = ("prompt", "last_input", "answer")  # see jaxskill.capture
   metrics: tuple[str, ...] = ()  # () = every built-in metric and numeric metadata column
   custom_metrics: tuple[str, ...] = ()  # "package.module:function", fn(logits, batch) -> [b]
@@ -119,6 +124,7 @@ class FindConfig:
 
 @dataclasses.dataclass(frozen=True)
 class VerifyConfig:
+  """Verification by perturbing the selected neurons against random controls."""
   selection: tuple[str, ...] = ()  # find metrics whose top neurons are perturbed; () = the task's
   #                                  label (classification) or correct (generation)
   split: str = "test"  # the examples the accuracy and metrics are measured on
@@ -154,6 +160,7 @@ class DistributedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+  """One run: its name and output directory, and every section."""
   name: str = "run"
   out_dir: str = "runs"
   model: ModelConfig = ModelConfig()
@@ -176,6 +183,7 @@ class RunConfig:
 
   @property
   def run_dir(self) -> Path:
+    """Where the run writes: out_dir/name."""
     return Path(self.out_dir) / self.name
 
 
@@ -224,22 +232,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return _coerce(value, args[0], where)
   if origin is tuple:
     (item, *_) = typing.get_args(tp)
-    if isinstance(value, str):  # "1,2" or "[1, 2]" on the command line
-      text = value.strip()
-      if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-      value = [v.strip() for v in text.split(",") if v.strip() != ""]
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-      value = [value]
-    if not isinstance(value, (list, tuple)):
-      raise RunConfigError(f"{where}: expected a list, got {value!r}")
-    return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    return _coerce_tuple(value, item, where)
   if tp is bool:
     if isinstance(value, bool):
       return value
     if isinstance(value, str) and value.lower() in _BOOLS:
       return _BOOLS[value.lower()]
     raise RunConfigError(f"{where}: expected true or false, got {value!r}")
+  if tp is int or tp is float:
+    return _coerce_number(value, tp, where)
+  if tp is str:
+    if isinstance(value, bool) or value is None:
+      # YAML 1.1 turns yes/no/on/off/null into booleans and None: never a silent "True".
+      raise RunConfigError(f"{where}: expected a string, got {value!r}; quote it in YAML")
+    if isinstance(value, (dict, list)):
+      raise RunConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+  raise RunConfigError(f"{where}: unsupported type {tp}")
+
+
+def _coerce_tuple(value: Any, item: Any, where: str) -> tuple:
+  """A list, a single number or a "1,2" / "[1, 2]" string as a tuple of `item`s."""
+  if isinstance(value, str):  # "1,2" or "[1, 2]" on the command line
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+      text = text[1:-1]
+    value = [v.strip() for v in text.split(",") if v.strip() != ""]
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = [value]
+  if not isinstance(value, (list, tuple)):
+    raise RunConfigError(f"{where}: expected a list, got {value!r}")
+  return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _coerce_number(value: Any, tp: type, where: str) -> int | float:
+  """`value` as an int (a whole number, "3" or "3.0") or a float (also "1e-3"); never a bool."""
   if tp is int:
     try:
       if isinstance(value, bool):
@@ -250,21 +277,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
       return int(number)
     except (TypeError, ValueError):
       raise RunConfigError(f"{where}: expected an integer, got {value!r}") from None
-  if tp is float:
-    try:
-      if isinstance(value, bool):
-        raise ValueError
-      return float(value)  # also "1e-3", which YAML 1.1 reads as a string
-    except (TypeError, ValueError):
-      raise RunConfigError(f"{where}: expected a number, got {value!r}") from None
-  if tp is str:
-    if isinstance(value, bool) or value is None:
-      # YAML 1.1 turns yes/no/on/off/null into booleans and None: never a silent "True".
-      raise RunConfigError(f"{where}: expected a string, got {value!r}; quote it in YAML")
-    if isinstance(value, (dict, list)):
-      raise RunConfigError(f"{where}: expected a string, got {value!r}")
-    return str(value)
-  raise RunConfigError(f"{where}: unsupported type {tp}")
+  try:
+    if isinstance(value, bool):
+      raise ValueError
+    return float(value)  # also "1e-3", which YAML 1.1 reads as a string
+  except (TypeError, ValueError):
+    raise RunConfigError(f"{where}: expected a number, got {value!r}") from None
 
 
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False,
@@ -412,7 +430,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 def to_dict(config) -> dict:
+  """A config dataclass as nested plain dicts, tuples as lists (what YAML and JSON write)."""
   def plain(v):
+    """A tuple as a list, recursively; anything else unchanged."""
     if isinstance(v, tuple):
       return [plain(x) for x in v]
     return v
@@ -423,5 +443,6 @@ def to_dict(config) -> dict:
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
+  """Writes `config` as YAML to `path` (atomically)."""
   from jaxskill.files import write_text
   write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

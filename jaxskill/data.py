@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from jaxskill.batch import Batch
 from jaxskill.tasks.base import Task, TaskError
 
 
@@ -55,10 +56,13 @@ class Encoded:
   def __len__(self) -> int:
     return self.input_ids.shape[0]
 
-  def arrays(self) -> dict[str, np.ndarray]:
-    """The arrays a model step needs (no metadata)."""
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name not in ("metadata", "n_truncated", "present", "truncated")}
+  def batch(self, metrics: tuple[str, ...] = ()) -> Batch:
+    """Every row as one `Batch` (`valid` None), with the metadata columns of the "meta_<column>"
+    names among `metrics` as float32 `[n]`."""
+    meta = {name[5:]: self.metadata[name[5:]].astype(np.float32) for name in metrics
+            if name.startswith("meta_") and name[5:] in self.metadata}
+    return Batch(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Batch)
+                    if f.name not in ("valid", "meta")}, meta=meta)
 
   def check_rows(self, idx: np.ndarray, what: str = "") -> None:
     """Raises if any of the rows `idx` was not tokenized (see `present`)."""
@@ -84,6 +88,7 @@ def verbalizer_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
 
 
 def pad_id(tokenizer) -> int:
+  """The token that fills padding: the tokenizer's pad token, else its eos, else 0."""
   for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
     if tid is not None:
       return int(tid)
@@ -107,76 +112,85 @@ def answer_budget(task: Task, tokenizer, append_eos: bool = True) -> int:
 def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: str,
            max_length: int, truncation: str = "left", append_eos: bool = True,
            budget: int | None = None, rows: np.ndarray | None = None) -> Encoded:
-  """Encodes one split. `budget`: answer tokens to leave room for (default: `answer_budget`).
-  `rows`: tokenize only these example indices (the rows one process feeds, see `eval_rows` and
-  `train_rows`); the rest stay padding rows marked absent in `present`. Labels and metadata,
-  which need no tokenizer, are filled for every row."""
-  if split not in task.splits:
-    raise TaskError(f"task '{task.name}' has no split {split!r} (has {sorted(task.splits)})")
-  examples = task.splits[split]
-  if not examples:
-    raise TaskError(f"task '{task.name}': the {split} split is empty")
-  if placement not in ("infix", "prefix"):
-    raise ValueError(f"placement must be infix or prefix, got {placement!r}")
+  """Encodes one split: n examples -> `[n, max_length]` rows. `budget`: answer tokens to leave
+  room for (default: `answer_budget`). `rows`: tokenize only these example indices (the rows
+  one process feeds, see `eval_rows` and `train_rows`); the rest stay padding rows marked absent
+  in `present`. Labels and metadata, which need no tokenizer, are filled for every row."""
+  examples = _split_examples(task, split, placement)
   n, t, P = len(examples), max_length, prompt_length
   pad = pad_id(tokenizer)
   out = {name: np.zeros((n, t), np.int32) for name in
          ("input_ids", "attention_mask", "targets", "loss_mask")}
   out["input_ids"][:] = pad
   out["prompt_index"] = np.full((n, t), -1, np.int32)
-  answer_pos, input_end, prompt_start = (np.zeros(n, np.int32) for _ in range(3))
-  label = np.full(n, -1, np.int32)
+  for name in ("answer_pos", "input_end", "prompt_start"):
+    out[name] = np.zeros(n, np.int32)
+  out["label"] = np.full(n, -1, np.int32)
   if budget is None:
     budget = answer_budget(task, tokenizer, append_eos)
   width = t - P - budget  # room for the input
   if width < 1:
     raise TaskError(f"task '{task.name}': prompt ({P}) + the longest answer ({budget} tokens) "
                     f"leave no room for the input in data.max_length={t}")
-  n_truncated, truncated = 0, np.zeros(n, bool)
   if task.kind == "classification":
-    label[:] = [ex.label for ex in examples]
+    out["label"][:] = [ex.label for ex in examples]
   present = None
   if rows is not None:
     present = np.zeros(n, bool)
     present[np.asarray(rows, np.int64)] = True
+  truncated = np.zeros(n, bool)
   for i in (range(n) if present is None else np.flatnonzero(present)):
-    ex = examples[i]
-    inp = tokenizer(ex.input, add_special_tokens=False)["input_ids"]
-    answer = _answer_ids(task, tokenizer, ex.answer, append_eos)
+    where = f"task '{task.name}' {split} example {i}"
+    inp = tokenizer(examples[i].input, add_special_tokens=False)["input_ids"]
+    answer = _answer_ids(task, tokenizer, examples[i].answer, append_eos)
     if len(answer) > budget:
-      raise TaskError(f"task '{task.name}' {split} example {i}: answer is {len(answer)} tokens, "
-                      f"more than the budget {budget}")
+      raise TaskError(f"{where}: answer is {len(answer)} tokens, more than the budget {budget}")
     if len(inp) > width:
       if truncation == "error":
-        raise TaskError(f"task '{task.name}' {split} example {i}: input is {len(inp)} tokens, "
-                        f"{width} fit (data.max_length={t}); raise max_length or set "
-                        "data.truncation=left|right")
+        raise TaskError(f"{where}: input is {len(inp)} tokens, {width} fit (data.max_length={t});"
+                        " raise max_length or set data.truncation=left|right")
       inp = inp[len(inp) - width:] if truncation == "left" else inp[:width]
-      n_truncated += 1
       truncated[i] = True
-    if placement == "infix":
-      lead = width - len(inp)  # left padding: the prompt starts at column `width` in every row
-      tokens = [pad] * lead + inp + [pad] * P + answer
-      index = [-1] * width + list(range(P)) + [-1] * len(answer)
-      mask = [0] * lead + [1] * (len(tokens) - lead)
-      prompt_start[i], input_end[i] = width, width
-    else:
-      tokens = [pad] * P + inp + answer
-      index = list(range(P)) + [-1] * (len(inp) + len(answer))
-      mask = [1] * len(tokens)
-      prompt_start[i], input_end[i] = 0, P + len(inp)
-    before_answer = len(tokens) - len(answer) - 1
-    answer_pos[i] = before_answer
-    L = len(tokens)
-    out["input_ids"][i, :L] = tokens
-    out["attention_mask"][i, :L] = mask
-    out["prompt_index"][i, :L] = index
-    if answer:
-      out["targets"][i, before_answer:L - 1] = answer
-      out["loss_mask"][i, before_answer:L - 1] = 1
-  return Encoded(**out, answer_pos=answer_pos, label=label, input_end=input_end,
-                 prompt_start=prompt_start, metadata=_columns(examples), n_truncated=n_truncated,
+    _fill_row(out, i, inp, answer, placement=placement, width=width, P=P, pad=pad)
+  return Encoded(**out, metadata=_columns(examples), n_truncated=int(truncated.sum()),
                  present=present, truncated=truncated)
+
+
+def _split_examples(task: Task, split: str, placement: str) -> tuple:
+  """The examples of `split`, after checking that it exists, is not empty and that `placement`
+  is known."""
+  if split not in task.splits:
+    raise TaskError(f"task '{task.name}' has no split {split!r} (has {sorted(task.splits)})")
+  if not task.splits[split]:
+    raise TaskError(f"task '{task.name}': the {split} split is empty")
+  if placement not in ("infix", "prefix"):
+    raise ValueError(f"placement must be infix or prefix, got {placement!r}")
+  return task.splits[split]
+
+
+def _fill_row(out: dict, i: int, inp: list[int], answer: list[int], *, placement: str,
+              width: int, P: int, pad: int) -> None:
+  """Writes row i of `out` (the arrays of `Encoded`) in the layout of the module docstring."""
+  if placement == "infix":
+    lead = width - len(inp)  # left padding: the prompt starts at column `width` in every row
+    tokens = [pad] * lead + inp + [pad] * P + answer
+    index = [-1] * width + list(range(P)) + [-1] * len(answer)
+    mask = [0] * lead + [1] * (len(tokens) - lead)
+    out["prompt_start"][i], out["input_end"][i] = width, width
+  else:
+    tokens = [pad] * P + inp + answer
+    index = list(range(P)) + [-1] * (len(inp) + len(answer))
+    mask = [1] * len(tokens)
+    out["prompt_start"][i], out["input_end"][i] = 0, P + len(inp)
+  L = len(tokens)
+  before_answer = L - len(answer) - 1
+  out["answer_pos"][i] = before_answer
+  out["input_ids"][i, :L] = tokens
+  out["attention_mask"][i, :L] = mask
+  out["prompt_index"][i, :L] = index
+  if answer:
+    out["targets"][i, before_answer:L - 1] = answer
+    out["loss_mask"][i, before_answer:L - 1] = 1
 
 
 def _columns(examples) -> dict:
@@ -225,35 +239,27 @@ def eval_rows(n: int, batch_size: int, local: np.ndarray) -> np.ndarray:
   return np.unique(np.minimum(idx, n - 1))
 
 
-def take(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-  return {k: v[idx] for k, v in arrays.items()}
-
-
-def eval_batch(encoded: Encoded, batch_size: int, i: int,
-               arrays: dict[str, np.ndarray] | None = None,
-               local: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def eval_batch(encoded: Encoded, batch_size: int, i: int, whole: Batch | None = None,
+               local: np.ndarray | None = None) -> Batch:
   """Batch `i` of `eval_batches` (same arguments): rows i * batch_size + local, the last
   batch padded by repeating the last example with `valid` = 0."""
-  arrays = encoded.arrays() if arrays is None else arrays
+  whole = encoded.batch() if whole is None else whole
   n = len(encoded)
   idx = i * batch_size + (np.arange(batch_size) if local is None else np.asarray(local))
   rows = np.minimum(idx, n - 1)
   encoded.check_rows(rows)
-  batch = take(arrays, rows)
-  batch["valid"] = (idx < n).astype(np.float32)
-  return batch
+  return whole.rows(rows).replace(valid=(idx < n).astype(np.float32))
 
 
-def eval_batches(encoded: Encoded, batch_size: int,
-                 arrays: dict[str, np.ndarray] | None = None,
-                 local: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(encoded: Encoded, batch_size: int, whole: Batch | None = None,
+                 local: np.ndarray | None = None) -> Iterator[Batch]:
   """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows.
-  `arrays` replaces `encoded.arrays()` (e.g. with metadata columns added). `local`: yield only
+  `whole` replaces `encoded.batch()` (e.g. with metadata columns). `local`: yield only
   these rows of each global batch (the ones this process feeds; `eval_rows` gives the examples
   they cover); `valid` then covers those rows, and `global_valid` gives the whole batch's."""
-  arrays = encoded.arrays() if arrays is None else arrays
+  whole = encoded.batch() if whole is None else whole
   for i in range(-(-len(encoded) // batch_size)):
-    yield eval_batch(encoded, batch_size, i, arrays, local)
+    yield eval_batch(encoded, batch_size, i, whole, local)
 
 
 def global_valid(n: int, batch_size: int, start: int) -> np.ndarray:

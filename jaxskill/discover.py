@@ -12,11 +12,13 @@ Outputs in the run directory:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
 import importlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, checkpointing, files, sharding, stats
+from jaxskill import capture, files, stats
 from jaxskill import data as data_lib
 from jaxskill.config import seed_runs
+from jaxskill.runner import Checkpoints, Runner
 from jaxskill.selection import iou, neuron_scores, top_k, top_p_per_layer
 from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
 
@@ -50,7 +53,10 @@ def load_custom_metrics(specs: tuple[str, ...]) -> dict[str, capture.MetricFn]:
 
 def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: str,
                  custom: Mapping[str, capture.MetricFn]) -> tuple[str, ...]:
-  available = [m for m in capture.BUILTIN_METRICS if not (m == "label" and kind != "classification")]
+  """The metrics to correlate: `requested` (find.metrics) checked against what this task offers
+  (built-ins, its numeric "meta_<column>" columns, `custom`), or all of those if none asked."""
+  available = [m for m in capture.BUILTIN_METRICS
+               if not (m == "label" and kind != "classification")]
   available += capture.metadata_columns(encoded.metadata) + list(custom)
   if not requested:
     return tuple(available)
@@ -60,64 +66,41 @@ def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: st
   return tuple(requested)
 
 
-def _arrays_with_metadata(encoded: data_lib.Encoded, names) -> dict[str, np.ndarray]:
-  arrays = encoded.arrays()
-  for name in names:
-    if name.startswith("meta_") and name[5:] in encoded.metadata:
-      arrays[name] = encoded.metadata[name[5:]].astype(np.float32)
-  return arrays
-
-
-def correlate(model, params, prompt, encoded: data_lib.Encoded, *, kind: str,
-              verbalizer, sites: tuple[str, ...], prompt_length: int, names: tuple[str, ...],
-              custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh, batch_size: int,
-              ckpt_dir: Path | None = None, checkpoint_every: int = 0, merge_every: int = 16,
-              progress: bool = False) -> tuple[np.ndarray, dict]:
-  """Streams `encoded` in batches; returns (r `[m, l, k, i]`, host float64 statistics with the
-  shift "ref_x", "ref_y": the mean activation is `mean_x + ref_x`).
+def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
+              runner: Runner, ckpt_dir: Path | None = None, checkpoint_every: int = 0,
+              merge_every: int = 16, progress: bool = False) -> tuple[np.ndarray, dict]:
+  """Streams `encoded` (n rows) in `runner`'s batches through `probe`; returns (r `[m, l, k, i]`,
+  host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m]`, f = l k i: the mean
+  activation is `mean_x + ref_x`).
 
   Each batch's statistics are merged into a float32 accumulator on the device; every
   `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
   float64 statistics, in a background thread while the device runs the next batches."""
-  if batch_size % mesh.shape["data"]:
-    raise ValueError(f"find.batch_size={batch_size} is not divisible by the "
-                     f"{mesh.shape['data']} devices of the data axis")
-  step = functools.partial(capture.capture_step, model=model, kind=kind,
-                           verbalizer=jnp.asarray(verbalizer), sites=sites,
-                           prompt_length=prompt_length, metric_names=names, custom=dict(custom))
-  prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
-  params, param_shardings = sharding.place_params(params, mesh)
-  arrays = _arrays_with_metadata(encoded, names)
-  local = sharding.local_rows(mesh, batch_size)  # each process feeds only its rows
-
-  def batch_at(i):
-    return sharding.put_local(data_lib.eval_batch(encoded, batch_size, i, arrays, local), mesh,
-                              batch_size)
-
-  shape = jax.eval_shape(step, prompt, params, batch_at(0))[0].shape[1:]  # [l, k, i]
-  f = int(np.prod(shape))
-  programs = _StatsPrograms.build(step, mesh, param_shardings, len(names), f)
-  n_batches = -(-len(encoded) // batch_size)
+  names = probe.metric_names
+  prompt = runner.replicate(prompt)
+  params, param_shardings = runner.place(params)
+  whole = encoded.batch(names)
+  shape = jax.eval_shape(probe, prompt, params, runner.batch(encoded, 0, whole))[0].shape[1:]
+  f = int(np.prod(shape))  # [l, k, i] flattened
+  programs = _StatsPrograms.build(probe, runner.mesh, param_shardings, len(names), f)
+  n_batches = runner.n_batches(encoded)
   state = {"stats": stats.init(len(names), f), "ref_x": np.zeros(f, np.float32),
            "ref_y": np.zeros(len(names), np.float32), "next_batch": np.int64(0)}
-  mngr = None
-  if ckpt_dir is not None:
-    mngr = checkpointing.manager(ckpt_dir, max_to_keep=2, async_save=False)
-    restored = checkpointing.restore_latest(mngr, jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), state))
-    if restored is not None:
-      state = jax.tree.map(np.asarray, restored[1])
-      log.info("resuming statistics at batch %d of %d", int(state["next_batch"]), n_batches)
-  try:
-    merged, state = programs.stream(
-        lambda i: (prompt, params, batch_at(i)), state, n_batches, mngr=mngr,
-        checkpoint_every=checkpoint_every, merge_every=merge_every, progress=progress)
-  finally:
-    if mngr is not None:
-      mngr.wait_until_finished()
-      mngr.close()
-  r = stats.finalize(merged).reshape(len(names), *shape)
-  return r, {**merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
+  ckpt = (Checkpoints(ckpt_dir, every=checkpoint_every) if ckpt_dir is not None
+          else contextlib.nullcontext())
+  with ckpt:
+    if ckpt_dir is not None:
+      start, state = ckpt.restore(state)
+      state = jax.tree.map(np.asarray, state)
+      if start:
+        log.info("resuming statistics at batch %d of %d", start, n_batches)
+    with _Stream(programs, lambda i: (prompt, params, runner.batch(encoded, i, whole)),
+                 state, n_batches, merge_every) as stream:
+      state = runner.loop(stream.step, state, total=n_batches, start=int(state["next_batch"]),
+                          desc="correlate", progress=progress,
+                          checkpoints=ckpt if ckpt_dir is not None else None)
+  r = stats.finalize(stream.merged).reshape(len(names), *shape)
+  return r, {**stream.merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +115,8 @@ class _StatsPrograms:
 
   @classmethod
   def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int) -> "_StatsPrograms":
+    """The programs for `step` (prompt, params, batch -> (activations `[b, l, k, i]`, metrics
+    `[b, m]`)) on `mesh`, f = l k i features."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     # The statistics are per feature: split them over the model axis like the params, so that
     # each device computes and keeps only its share of the [m, f] arrays.
@@ -147,14 +132,14 @@ class _StatsPrograms:
 
     def fused(prompt, params, batch, ref_x, ref_y, acc):
       acts, y = step(prompt, params, batch)
-      return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch["valid"],
+      return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch.valid,
                                             ref_x, ref_y))
 
     def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
       acts, y = step(prompt, params, batch)
       x = acts.reshape(acts.shape[0], -1)
-      ref_x, ref_y = stats.reference(x, y, batch["valid"])
-      return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch["valid"], ref_x, ref_y))
+      ref_x, ref_y = stats.reference(x, y, batch.valid)
+      return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch.valid, ref_x, ref_y))
 
     # To the host: directly where this process holds every shard; otherwise (a model axis across
     # hosts) replicated first, on the main thread, so that every process runs that collective in
@@ -171,108 +156,98 @@ class _StatsPrograms:
         else replicate(tree),
         ref_shardings=ref_shardings)
 
-  def stream(self, inputs_at, state: dict, n_batches: int, *, mngr, checkpoint_every: int,
-             merge_every: int, progress: bool) -> tuple[dict, dict]:
-    """Batches state["next_batch"] .. n_batches - 1 (`inputs_at(i)`: prompt, params, batch i)
-    into the host float64 statistics, merged in place (stats.merge_into) in a background
-    thread, one merge at a time; a checkpoint every `checkpoint_every` batches. Returns (the
-    statistics, the state)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from tqdm.auto import tqdm
-    bar = tqdm(total=n_batches, initial=int(state["next_batch"]), disable=not progress,
-               desc="correlate")
-    ref = jax.device_put((state["ref_x"], state["ref_y"]), self.ref_shardings)
-    merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
-    scratch = np.empty((2, *merged["c_xy"].shape))
-    pending, acc, held = None, self.fresh(), 0
-    with ThreadPoolExecutor(1) as pool:
-      for i in range(int(state["next_batch"]), n_batches):
-        if i == 0:
-          *ref, acc = self.first(*inputs_at(0), acc)
-          state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
-                                                        self.host_ready(tuple(ref))))))
-        else:
-          acc = self.fused(*inputs_at(i), *ref, acc)
-        held += 1
-        save = mngr is not None and checkpoint_every and ((i + 1) % checkpoint_every == 0
-                                                          or i + 1 == n_batches)
-        if held == merge_every or save or i + 1 == n_batches:
-          if pending is not None:
-            pending.result()
-          pending = pool.submit(lambda a: stats.merge_into(merged, jax.device_get(a), scratch),
-                                self.host_ready(acc))
-          acc, held = self.fresh(), 0
-          if save:
-            pending.result()
-            pending = None
-            state = dict(state, stats=merged, next_batch=np.int64(i + 1))
-            checkpointing.save(mngr, i + 1, state)
-        bar.update(1)
-      if pending is not None:
-        pending.result()
-    bar.close()
-    return merged, state
+
+class _Stream:
+  """The loop body of `correlate`: batch i into the device accumulator; every `merge_every`
+  batches, at a checkpoint and at the end, the accumulator into the host float64 statistics
+  (`merged`, in place, `stats.merge_into`) in a background thread, one merge at a time."""
+
+  def __init__(self, programs: _StatsPrograms, inputs_at: Callable, state: dict, n_batches: int,
+               merge_every: int):
+    self.programs, self.inputs_at = programs, inputs_at  # inputs_at(i): prompt, params, batch i
+    self.n_batches, self.merge_every = n_batches, merge_every
+    self.ref = jax.device_put((state["ref_x"], state["ref_y"]), programs.ref_shardings)
+    self.merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
+    self.scratch = np.empty((2, *self.merged["c_xy"].shape))
+    self.pending, self.acc, self.held = None, programs.fresh(), 0
+
+  def __enter__(self) -> "_Stream":
+    self.pool = ThreadPoolExecutor(1)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.pending is not None and exc[0] is None:
+      self.pending.result()
+    self.pool.shutdown(wait=True)
+
+  def step(self, i: int, state: dict, saving: bool) -> tuple[dict, None]:
+    """Batch i (a `Runner.loop` body); when `saving`, the state holds every batch so far."""
+    programs = self.programs
+    if i == 0:
+      *self.ref, self.acc = programs.first(*self.inputs_at(0), self.acc)
+      state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
+                                                    programs.host_ready(tuple(self.ref))))))
+    else:
+      self.acc = programs.fused(*self.inputs_at(i), *self.ref, self.acc)
+    self.held += 1
+    if self.held == self.merge_every or saving or i + 1 == self.n_batches:
+      if self.pending is not None:
+        self.pending.result()
+      self.pending = self.pool.submit(
+          lambda a: stats.merge_into(self.merged, jax.device_get(a), self.scratch),
+          programs.host_ready(self.acc))
+      self.acc, self.held = programs.fresh(), 0
+      if saving:  # the checkpoint holds every batch so far
+        self.pending.result()
+        self.pending = None
+        state = dict(state, stats=self.merged, next_batch=np.int64(i + 1))
+    return state, None
 
 
-def predictivity(model, params, prompt, encoded: data_lib.Encoded, baseline: np.ndarray, *,
-                 verbalizer, sites: tuple[str, ...], prompt_length: int, mesh: Mesh,
-                 batch_size: int) -> tuple[np.ndarray, int]:
-  """The 2022 method (Wang et al.): accuracy of `activation > train mean` as a predictor of the
-  binary label on `encoded` (the dev split), per feature. Returns (accuracy `[l, k, i]`, n)."""
-  replicated = NamedSharding(mesh, P())
-  step = functools.partial(capture.capture_step, model=model, kind="classification",
-                           verbalizer=jnp.asarray(verbalizer), sites=sites,
-                           prompt_length=prompt_length, metric_names=("label",))
+def predictivity(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded,
+                 baseline: np.ndarray, *, runner: Runner) -> tuple[np.ndarray, int]:
+  """The 2022 method (Wang et al.): accuracy of `activation > train mean` (`baseline` `[f]`) as
+  a predictor of the binary label on `encoded` (the dev split), per feature. Returns (accuracy
+  `[l, k, i]`, n)."""
+  step = dataclasses.replace(probe, metric_names=("label",), custom={})
   counts_fn = jax.shard_map(functools.partial(stats.predictivity_counts, axis_name="data"),
-                            mesh=mesh, in_specs=(P("data"), P("data"), P("data"), P()),
+                            mesh=runner.mesh, in_specs=(P("data"), P("data"), P("data"), P()),
                             out_specs=P())
 
-  @functools.partial(jax.jit, out_shardings=replicated)
+  @functools.partial(jax.jit, out_shardings=runner.replicated)
   def batch_counts(prompt, params, batch, baseline):
     acts, _ = step(prompt, params, batch)
-    return counts_fn(acts.reshape(acts.shape[0], -1), batch["label"], batch["valid"], baseline)
+    return counts_fn(acts.reshape(acts.shape[0], -1), batch.label, batch.valid, baseline)
 
-  prompt, baseline_dev = jax.device_put((prompt, jnp.asarray(baseline, jnp.float32)), replicated)
-  params, _ = sharding.place_params(params, mesh)
+  prompt, baseline_dev = runner.replicate((prompt, jnp.asarray(baseline, jnp.float32)))
+  params, _ = runner.place(params)
   correct, n = 0, 0
-  local = sharding.local_rows(mesh, batch_size)
-  for batch in data_lib.eval_batches(encoded, batch_size, local=local):
-    batch = sharding.put_local(batch, mesh, batch_size)
+  for batch, _ in runner.batches(encoded):
     out = jax.device_get(batch_counts(prompt, params, batch, baseline_dev))
     correct, n = correct + out["correct"].astype(np.int64), n + int(out["n"])
   shape = jax.eval_shape(step, prompt, params, batch)[0].shape[1:]
   return (correct / max(n, 1)).reshape(shape), n
 
 
-def top_activations(model, params, prompt, encoded: data_lib.Encoded,
-                    features: list[tuple[int, int, int]], *, kind: str, verbalizer,
-                    sites: tuple[str, ...], prompt_length: int, names: tuple[str, ...],
-                    custom: Mapping[str, capture.MetricFn] = (), mesh: Mesh,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def top_activations(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded,
+                    features: list[tuple[int, int, int]], *,
+                    runner: Runner) -> tuple[np.ndarray, np.ndarray]:
   """The activations of a few features (layer, position index, neuron) on every example of
-  `encoded`, with the metrics: (`[n, len(features)]`, `[n, len(names)]`), for the report's
+  `encoded`, with the metrics: (`[n, len(features)]`, `[n, m]`), for the report's
   distributions and top-activating examples."""
-  replicated = NamedSharding(mesh, P())
-  step = functools.partial(capture.capture_step, model=model, kind=kind,
-                           verbalizer=jnp.asarray(verbalizer), sites=sites,
-                           prompt_length=prompt_length, metric_names=names, custom=dict(custom))
   layer, pos, neuron = (jnp.asarray([f[j] for f in features], jnp.int32) for j in range(3))
 
-  @functools.partial(jax.jit, out_shardings=replicated)
+  @functools.partial(jax.jit, out_shardings=runner.replicated)
   def gather(prompt, params, batch):
-    acts, y = step(prompt, params, batch)
+    acts, y = probe(prompt, params, batch)
     # float32 whatever the model's dtype: numpy cannot read bfloat16 back from an .npz
     return acts[:, layer, pos, neuron].astype(jnp.float32), y
 
-  prompt = jax.device_put(prompt, replicated)
-  params, _ = sharding.place_params(params, mesh)
+  prompt = runner.replicate(prompt)
+  params, _ = runner.place(params)
   out_a, out_y = [], []
-  local = sharding.local_rows(mesh, batch_size)
-  batches = data_lib.eval_batches(encoded, batch_size, _arrays_with_metadata(encoded, names),
-                                  local=local)
-  for start, batch in zip(range(0, len(encoded), batch_size), batches):
-    valid = data_lib.global_valid(len(encoded), batch_size, start)
-    a, y = jax.device_get(gather(prompt, params, sharding.put_local(batch, mesh, batch_size)))
+  for batch, valid in runner.batches(encoded, encoded.batch(probe.metric_names)):
+    a, y = jax.device_get(gather(prompt, params, batch))
     out_a.append(np.asarray(a)[valid])
     out_y.append(np.asarray(y)[valid])
   return np.concatenate(out_a), np.concatenate(out_y)
@@ -315,38 +290,40 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
 
 @dataclasses.dataclass(frozen=True)
 class _Find:
-  """What the discovery of every seed's prompt shares: model, placed params, the split, names."""
+  """What the discovery of every seed's prompt shares: the probe, placed params, the split."""
   config: Any
   setup: Any  # setup.Setup
-  mesh: Mesh
+  runner: Runner
   params: Any
   encoded: data_lib.Encoded
-  names: tuple[str, ...]
-  custom: Mapping[str, capture.MetricFn]
+  probe: capture.Probe
 
   @classmethod
   def build(cls, config) -> "_Find":
+    """Mesh, setup, placed params, the find split and the probe of `config`."""
     fc, first = config.find, seed_runs(config)[0]  # seed runs differ only in train.seed
-    mesh = sharding.make_mesh(first.train.data_parallel, first.train.model_parallel)
-    setup = prepare(first, eval_plan(mesh, fc.batch_size))
-    params, _ = sharding.place_params(setup.params, mesh, first.train.param_sharding)
+    runner = Runner.build(first, fc.batch_size, "find.batch_size")
+    setup = prepare(first, eval_plan(runner.mesh, fc.batch_size), runner.mesh)
+    params, _ = runner.place(setup.params, first.train.param_sharding)
     encoded = encoded_split(setup, first, fc.split)
     custom = load_custom_metrics(fc.custom_metrics)
-    names = metric_names(fc.metrics, encoded, setup.task.kind, custom)
-    return cls(config, setup, mesh, params, encoded, names, custom)
+    probe = capture.Probe(setup.model, setup.task.kind, jnp.asarray(setup.verbalizer), fc.sites,
+                          config.prompt.length,
+                          metric_names(fc.metrics, encoded, setup.task.kind, custom), custom)
+    return cls(config, setup, runner, params, encoded, probe)
 
-  def statics(self) -> dict:
-    return dict(verbalizer=self.setup.verbalizer, sites=self.config.find.sites,
-                prompt_length=self.config.prompt.length, mesh=self.mesh,
-                batch_size=self.config.find.batch_size)
+  @property
+  def names(self) -> tuple[str, ...]:
+    """The metrics correlated, in the order of r's first axis."""
+    return self.probe.metric_names
 
   def correlate(self, run, prompt, progress: bool):
+    """`correlate` of one (seed) run's prompt, checkpointed in its find_checkpoints/."""
     fc = self.config.find
-    return correlate(self.setup.model, self.params, prompt, self.encoded,
-                     kind=self.setup.task.kind, names=self.names, custom=self.custom,
+    return correlate(self.probe, self.params, prompt, self.encoded,
                      ckpt_dir=run.run_dir / "find_checkpoints",
                      checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
-                     progress=progress, **self.statics())
+                     progress=progress, runner=self.runner)
 
   def predictivity(self, run, prompt, st: dict) -> dict | None:
     """The 2022 baseline for a binary label (threshold: the train mean activation, from the
@@ -358,10 +335,10 @@ class _Find:
       return None
     j = self.names.index("label")
     baseline = (st["mean_x"][j] + st["ref_x"]).astype(np.float32)
-    acc, n_dev = predictivity(self.setup.model, self.params, prompt, self.setup.dev, baseline,
-                              **self.statics())
-    if sharding.is_writer():
-      files.save_npz(run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5))
+    acc, n_dev = predictivity(self.probe, self.params, prompt, self.setup.dev, baseline,
+                              runner=self.runner)
+    Runner.write("find: predictivity.npz", lambda: files.save_npz(
+        run.run_dir / "predictivity.npz", accuracy=acc, score=np.abs(acc - 0.5)))
     return {"n_dev": n_dev,
             "top_k": [list(x) for x in top_k(neuron_scores(np.abs(acc - 0.5))[0], 10)],
             "max_score": float(np.abs(acc - 0.5).max())}
@@ -377,15 +354,13 @@ class _Find:
           features.append((layer, int(pos[layer, neuron]), neuron))
     if not features:
       return
-    acts, values = top_activations(self.setup.model, self.params, prompt, self.encoded, features,
-                                   kind=self.setup.task.kind, names=self.names,
-                                   custom=self.custom, **self.statics())
-    if sharding.is_writer():
-      texts = [ex.input for ex in self.setup.task.splits[self.config.find.split]]
-      files.save_npz(self.config.run_dir / "activations.npz",
-                     features=np.asarray(features, np.int32), activations=acts, metrics=values,
-                     metric_names=np.asarray(self.names),
-                     position_names=np.asarray(position_names), texts=np.asarray(texts))
+    acts, values = top_activations(self.probe, self.params, prompt, self.encoded, features,
+                                   runner=self.runner)
+    texts = [ex.input for ex in self.setup.task.splits[self.config.find.split]]
+    Runner.write("find: activations.npz", lambda: files.save_npz(
+        self.config.run_dir / "activations.npz", features=np.asarray(features, np.int32),
+        activations=acts, metrics=values, metric_names=np.asarray(self.names),
+        position_names=np.asarray(position_names), texts=np.asarray(texts)))
 
 
 def find(config, *, progress: bool = True) -> dict:
@@ -412,12 +387,9 @@ def find(config, *, progress: bool = True) -> dict:
   r_all = results[0][1] if len(results) == 1 else np.nanmean(  # the mean over seeds
       np.stack([r for _, r, _ in results]), axis=0)
   ctx.save_activations(r_all, {"embeddings": jnp.asarray(load_prompt(runs[0]))}, position_names)
-  summary = {}
-  if sharding.is_writer():  # every process holds the same statistics; one writes them
-    summary = _write_find_outputs(config, results, r_all, ctx.names, position_names, common,
-                                  extra)
-  sharding.barrier("find: outputs written")
-  return summary
+  # Every process holds the same statistics; one writes them.
+  return Runner.write("find: outputs written", lambda: _write_find_outputs(
+      config, results, r_all, ctx.names, position_names, common, extra)) or {}
 
 
 def _write_find_outputs(config, results, mean_r, names, position_names, common, extra) -> dict:

@@ -50,22 +50,27 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 
 
 def write_text(path: str | Path, text: str) -> Path:
+  """Writes `text` (UTF-8) atomically; returns `path`."""
   return atomic_write(path, lambda f: f.write(text), "w")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
+  """Writes `data` atomically; returns `path`."""
   return atomic_write(path, lambda f: f.write(data))
 
 
 def write_json(path: str | Path, obj) -> Path:
+  """Writes `obj` as indented JSON atomically; returns `path`."""
   return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_npy(path: str | Path, array) -> Path:
+  """Writes an array-like of any shape and dtype as .npy atomically; returns `path`."""
   return atomic_write(path, lambda f: np.save(f, np.asarray(array)))
 
 
 def save_npz(path: str | Path, **arrays) -> Path:
+  """Writes the keyword arrays (any shapes) as one uncompressed .npz atomically; returns `path`."""
   return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -79,6 +84,7 @@ def _damaged(path: Path, error: Exception) -> DamagedFileError:
 
 
 def read_json(path: str | Path):
+  """The parsed JSON of `path`; FileNotFoundError if missing, DamagedFileError if unreadable."""
   path = Path(path)
   try:
     return json.loads(path.read_text(encoding="utf-8"))
@@ -89,6 +95,8 @@ def read_json(path: str | Path):
 
 
 def read_yaml(path: str | Path):
+  """The parsed YAML of `path` (safe_load); FileNotFoundError if missing, DamagedFileError if
+  unreadable."""
   path = Path(path)
   try:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -99,6 +107,8 @@ def read_yaml(path: str | Path):
 
 
 def load_npy(path: str | Path) -> np.ndarray:
+  """The array of a .npy, shape and dtype as saved (no pickles); FileNotFoundError if missing,
+  DamagedFileError if unreadable."""
   path = Path(path)
   try:
     return np.load(path, allow_pickle=False)

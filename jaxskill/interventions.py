@@ -1,17 +1,23 @@
-"""Neuron interventions as plain inputs to the model: nothing in the params changes.
+"""Neuron interventions as small pytrees that the model applies: nothing in the params changes.
 
-`neuron_edit(...)` builds a pytree of `[layers, neurons]` arrays (plus one PRNG key per layer)
-that `model.apply(..., neuron_edit=edit)` applies inside every layer's MLP, at every position:
+An intervention is a pytree of arrays with a leading layer axis and a `__call__` that maps one
+layer's neuron activations `[b, t, i]` to edited ones; `model.apply(..., neuron_edit=edit)`
+slices it per layer (the layer scan's `in_axes`) and calls it inside every layer's MLP, at every
+position (penzai's `KnockOutAttentionHeads` is the model for this). `NeuronEdit` does
   a <- a * keep + add + noise_std * N(0, 1)
 so zeroing (keep 0), replacing by the train mean (keep 0, add mean) and gaussian noise (sigma at
-the chosen neurons; 0.1 is the 2022 default) are the same function of different inputs, and a
-batch of counterfactual runs is a vmap over edits.
+the chosen neurons; 0.1 is the 2022 default) are the same function of different inputs; `Chain`
+applies several in order; and since an edit is a pytree of arrays, a batch of counterfactual
+runs is a `jax.vmap` over stacked edits (`stack`).
+
+Shapes: l layers, i neurons per layer.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +25,54 @@ import numpy as np
 MODES = ("zero", "mean", "noise")
 
 
+@flax.struct.dataclass
+class NeuronEdit:
+  """`a * keep + add + noise_std * N(0, 1)`, elementwise over the neurons.
+
+  keep, add, noise_std: float32 `[l, i]` (`[i]` once the model has sliced out a layer).
+  key: one PRNG key per layer, `[l, 2]` uint32 (`[2]` in a layer).
+  """
+  keep: jax.Array
+  add: jax.Array
+  noise_std: jax.Array
+  key: jax.Array
+
+  def __call__(self, a: jax.Array) -> jax.Array:
+    """One layer's activations `[b, t, i]` -> edited `[b, t, i]`, in a's dtype."""
+    noise = self.noise_std * jax.random.normal(self.key, a.shape, jnp.float32)
+    return (a * self.keep + self.add + noise).astype(a.dtype)
+
+  def fold_in(self, data) -> "NeuronEdit":
+    """The same edit with every layer's key folded with `data` (an int, e.g. the batch index):
+    independent noise for each batch of a split."""
+    return self.replace(key=jax.vmap(lambda k: jax.random.fold_in(k, data))(self.key))
+
+
+@flax.struct.dataclass
+class Chain:
+  """Several interventions, applied in order in every layer."""
+  edits: tuple
+
+  def __call__(self, a: jax.Array) -> jax.Array:
+    """`[b, t, i]` -> `[b, t, i]`: each edit applied to the output of the one before."""
+    for edit in self.edits:
+      a = edit(a)
+    return a
+
+  def fold_in(self, data) -> "Chain":
+    """Every edit's keys folded with `data` (see `NeuronEdit.fold_in`)."""
+    return Chain(tuple(e.fold_in(data) for e in self.edits))
+
+
+def stack(edits: list) -> NeuronEdit:
+  """Edits of the same structure stacked on a new leading axis `[e, ...]`, to `jax.vmap` a
+  forward over them (`in_axes=0` for the edit)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *edits)
+
+
 def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, int]],
                 mode: str, *, sigma: float = 0.1, mean: np.ndarray | None = None,
-                key: jax.Array | None = None) -> dict:
+                key: jax.Array | None = None) -> NeuronEdit:
   """The edit for `neurons` [(layer, neuron), ...].
 
   mode: "zero", "mean" (needs `mean` `[layers, neurons]`, e.g. the train-split mean activation)
@@ -49,5 +100,4 @@ def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, 
       raise ValueError("mode 'noise' needs a PRNG key")
     noise_std[chosen] = sigma
   keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), num_layers)
-  return {"keep": jnp.asarray(keep), "add": jnp.asarray(add), "noise_std": jnp.asarray(noise_std),
-          "key": keys}
+  return NeuronEdit(jnp.asarray(keep), jnp.asarray(add), jnp.asarray(noise_std), keys)

@@ -68,6 +68,7 @@ def stage_config(config: RunConfig, stage: str) -> dict:
 
 
 def fingerprint(config: RunConfig, stage: str) -> str:
+  """A 16-hex-digit hash of `stage_config`: what stages.json records a stage's result under."""
   return _hash(stage_config(config, stage))
 
 

@@ -35,8 +35,9 @@ from jaxskill.selection import neuron_scores
 # --- numbers ----------------------------------------------------------------------------------
 
 def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
-  """Gaussian kernel density of `samples` on `grid`, Silverman's bandwidth
-  0.9 * min(std, IQR / 1.34) * n^(-1/5) (a point mass gets a small floor width)."""
+  """Gaussian kernel density of `samples` (any shape; non-finite values dropped) on the 1-D
+  `grid`: float64, `grid`'s shape. Silverman's bandwidth 0.9 * min(std, IQR / 1.34) * n^(-1/5)
+  (a point mass gets a small floor width)."""
   x = np.asarray(samples, np.float64)
   x = x[np.isfinite(x)]
   if x.size == 0:
@@ -50,7 +51,8 @@ def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-  """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney AUC."""
+  """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney AUC of two 1-D
+  arrays; NaN if either is empty."""
   pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
   if pos.size == 0 or neg.size == 0:
     return float("nan")
@@ -60,8 +62,8 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
-  """(label, mask) groups of examples for a metric: one per value when it takes at most 5
-  values (labels, 0/1 metadata), else its tertiles."""
+  """(label, mask bool `[n]`) groups of examples for a metric's values `[n]` (non-finite ones in
+  no group): one per value when it takes at most 5 values (labels, 0/1 metadata), else tertiles."""
   finite = np.isfinite(values)
   distinct = np.unique(values[finite])
   if distinct.size <= 5:
@@ -75,7 +77,8 @@ def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]
 def last_digit_shortcut(activations: dict, *, min_effect: float = 0.25,
                         max_other: float = 0.1) -> dict | None:
   """Is there a last-digit shortcut neuron? For arithmetic verification runs whose activations
-  include the metrics `label` and `meta_last_digit_only`.
+  include the metrics `label` and `meta_last_digit_only`. `activations`: activations.npz's arrays
+  (features int `[len(features), 3]`, activations `[n, len(features)]`, metrics `[n, m]`, ...).
 
   Three groups of examples: correct candidates, wrong only in the last digit, wrong elsewhere
   (last digit right). A neuron that checks the last digit alone separates the first two and not
@@ -121,6 +124,11 @@ def _png(fig) -> bytes:
 
 
 def figure_kde(activations: dict, metric: str, per_metric: int = 4) -> bytes | None:
+  """PNG: activation densities of the `per_metric` kept features most correlated with `metric`,
+  one curve per group of `metric_groups`; None without that metric or a defined correlation.
+  `activations`: activations.npz's arrays (features int `[len(features), 3]` (layer, position
+  index, neuron), activations `[n, len(features)]`, metrics `[n, m]`, metric_names `[m]`,
+  position_names `[k]`)."""
   import matplotlib.pyplot as plt
   names = [str(n) for n in activations["metric_names"]]
   if metric not in names:
@@ -161,6 +169,8 @@ def _features_of_metric(activations: dict, metric: str) -> list[int]:
 
 
 def figure_r_hist(correlations: dict, threshold: float) -> bytes:
+  """PNG: histogram (log counts) of max-over-positions |r| per metric, `threshold` marked.
+  `correlations`: {metric: r `[l, k, i]`}, as in correlations.npz."""
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 3.2))
   bins = np.linspace(0, 1, 51)
@@ -178,6 +188,8 @@ def figure_r_hist(correlations: dict, threshold: float) -> bytes:
 
 
 def figure_layers(correlations: dict, threshold: float) -> bytes:
+  """PNG: per layer and metric, how many neurons have max-over-positions |r| > `threshold`.
+  `correlations`: {metric: r `[l, k, i]`}, as in correlations.npz."""
   import matplotlib.pyplot as plt
   names = list(correlations)
   layers = next(iter(correlations.values())).shape[0]
@@ -195,6 +207,8 @@ def figure_layers(correlations: dict, threshold: float) -> bytes:
 
 
 def figure_verify(results: dict) -> bytes:
+  """PNG: verify.json's accuracy with the top-K perturbed against the random-K draws (mean, std
+  and each draw), per selection and mode, at its K; the unperturbed accuracy marked."""
   import matplotlib.pyplot as plt
   k = str(results["k"])
   cells = [(sel, mode) for sel, s in results["selections"].items() for mode in s["modes"]]
@@ -231,6 +245,8 @@ def _wrap(name: str, width: int = 16) -> str:
 
 
 def figure_dose(results: dict) -> bytes:
+  """PNG: verify.json's accuracy over its list of K, top-K against random-K (mean +- std), one
+  panel per selection and mode."""
   import matplotlib.pyplot as plt
   cells = [(sel, mode) for sel, s in results["selections"].items() for mode in s["modes"]]
   fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 2.8), squeeze=False,
@@ -259,12 +275,14 @@ def figure_dose(results: dict) -> bytes:
 
 @dataclass(frozen=True)
 class Figure:
+  """One figure of the report: its PNG, the file name it gets beside report.html, its caption."""
   file: str  # written beside report.html, and embedded in it too
   caption: str
   png: bytes
 
   @property
   def png_base64(self) -> str:
+    """The PNG as base64 text, for the data URI that embeds it in report.html."""
     return base64.b64encode(self.png).decode()
 
 
@@ -293,7 +311,8 @@ def train_summaries(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def top_examples(activations: dict, j: int, n: int = 5) -> list[tuple[str, float]]:
-  """The n examples with the largest activation of feature j, (text, activation)."""
+  """The `n` examples with the largest activation of kept feature j, (text, activation), from
+  activations.npz's arrays (activations `[examples, len(features)]`, texts `[examples]`)."""
   a = activations["activations"][:, j]
   order = np.argsort(-a, kind="stable")[:n]
   return [(str(activations["texts"][i]), float(a[i])) for i in order]

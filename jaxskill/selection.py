@@ -28,6 +28,8 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
 
 
 def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
+  """(layer, neuron) of the largest scores `[l, i]` in each layer: the top ceil(p * i) (at least
+  one) of every layer, NaN never ranked."""
   per_layer = max(1, int(np.ceil(p * scores.shape[1])))
   chosen = []
   for layer, row in enumerate(scores):
@@ -38,6 +40,7 @@ def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
 
 
 def iou(a, b) -> float:
+  """Intersection over union of two collections of (layer, neuron); NaN if both are empty."""
   a, b = set(a), set(b)
   return len(a & b) / len(a | b) if a | b else float("nan")
 

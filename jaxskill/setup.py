@@ -72,12 +72,14 @@ def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:
   return lambda split, n: data_lib.eval_rows(n, batch_size, local)
 
 
-def prepare(config: RunConfig, rows: RowPlan | None = None) -> Setup:
+def prepare(config: RunConfig, rows: RowPlan | None = None, mesh: Mesh | None = None) -> Setup:
   """Model, tokenizer, task and the encoded train and dev splits of `config`. `rows`: the row
-  plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row."""
+  plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row.
+  `mesh`: the stage's (its `Runner`'s); default: the mesh of `config.train`."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
   # Read straight into the run's layout: each device loads only its shard of the params.
-  mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
+  if mesh is None:
+    mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
   model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat,
                              mesh=mesh, layout=config.train.param_sharding)
   tokenizer = load_tokenizer(config.model.path)

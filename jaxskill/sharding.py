@@ -33,7 +33,7 @@ _TENSOR = {
 
 
 class MeshError(ValueError):
-  pass
+  """The devices cannot form the mesh asked for, or the param layout is unknown."""
 
 
 def make_mesh(data_parallel: int = 0, model_parallel: int = 1,
@@ -77,6 +77,8 @@ def param_specs(params, layout: str, model_size: int):
 
 
 def param_shardings(params, mesh: Mesh, layout: str = "tensor"):
+  """NamedShardings on `mesh` for the param tree in `layout` (`param_specs`), a tree like
+  `params`; everything replicated when `mesh` has no model axis."""
   model_size = mesh.shape["model"] if "model" in mesh.axis_names else 1
   return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, layout, model_size),
                       is_leaf=lambda x: isinstance(x, P))
@@ -95,7 +97,7 @@ def place_params(params, mesh: Mesh, layout: str = "tensor"):
 
 def local_rows(mesh: Mesh, batch_size: int, axis: str = "data") -> np.ndarray:
   """The rows of a global batch of `batch_size` (split over `axis`) that this process's devices
-  hold: the offsets it feeds. All of them in a single-process run."""
+  hold: the offsets it feeds, sorted int `[rows held]`. All of them in a single-process run."""
   sharded = NamedSharding(mesh, P(axis))
   slices = [idx[0] for idx in sharded.addressable_devices_indices_map((batch_size,)).values()]
   if not slices:  # none of this process's devices is in the mesh
@@ -103,11 +105,13 @@ def local_rows(mesh: Mesh, batch_size: int, axis: str = "data") -> np.ndarray:
   return np.unique(np.concatenate([np.arange(batch_size)[s] for s in slices]))
 
 
-def put_local(batch: dict, mesh: Mesh, batch_size: int, axis: str = "data") -> dict:
-  """Global arrays split over `axis` from this process's rows of the batch (`local_rows`)."""
+def put_local(batch, mesh: Mesh, batch_size: int, axis: str = "data"):
+  """Global arrays split over `axis` from this process's rows of the batch (`local_rows`): every
+  array leaf `[b_local, ...]` of the pytree `batch` becomes `[batch_size, ...]`."""
   sharded = NamedSharding(mesh, P(axis))
-  return {k: jax.make_array_from_process_local_data(sharded, v, (batch_size, *v.shape[1:]))
-          for k, v in batch.items()}
+  return jax.tree.map(
+      lambda v: jax.make_array_from_process_local_data(sharded, v, (batch_size, *v.shape[1:])),
+      batch)
 
 
 def raise_together(fn, error=ValueError):

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict:
   """Centred statistics of one batch (summed over `axis_name` devices when given).
 
+  x `[n, f]`, y `[n, m]` (NaN: no value), valid `[n]`, ref_x `[f]`, ref_y `[m]` (`reference`).
   Returns {"n": [m], "mean_x": [m, f], "mean_y": [m], "m2_x": [m, f], "m2_y": [m],
   "c_xy": [m, f]}, in shifted coordinates (x - ref_x, y - ref_y), float32.
 
@@ -65,7 +66,8 @@ def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict
 def predictivity_counts(x, label, valid, baseline, axis_name: str | None = None) -> dict:
   """The 2022 baseline's sufficient statistics for one batch: for every feature, how many valid
   rows have `(x > baseline) == label` (binary label), and how many valid rows there are.
-  x `[n, f]`, label `[n]` in {0, 1}, baseline `[f]` (the train-split mean activation)."""
+  x `[n, f]`, label `[n]` in {0, 1}, baseline `[f]` (the train-split mean activation) ->
+  {"correct": int32 `[f]`, "n": int32 scalar}."""
   rows = (valid > 0).astype(jnp.int32)
   hit = ((x.astype(jnp.float32) > baseline) == (label[:, None] > 0)).astype(jnp.int32)
   out = {"correct": (hit * rows[:, None]).sum(0), "n": rows.sum()}
@@ -73,7 +75,8 @@ def predictivity_counts(x, label, valid, baseline, axis_name: str | None = None)
 
 
 def init(num_metrics: int, num_features: int) -> dict:
-  """Empty running statistics, host float64."""
+  """Empty running statistics, host float64, keyed as in `batch_stats`: "n", "mean_y", "m2_y"
+  `[m]`; "mean_x", "m2_x", "c_xy" `[m, f]`."""
   z = functools.partial(np.zeros, dtype=np.float64)
   return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
           "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
@@ -99,7 +102,8 @@ def _chan(a: dict, b: dict, xp) -> dict:
 
 
 def merge(a: dict, b: dict) -> dict:
-  """Chan et al.'s pairwise merge of two sets of statistics (same shift); float64 on the host."""
+  """Chan et al.'s pairwise merge of two sets of statistics (same shift); float64 on the host.
+  Shapes as in `batch_stats`: `[m]` and `[m, f]`."""
   return _chan({k: np.asarray(v, np.float64) for k, v in a.items()},
                {k: np.asarray(v, np.float64) for k, v in b.items()}, np)
 
@@ -139,7 +143,8 @@ def accumulate(a: dict, b: dict) -> dict:
 
 
 def zeros(num_metrics: int, num_features: int, dtype=jnp.float32) -> dict:
-  """Empty statistics for `accumulate` (jnp; merging into them returns the other operand)."""
+  """Empty statistics for `accumulate` (jnp; merging into them returns the other operand):
+  `[m]` and `[m, f]` zeros of `dtype`, keyed as in `batch_stats`."""
   z = functools.partial(jnp.zeros, dtype=dtype)
   return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
           "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
@@ -147,8 +152,8 @@ def zeros(num_metrics: int, num_features: int, dtype=jnp.float32) -> dict:
 
 
 def finalize(stats: dict) -> np.ndarray:
-  """Pearson r `[m, f]`; NaN where undefined (fewer than 2 examples, or a constant feature or
-  metric), so an undefined r is never ranked."""
+  """Pearson r `[m, f]` of statistics keyed as in `batch_stats`; NaN where undefined (fewer
+  than 2 examples, or a constant feature or metric), so an undefined r is never ranked."""
   with np.errstate(invalid="ignore", divide="ignore"):
     denom = np.sqrt(stats["m2_x"] * stats["m2_y"][:, None])
     r = stats["c_xy"] / denom
@@ -157,9 +162,10 @@ def finalize(stats: dict) -> np.ndarray:
 
 
 def reference(x, y, valid):
-  """Shift values from a first batch: the first valid row of x `[f]`, the NaN-ignoring mean of
-  y over valid rows `[m]` (0 for a metric with no value). Both are float32 values taken from the
-  data, so `x - ref` is exact for data near them. Runs under jit (jnp)."""
+  """Shift values from a first batch x `[n, f]`, y `[n, m]`, valid `[n]`: the first valid row
+  of x `[f]`, the NaN-ignoring mean of y over valid rows `[m]` (0 for a metric with no value).
+  Both are float32 values taken from the data, so `x - ref` is exact for data near them. Runs
+  under jit (jnp)."""
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
   valid = jnp.asarray(valid) > 0
   ref_x = x[jnp.argmax(valid)]
@@ -170,7 +176,8 @@ def reference(x, y, valid):
 
 
 def sharded_batch_stats(mesh: Mesh, axis: str = "data"):
-  """`batch_stats` over a batch sharded along `axis` of `mesh` (replicated result)."""
+  """`batch_stats` over a batch sharded along `axis` of `mesh` (replicated result): a jitted
+  fn(x `[n, f]`, y `[n, m]`, valid `[n]`, ref_x `[f]`, ref_y `[m]`), n divisible by the axis."""
   fn = functools.partial(batch_stats, axis_name=axis)
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()),
                                out_specs=P()))
@@ -186,6 +193,8 @@ class Correlator:
     self._fn = sharded_batch_stats(mesh, axis) if mesh is not None else jax.jit(batch_stats)
 
   def update(self, x, y, valid) -> None:
+    """Adds a batch x `[n, f]`, y `[n, m]` (NaN: no value), valid `[n]`; the first batch, which
+    must have a valid row, gives the reference shift."""
     if self.ref is None:
       if not np.any(np.asarray(valid) > 0):
         raise ValueError("the first batch has no valid rows to take a reference from")
@@ -193,4 +202,5 @@ class Correlator:
     self.stats = merge(self.stats, jax.device_get(self._fn(x, y, valid, *self.ref)))
 
   def result(self) -> np.ndarray:
+    """Pearson r `[m, f]` float64 of the batches so far, NaN where undefined (`finalize`)."""
     return finalize(self.stats)

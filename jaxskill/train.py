@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import checkpointing, files, forward, sharding
+from jaxskill import files, forward, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
+from jaxskill.batch import Batch
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
                              dump_config, load_config, to_dict)
+from jaxskill.runner import Checkpoints, Runner
 from jaxskill.setup import Setup, prepare
 
 log = logging.getLogger("jaxskill.train")
@@ -61,18 +62,20 @@ def _values(prompt, params, batch, *, model, kind, verbalizer, input_cols) -> di
 
 
 def loss_fn(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
-  """Mean loss over the batch's valid rows, and {"loss", "accuracy"}; the gradient flows to the
-  prompt alone."""
+  """Mean loss over the valid rows of `batch` (`[b, t]` rows), and {"loss", "accuracy"} scalars;
+  prompt {"embeddings": `[p, h]`}; the gradient flows to the prompt alone."""
   params = jax.lax.stop_gradient(params)  # frozen: the model is a constant of the loss
   values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
                    input_cols=input_cols)
-  valid = batch.get("valid", jnp.ones_like(values["loss"]))
+  valid = jnp.ones_like(values["loss"]) if batch.valid is None else batch.valid
   n = jnp.maximum(valid.sum(), 1.0)
   loss = (values["loss"] * valid).sum() / n
   return loss, {"loss": loss, "accuracy": (values["correct"] * valid).sum() / n}
 
 
 def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer, input_cols=0):
+  """One AdamW step of the prompt on `batch` (`[b, t]` rows): (new state, {"loss", "accuracy",
+  "grad_norm"} scalars). state: {"prompt", "opt_state", "step", "rng", ...}."""
   grad_fn = jax.grad(loss_fn, has_aux=True)
   grads, metrics = grad_fn(state["prompt"], params, batch, model=model, kind=kind,
                            verbalizer=verbalizer, input_cols=input_cols)
@@ -83,16 +86,17 @@ def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer
 
 
 def eval_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
-  """Sums over the valid rows: {"loss", "correct", "n"}."""
+  """Sums over the valid rows of `batch` (`[b, t]` rows): {"loss", "correct", "n"} scalars."""
   values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
                    input_cols=input_cols)
-  valid = batch["valid"]
+  valid = batch.valid
   return {"loss": (values["loss"] * valid).sum(), "correct": (values["correct"] * valid).sum(),
           "n": valid.sum()}
 
 
 def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prompt:
-  """The prompt is trained in float32 whatever the model's dtype (it is cast when inserted)."""
+  """The untrained prompt {"embeddings": `[p, h]` float32} (`embedding`: the `[v, h]` table). The
+  prompt is trained in float32 whatever the model's dtype (it is cast when inserted)."""
   embedding = jnp.asarray(embedding, jnp.float32)
   if cfg.init == "random":
     return prompt_lib.init_random(key, cfg.length, embedding.shape[1], cfg.init_std)
@@ -148,10 +152,11 @@ def check_resume_config(run_dir: Path, config: RunConfig) -> None:
                          "remove the directory")
 
 
-def _evaluate(eval_fn, prompt, params, encoded, batch_size, put, local) -> dict:
+def _evaluate(eval_fn, prompt, params, batches) -> dict:
+  """{"loss", "accuracy"} of `prompt` over the (placed batch, valid rows) of `batches`."""
   totals = {"loss": 0.0, "correct": 0.0, "n": 0.0}
-  for batch in data_lib.eval_batches(encoded, batch_size, local=local):
-    sums = eval_fn(prompt, params, put(batch))
+  for batch, _ in batches:
+    sums = eval_fn(prompt, params, batch)
     for k in totals:
       totals[k] += float(sums[k])
   return {"loss": totals["loss"] / totals["n"], "accuracy": totals["correct"] / totals["n"]}
@@ -206,104 +211,98 @@ def _check_finite(pending: list, cfg: TrainConfig) -> None:
 
 
 def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
-  """prompt_final.npy, prompt_best.npy and train_summary.json (process 0); the summary."""
+  """prompt_final.npy, prompt_best.npy and train_summary.json (process 0, every process waiting
+  for them); the summary (without the dev accuracy at init, read from the log, elsewhere)."""
   final = np.asarray(state["prompt"]["embeddings"])
   has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
   best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
-  dev_at_init = None
-  if sharding.is_writer():
-    files.save_npy(run_dir / "prompt_final.npy", final)
-    files.save_npy(run_dir / "prompt_best.npy", best)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    dev_at_init = next((r["accuracy"] for r in records
-                        if r["split"] == "dev" and r["step"] == 0), None)
   summary = {
       "steps": facts["steps"], "resumed_from": facts["resumed_from"],
       "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
-      "dev_accuracy_at_init": dev_at_init,
+      "dev_accuracy_at_init": None,
       "n_train": len(setup.train), "n_dev": len(setup.dev) if setup.dev is not None else 0,
       # Over the rows every process tokenized (in several processes: the rows the run fed).
       "truncated": {"train": _count_truncated(setup.train),
                     "dev": _count_truncated(setup.dev) if setup.dev is not None else 0},
       "devices": facts["devices"], "seconds": facts["seconds"],
   }
-  if sharding.is_writer():
-    files.write_json(run_dir / "train_summary.json", summary)
-  return summary
+
+  def write() -> dict:
+    files.save_npy(run_dir / "prompt_final.npy", final)
+    files.save_npy(run_dir / "prompt_best.npy", best)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    out = dict(summary, dev_accuracy_at_init=next(
+        (r["accuracy"] for r in records if r["split"] == "dev" and r["step"] == 0), None))
+    files.write_json(run_dir / "train_summary.json", out)
+    return out
+  return Runner.write("train: outputs written", write) or summary
 
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
   `run_dir/train_summary.json`. Run dir: train_config.yaml, metrics.jsonl, checkpoints/,
   prompt_final.npy, prompt_best.npy (the prompt with the best dev accuracy)."""
-  cfg = config.train
-  run_dir = config.run_dir
+  cfg, run_dir = config.train, config.run_dir
   check_resume_config(run_dir, config)
-  mesh = sharding.make_mesh(cfg.data_parallel, cfg.model_parallel)
-  if cfg.batch_size % mesh.shape["data"]:
-    raise RunConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the "
-                         f"{mesh.shape['data']} devices of the data axis (set "
-                         "train.data_parallel)")
-  # Each process tokenizes and feeds only its rows of every batch (all rows in one process).
-  local = sharding.local_rows(mesh, cfg.batch_size)
-  plan = None
-  if jax.process_count() > 1:
-    plan = lambda split, n: (  # noqa: E731
-        data_lib.train_rows(n, cfg.batch_size, cfg.steps, cfg.seed, local) if split == "train"
-        else data_lib.eval_rows(n, cfg.batch_size, local))
-  setup = prepare(config, plan)  # before the config is written: a bad config leaves no run
-  if sharding.is_writer():
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "train_config.yaml")
-  sharding.barrier("train: run dir ready")
-  loop = _Loop.build(config, setup, mesh, local)
-  ckpt = checkpointing.manager(run_dir / "checkpoints", max_to_keep=cfg.max_to_keep,
-                               async_save=cfg.async_checkpoint)
-  try:
+  runner = Runner.build(config, cfg.batch_size, "train.batch_size")
+  # Before the config is written: a bad config leaves no run behind.
+  setup = prepare(config, _row_plan(cfg, runner), runner.mesh)
+  Runner.write("train: run dir ready", lambda: (run_dir.mkdir(parents=True, exist_ok=True),
+                                                dump_config(config, run_dir / "train_config.yaml")))
+  loop = _Loop.build(config, setup, runner)
+  with Checkpoints(run_dir / "checkpoints", every=cfg.checkpoint_every,
+                   max_to_keep=cfg.max_to_keep, async_save=cfg.async_checkpoint) as ckpt:
     start, state = _restore(ckpt, loop.initial_state(), cfg, run_dir)
     _truncate_log(loop.log_path, start)
     t0 = time.perf_counter()
-    state = loop.run(state, start, ckpt, progress=progress)
-    ckpt.wait_until_finished()
-  finally:
-    ckpt.close()  # also on errors: no orbax thread left behind
-  summary = _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
-                           devices=mesh.shape["data"], seconds=time.perf_counter() - t0)
-  sharding.barrier("train: outputs written")
-  return summary
+    if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
+      state, _ = loop.dev(state, 0)
+    state = runner.loop(loop.step, state, total=cfg.steps, start=start, desc=f"train {config.name}",
+                        progress=progress, checkpoints=ckpt)
+  return _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
+                        devices=runner.mesh.shape["data"], seconds=time.perf_counter() - t0)
 
 
-def _restore(ckpt, state: dict, cfg: TrainConfig, run_dir: Path) -> tuple[int, dict]:
+def _row_plan(cfg: TrainConfig, runner: Runner):
+  """Multi-process runs: each process tokenizes only the rows it feeds (None: all rows)."""
+  if jax.process_count() == 1:
+    return None
+  local = runner.local
+  return lambda split, n: (
+      data_lib.train_rows(n, cfg.batch_size, cfg.steps, cfg.seed, local) if split == "train"
+      else data_lib.eval_rows(n, cfg.batch_size, local))
+
+
+def _restore(ckpt: Checkpoints, state: dict, cfg: TrainConfig, run_dir: Path) -> tuple[int, dict]:
   """(step, state) of the newest readable checkpoint, or (0, state) for a fresh run."""
-  restored = checkpointing.restore_latest(ckpt, checkpointing.abstract_like(state))
-  if restored is None:
-    return 0, state
-  start, state = restored
+  start, state = ckpt.restore(state)
   if start > cfg.steps:
     raise RunConfigError(f"{run_dir}: checkpoints reach step {start}, beyond train.steps="
                          f"{cfg.steps}; ask for at least {start} steps or another run name")
-  log.info("resuming %s from step %d", run_dir, start)
+  if start:
+    log.info("resuming %s from step %d", run_dir, start)
   return start, state
 
 
 @dataclasses.dataclass(frozen=True)
 class _Loop:
-  """One training run's compiled steps, placed params and data feed."""
+  """One training run's compiled steps, placed params and data feed; `step` is the loop body."""
   config: RunConfig
   setup: Setup
+  runner: Runner
   params: Any  # placed on the mesh
   optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, params, batch) -> (state, metrics)
   eval_fn: Callable  # (prompt, params, batch) -> sums
-  put: Callable  # host batch -> global array batch
   local: np.ndarray  # the rows of each batch this process feeds
-  replicated: NamedSharding
+  whole: Batch  # every train row, on the host
+  pending: list  # (step, loss, gradient norm) of the steps not yet checked to be finite
 
   @classmethod
-  def build(cls, config: RunConfig, setup: Setup, mesh: Mesh, local: np.ndarray) -> "_Loop":
-    cfg = config.train
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    params, param_shardings = sharding.place_params(setup.params, mesh, cfg.param_sharding)
+  def build(cls, config: RunConfig, setup: Setup, runner: Runner) -> "_Loop":
+    """Params placed in train.param_sharding, the optimizer and the compiled steps."""
+    cfg, replicated, sharded = config.train, runner.replicated, runner.sharded
+    params, param_shardings = runner.place(setup.params, cfg.param_sharding)
     optimizer = make_optimizer(cfg)
     statics = dict(model=setup.model, kind=setup.task.kind,
                    verbalizer=jnp.asarray(setup.verbalizer), input_cols=setup.input_cols)
@@ -313,11 +312,12 @@ class _Loop:
     eval_fn = jax.jit(functools.partial(eval_step, **statics),
                       in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=replicated)
-    put = functools.partial(sharding.put_local, mesh=mesh, batch_size=cfg.batch_size)
-    return cls(config, setup, params, optimizer, step_fn, eval_fn, put, local, replicated)
+    return cls(config, setup, runner, params, optimizer, step_fn, eval_fn, runner.local,
+               setup.train.batch(), [])
 
   @property
   def log_path(self) -> Path:
+    """metrics.jsonl: one line per logged train step and dev evaluation."""
     return self.config.run_dir / "metrics.jsonl"
 
   def initial_state(self) -> dict:
@@ -325,52 +325,39 @@ class _Loop:
     init_key, rng = jax.random.split(jax.random.PRNGKey(self.config.train.seed))
     prompt = init_prompt(self.config.prompt, init_key,
                          self.setup.params["embed_tokens"]["embedding"], self.setup.tokenizer)
-    return jax.device_put({
+    return self.runner.replicate({
         "prompt": prompt, "opt_state": self.optimizer.init(prompt), "step": jnp.int32(0),
         "rng": rng, "best_prompt": jax.tree.map(jnp.copy, prompt),
-        "best_dev": jnp.float32(-1.0)}, self.replicated)
+        "best_dev": jnp.float32(-1.0)})
 
   def dev(self, state: dict, step: int) -> tuple[dict, dict]:
     """Evaluates the prompt on the dev split, logs it, and keeps it if it is the best yet."""
-    dev = _evaluate(self.eval_fn, state["prompt"], self.params, self.setup.dev,
-                    self.config.train.batch_size, self.put, self.local)
+    dev = _evaluate(self.eval_fn, state["prompt"], self.params, self.runner.batches(self.setup.dev))
     _append_jsonl(self.log_path, {"step": step, "split": "dev", **dev})
     # Both in float32, as best_dev is kept: a float64 accuracy equal to the best would
     # otherwise count as better than its float32 rounding.
     if np.float32(dev["accuracy"]) > np.float32(state["best_dev"]):
       state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
-                   best_dev=jax.device_put(jnp.float32(dev["accuracy"]), self.replicated))
+                   best_dev=self.runner.replicate(jnp.float32(dev["accuracy"])))
     return state, dev
 
-  def run(self, state: dict, start: int, ckpt, *, progress: bool) -> dict:
-    """Steps `start` to train.steps: logs, dev evaluations and checkpoints at their cadence."""
-    from tqdm.auto import tqdm
+  def step(self, i: int, state: dict, saving: bool) -> tuple[dict, dict | None]:
+    """Training step i, with the log and dev evaluation at their cadence (the loop body)."""
     cfg, setup = self.config.train, self.setup
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress,
-               desc=f"train {self.config.name}", dynamic_ncols=True)
-    if start == 0 and setup.dev is not None:  # the untrained prompt: the baseline to beat
-      state, _ = self.dev(state, 0)
-    arrays, pending = setup.train.arrays(), []  # pending: steps not yet checked to be finite
-    for step in range(start, cfg.steps):
-      idx = data_lib.batch_indices(len(setup.train), cfg.batch_size, step, cfg.seed)[self.local]
-      setup.train.check_rows(idx, "train: ")
-      state, metrics = self.step_fn(state, self.params, self.put(data_lib.take(arrays, idx)))
-      done = step + 1
-      pending.append((done, metrics["loss"], metrics["grad_norm"]))
-      last = done == cfg.steps
-      if last or any(done % n == 0 for n in (cfg.log_every, cfg.eval_every,
-                                             cfg.checkpoint_every)):
-        _check_finite(pending, cfg)  # before anything of these steps is logged or saved
-        pending = []
-      if done % cfg.log_every == 0 or last:
-        record = {"step": done, "split": "train", **{k: float(v) for k, v in metrics.items()}}
-        _append_jsonl(self.log_path, record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-      if setup.dev is not None and (done % cfg.eval_every == 0 or last):
-        state, dev = self.dev(state, done)
-        bar.set_postfix(loss=f"{dev['loss']:.4f}", dev_acc=f"{dev['accuracy']:.3f}")
-      if done % cfg.checkpoint_every == 0 or last:
-        checkpointing.save(ckpt, done, state)
-      bar.update(1)
-    bar.close()
-    return state
+    idx = data_lib.batch_indices(len(setup.train), cfg.batch_size, i, cfg.seed)[self.local]
+    setup.train.check_rows(idx, "train: ")
+    state, metrics = self.step_fn(state, self.params, self.runner.put(self.whole.rows(idx)))
+    done, note = i + 1, None
+    self.pending.append((done, metrics["loss"], metrics["grad_norm"]))
+    last = done == cfg.steps
+    if last or saving or any(done % n == 0 for n in (cfg.log_every, cfg.eval_every)):
+      _check_finite(self.pending, cfg)  # before anything of these steps is logged or saved
+      self.pending.clear()
+    if done % cfg.log_every == 0 or last:
+      record = {"step": done, "split": "train", **{k: float(v) for k, v in metrics.items()}}
+      _append_jsonl(self.log_path, record)
+      note = {"loss": f"{record['loss']:.4f}", "acc": f"{record['accuracy']:.3f}"}
+    if setup.dev is not None and (done % cfg.eval_every == 0 or last):
+      state, dev = self.dev(state, done)
+      note = {"loss": f"{dev['loss']:.4f}", "dev_acc": f"{dev['accuracy']:.3f}"}
+    return state, note

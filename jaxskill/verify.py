@@ -23,11 +23,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxskill import files, forward, interventions, sharding
-from jaxskill import data as data_lib
+from jaxskill import files, forward, interventions
 from jaxskill.config import seed_runs
+from jaxskill.runner import JsonlLog, Runner
 from jaxskill.selection import neuron_scores, random_matched, top_k
 from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
 
@@ -40,7 +39,7 @@ def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, ve
   """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention). The noise
   key is folded with the batch index so that batches get independent noise."""
   if edit is not None:
-    edit = dict(edit, key=jax.vmap(lambda k: jax.random.fold_in(k, batch_index))(edit["key"]))
+    edit = edit.fold_in(batch_index)
   out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit)
   values = forward.metrics(out.logits, batch, kind, verbalizer)
   return jnp.stack([values[m] for m in METRICS], axis=1)
@@ -48,11 +47,11 @@ def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, ve
 
 def position_mean(prompt, params, batch, *, model, kind):
   """(sum over the batch's real tokens of the neuron activations `[l, i]`, token count)."""
-  b, t = batch["input_ids"].shape
+  b, t = batch.input_ids.shape
   out = forward.prompted_apply(model, params, prompt, batch, kind=kind, logits=False,
                                capture=jnp.broadcast_to(jnp.arange(t), (b, t)))
   acts = out.activations.astype(jnp.float32)  # [b, l, t, i]
-  w = batch["attention_mask"].astype(jnp.float32) * batch["valid"][:, None]
+  w = batch.attention_mask.astype(jnp.float32) * batch.valid[:, None]
   return jnp.einsum("blti,bt->li", acts, w), w.sum()
 
 
@@ -76,25 +75,6 @@ def summarize(values: np.ndarray, groups: np.ndarray | None) -> dict:
     out["group_accuracy"] = {g: float(values[groups == g, 0].mean())
                              for g in sorted(set(groups.tolist()))}
   return out
-
-
-def _read_progress(path: Path, fingerprint: str) -> dict:
-  """Finished evaluations of this same verification (same prompt, correlations and verify
-  config); records of an earlier one are ignored."""
-  done, keep = {}, []
-  if path.exists():
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-      try:
-        record = json.loads(line)
-        ours = record.get("fingerprint") == fingerprint
-        if ours:
-          done[record["key"]] = record["result"]
-      except (json.JSONDecodeError, AttributeError, KeyError):
-        continue  # a line cut short by an interruption: evaluated again
-      keep.append(line)
-    if sharding.is_writer():  # without the cut line, so the next record starts cleanly
-      files.write_text(path, "".join(line + "\n" for line in keep))
-  return done
 
 
 def _fingerprint(*parts) -> str:
@@ -191,43 +171,39 @@ def verify(config, *, progress: bool = True) -> dict:
     raise FileNotFoundError(f"{corr_path}: not found; run `jaxskill find` (or `jaxskill run`) "
                             "with this config first")
   correlations = files.load_npz(corr_path)
-  mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
-  if vc.batch_size % mesh.shape["data"]:
-    raise ValueError(f"verify.batch_size={vc.batch_size} is not divisible by the "
-                     f"{mesh.shape['data']} devices of the data axis")
-  setup = prepare(config, eval_plan(mesh, vc.batch_size))
+  runner = Runner.build(config, vc.batch_size, "verify.batch_size")
+  setup = prepare(config, eval_plan(runner.mesh, vc.batch_size), runner.mesh)
   ranked_by, skipped = selections(config, correlations, setup.task.kind)
   prompt_run = seed_runs(config)[0]  # with several seeds: the first seed's prompt
-  prompt = jax.device_put({"embeddings": jnp.asarray(load_prompt(prompt_run))},
-                          NamedSharding(mesh, P()))
-  params, _ = sharding.place_params(setup.params, mesh, config.train.param_sharding)
-  evaluate, n = _evaluator(config, setup, mesh, prompt, params)
-  mean = _neuron_mean(config, setup, mesh, prompt, params) if "mean" in vc.modes else None
-  progress_path = config.run_dir / "verify_progress.jsonl"
-  fingerprint = _fingerprint(np.asarray(prompt["embeddings"]).tobytes(), corr_path.read_bytes(),
-                             to_dict(vc), to_dict(config.task))
-  done = _read_progress(progress_path, fingerprint)
-  sharding.barrier("verify: progress read")
+  prompt = runner.replicate({"embeddings": jnp.asarray(load_prompt(prompt_run))})
+  params, _ = runner.place(setup.params, config.train.param_sharding)
+  evaluate, n = _evaluator(config, setup, runner, prompt, params)
+  mean = _neuron_mean(config, setup, runner, prompt, params) if "mean" in vc.modes else None
   c = setup.model.config
   jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
+  job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [key for key, _ in jobs],
+                     _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
+                                  corr_path.read_bytes(), to_dict(vc), to_dict(config.task)))
 
-  def edit_of(spec):
-    mode, neurons, draw = spec
-    return jax.device_put(interventions.neuron_edit(
-        c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma, mean=mean,
-        key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None),
-        NamedSharding(mesh, P()))
-  _run_jobs(jobs, done, lambda spec: evaluate(None if spec is None else edit_of(spec)),
-            progress_path, fingerprint, progress)
-  results = _results(vc, done, ranked_by, random_sets, skipped, n=n,
+  def job(i: int, finished: dict, saving: bool) -> tuple[dict, None]:
+    """Evaluates job i unless a resumed run finished it; finished: {job key: its results}."""
+    key, spec = jobs[i]
+    if key not in finished:
+      edit = None if spec is None else runner.replicate(interventions.neuron_edit(
+          c.num_hidden_layers, c.intermediate_size, spec[1], spec[0], sigma=vc.sigma, mean=mean,
+          key=jax.random.PRNGKey(vc.seed * 1000 + spec[2]) if spec[0] == "noise" else None))
+      finished = {**finished, key: evaluate(edit)}
+    return finished, None
+  results_by_key = runner.loop(job, job_log.restore(), total=len(jobs), desc="verify",
+                               progress=progress, checkpoints=job_log)
+  results = _results(vc, results_by_key, ranked_by, random_sets, skipped, n=n,
                      prompt=prompt_run.run_dir / "prompt_best.npy")
-  if sharding.is_writer():
-    files.write_json(config.run_dir / "verify.json", results)
-  sharding.barrier("verify: outputs written")
+  Runner.write("verify: outputs written",
+               lambda: files.write_json(config.run_dir / "verify.json", results))
   return results
 
 
-def _evaluator(config, setup, mesh, prompt, params):
+def _evaluator(config, setup, runner: Runner, prompt, params):
   """(evaluate(edit) -> `summarize` of the verify split with `edit`, number of examples)."""
   vc = config.verify
   encoded = encoded_split(setup, config, vc.split)
@@ -235,37 +211,31 @@ def _evaluator(config, setup, mesh, prompt, params):
   metrics_fn = jax.jit(functools.partial(example_metrics, model=setup.model,
                                          kind=setup.task.kind,
                                          verbalizer=jnp.asarray(setup.verbalizer)),
-                       out_shardings=NamedSharding(mesh, P()))
-  local = sharding.local_rows(mesh, vc.batch_size)  # each process feeds only its rows
-  batches = [sharding.put_local(b, mesh, vc.batch_size)
-             for b in data_lib.eval_batches(encoded, vc.batch_size, local=local)]
-  valid = [data_lib.global_valid(len(encoded), vc.batch_size, start)
-           for start in range(0, len(encoded), vc.batch_size)]
+                       out_shardings=runner.replicated)
+  batches = list(runner.batches(encoded))  # placed once, run under every edit
 
   def evaluate(edit) -> dict:
     rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
-            for i, (b, v) in enumerate(zip(batches, valid))]
+            for i, (b, v) in enumerate(batches)]
     return summarize(np.concatenate(rows), groups)
   return evaluate, len(encoded)
 
 
-def _neuron_mean(config, setup, mesh, prompt, params) -> np.ndarray:
+def _neuron_mean(config, setup, runner: Runner, prompt, params) -> np.ndarray:
   """The train-split mean of every neuron `[l, i]` over all real positions, with the prompt
   (neuron_mean.npy: computed once per verification)."""
   path = config.run_dir / "neuron_mean.npy"
   if path.exists():
     return files.load_npy(path)
-  vc, c = config.verify, setup.model.config
+  c = setup.model.config
   mean_fn = jax.jit(functools.partial(position_mean, model=setup.model, kind=setup.task.kind),
-                    out_shardings=NamedSharding(mesh, P()))
-  local = sharding.local_rows(mesh, vc.batch_size)
+                    out_shardings=runner.replicated)
   total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
-  for b in data_lib.eval_batches(setup.train, vc.batch_size, local=local):
-    s, n = mean_fn(prompt, params, sharding.put_local(b, mesh, vc.batch_size))
+  for b, _ in runner.batches(setup.train):
+    s, n = mean_fn(prompt, params, b)
     total, count = total + np.asarray(s, np.float64), count + float(n)
   mean = (total / count).astype(np.float32)
-  if sharding.is_writer():
-    files.save_npy(path, mean)
+  Runner.write("verify: neuron_mean.npy", lambda: files.save_npy(path, mean))
   return mean
 
 
@@ -285,30 +255,11 @@ def _jobs(vc, ranked_by: dict, num_neurons: int) -> tuple[list, dict]:
   return jobs, random_sets
 
 
-def _run_jobs(jobs, done: dict, evaluate, progress_path: Path, fingerprint: str,
-              progress: bool) -> None:
-  """Evaluates the jobs not in `done` (filled in), each appended to the progress log as it
-  finishes, so that an interruption loses at most the evaluation under way."""
-  from tqdm.auto import tqdm
-  bar = tqdm(total=len(jobs), initial=sum(key in done for key, _ in jobs), disable=not progress,
-             desc="verify")
-  for key, spec in jobs:
-    if key in done:
-      continue
-    done[key] = evaluate(spec)
-    if sharding.is_writer():
-      with open(progress_path, "a") as f:
-        f.write(json.dumps({"key": key, "fingerprint": fingerprint, "result": done[key]})
-                + "\n")
-    bar.update(1)
-  bar.close()
-
-
-def _results(vc, done: dict, ranked_by: dict, random_sets: dict, skipped: dict, *, n: int,
+def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipped: dict, *, n: int,
              prompt: Path) -> dict:
   """verify.json: the baseline, and per selection, mode and K the top-K against its controls."""
   ks = sorted(set(vc.k_list) | {vc.k})
-  baseline = done["baseline"]
+  baseline = results_by_key["baseline"]
   results = {"split": vc.split, "n": n, "prompt": str(prompt),
              "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
              "modes": list(vc.modes), "sigma": vc.sigma, "k": vc.k, "k_list": ks,
@@ -318,8 +269,8 @@ def _results(vc, done: dict, ranked_by: dict, random_sets: dict, skipped: dict, 
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
     for mode in vc.modes:
       per_sel["modes"][mode] = {str(k): _row(
-          done[f"{sel}|{mode}|{k}|top"],
-          [done[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)], baseline,
+          results_by_key[f"{sel}|{mode}|{k}|top"],
+          [results_by_key[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)], baseline,
           layers=sorted({layer for layer, _ in ranked[:k]}), draws=random_sets[sel, k])
           for k in ks}
     results["selections"][sel] = per_sel

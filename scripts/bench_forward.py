@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-from benchlib import (append_json, peak_rss_mib, random_params, reset_peak_rss, run_info,
+from benchlib import (finish, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
 
 
@@ -160,13 +160,8 @@ def main(argv=None):
           f"{result['torch']['gflops']:.0f} GFLOP/s "
           f"(step {result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
     if "jaxskill" in result:
-      result["ratio"] = result["jaxskill"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
-      print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
       assert result["jaxskill"]["acts_shape"] == result["torch"]["acts_shape"]
-  result["peak_rss_mib"] = peak_rss_mib()
-  if args.json:
-    append_json(args.json, result)
-  return result
+  return finish(result, "tokens_per_s", args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ prompt + last_input + answer; the 7 built-in metrics of a 2-label classification
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -29,6 +28,7 @@ import jaxskill
 from jaxskill import capture, discover
 from jaxskill import data as data_lib
 from jaxskill.model.config import PRESETS
+from jaxskill.runner import Runner
 from jaxskill.sharding import make_mesh
 from benchlib import random_params, run_info, time_calls
 
@@ -73,23 +73,18 @@ def overhead(args):
   mesh = make_mesh(1)
 
   def run_correlate(n_batches):
-    part = data_lib.Encoded(**{k: v[:n_batches * args.batch] for k, v in enc.arrays().items()},
-                            metadata={}, n_truncated=0)
+    part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
     t0 = time.perf_counter()
-    r, st = discover.correlate(model, params, prompt, part, kind="classification",
-                               verbalizer=verbalizer, sites=SITES, prompt_length=PROMPT,
-                               names=capture.BUILTIN_METRICS, mesh=mesh, batch_size=args.batch,
+    r, st = discover.correlate(probe, params, prompt, part, runner=Runner(mesh, args.batch),
                                merge_every=args.merge_every)
     return time.perf_counter() - t0, r
 
-  step = jax.jit(functools.partial(capture.capture_step, model=model, kind="classification",
-                                   verbalizer=verbalizer, sites=SITES, prompt_length=PROMPT,
-                                   metric_names=capture.BUILTIN_METRICS))
-  arrays = enc.arrays()
-  batches = []
-  for i in range(nb):
-    batch = {k: jnp.asarray(v[i * args.batch:(i + 1) * args.batch]) for k, v in arrays.items()}
-    batches.append(dict(batch, valid=jnp.ones(args.batch)))
+  probe = capture.Probe(model, "classification", verbalizer, SITES, PROMPT,
+                        capture.BUILTIN_METRICS)
+  step = jax.jit(probe)
+  whole = enc.batch()
+  batches = [jax.tree.map(jnp.asarray, whole.rows(np.arange(i * args.batch, (i + 1) * args.batch))
+                          ).replace(valid=jnp.ones(args.batch)) for i in range(nb)]
   acts = jax.block_until_ready(step(prompt, params, batches[0]))[0]
 
   def forward_all():
@@ -116,10 +111,9 @@ def memory_one(args):
   config, model, params, prompt = setup(args.preset)
   enc = synthetic(args.examples, args.seq, config.vocab_size)
   t0 = time.perf_counter()
-  r, st = discover.correlate(model, params, prompt, enc, kind="classification",
-                             verbalizer=np.array([3, 5]), sites=SITES, prompt_length=PROMPT,
-                             names=capture.BUILTIN_METRICS, mesh=make_mesh(1),
-                             batch_size=args.batch)
+  probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, PROMPT,
+                        capture.BUILTIN_METRICS)
+  r, st = discover.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch))
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(dict(examples=args.examples, peak_rss_mib=peak_mib,
                         seconds=time.perf_counter() - t0, n=int(st["n"][0]))))

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxskill
+from jaxskill.batch import Batch
 from jaxskill.config import TrainConfig
 from jaxskill.model.config import PRESETS
-from benchlib import (append_json, peak_rss_mib, random_params, reset_peak_rss, run_info,
+from benchlib import (finish, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
 from jaxskill.train import make_optimizer, train_step
 
@@ -34,13 +35,16 @@ def make_batch(config, b, t, p, seed=0):
   ids = rng.integers(0, config.vocab_size, (b, t)).astype(np.int32)
   index = np.full((b, t), -1, np.int32)
   index[:, t - p:] = np.arange(p)  # infix: the prompt ends the sequence, before the answer
-  return {"input_ids": ids, "attention_mask": np.ones((b, t), np.int32), "prompt_index": index,
-          "answer_pos": np.full(b, t - 1, np.int32), "label": rng.integers(0, 2, b).astype(np.int32)}
+  zeros = np.zeros((b, t), np.int32)
+  return Batch(input_ids=ids, attention_mask=zeros + 1, prompt_index=index,
+               answer_pos=np.full(b, t - 1, np.int32),
+               label=rng.integers(0, 2, b).astype(np.int32), targets=zeros, loss_mask=zeros,
+               input_end=np.full(b, t - p, np.int32), prompt_start=np.full(b, t - p, np.int32))
 
 
 def bench_jax(config, batch, p, iters, input_cols):
   model = jaxskill.Qwen2LM(config)
-  params = random_params(model, batch["input_ids"][:, :8])
+  params = random_params(model, batch.input_ids[:, :8])
   reset_peak_rss()
   optimizer = make_optimizer(TrainConfig())
   prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1), (p, config.hidden_size))}
@@ -72,10 +76,10 @@ def bench_torch(config, batch, p, iters, threads):
   model.requires_grad_(False)
   prompt = torch.nn.Parameter(0.02 * torch.randn(p, config.hidden_size))
   opt = torch.optim.AdamW([prompt], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
-  ids = torch.tensor(batch["input_ids"], dtype=torch.long)
-  index = torch.tensor(batch["prompt_index"], dtype=torch.long)
-  mask = torch.tensor(batch["attention_mask"])
-  labels = torch.tensor(batch["label"], dtype=torch.long)
+  ids = torch.tensor(batch.input_ids, dtype=torch.long)
+  index = torch.tensor(batch.prompt_index, dtype=torch.long)
+  mask = torch.tensor(batch.attention_mask)
+  labels = torch.tensor(batch.label, dtype=torch.long)
   verbalizer = torch.tensor([3, 5])
   slot = (index >= 0)[..., None]
 
@@ -129,13 +133,7 @@ def main(argv=None):
     result["torch"]["steps_per_s"] = 1 / result["torch"]["step_s"]
     print(f"torch:    {result['torch']['steps_per_s']:.3f} steps/s (step "
           f"{result['torch']['step_s']:.3f}s, first call {result['torch']['first_call_s']:.1f}s)")
-    if "jaxskill" in result:
-      result["ratio"] = result["jaxskill"]["steps_per_s"] / result["torch"]["steps_per_s"]
-      print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
-  result["peak_rss_mib"] = peak_rss_mib()
-  if args.json:
-    append_json(args.json, result)
-  return result
+  return finish(result, "steps_per_s", args.json)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,18 @@ def append_json(path: str, result: dict) -> None:
     f.write(json.dumps(result) + "\n")
 
 
+def finish(result: dict, rate: str, json_path: str | None) -> dict:
+  """Adds the jaxskill/torch ratio of `rate` (when both ran) and the peak RSS to `result`, prints
+  the ratio, and appends `result` to `json_path` if given."""
+  if "jaxskill" in result and "torch" in result:
+    result["ratio"] = result["jaxskill"][rate] / result["torch"][rate]
+    print(f"ratio jaxskill/torch: {result['ratio']:.2f}x")
+  result["peak_rss_mib"] = peak_rss_mib()
+  if json_path:
+    append_json(json_path, result)
+  return result
+
+
 def reset_peak_rss() -> None:
   """Restarts the peak-memory count (Linux: writing 5 to clear_refs resets VmHWM), so that the
   peak read later is that of the benchmarked work with its params, not of building them."""

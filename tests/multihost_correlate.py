@@ -22,7 +22,8 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
   import jax.numpy as jnp
   import jaxskill
   from jaxskill import data as data_lib
-  from jaxskill import discover
+  from jaxskill import capture, discover
+  from jaxskill.runner import Runner
   from jaxskill.tasks import arithmetic_verification
   from jaxskill.sharding import make_mesh
 
@@ -34,11 +35,12 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
   encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
                             max_length=40)
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, model.config.hidden_size))}
-  r, st = discover.correlate(
-      model, params, prompt, encoded, kind="classification",
-      verbalizer=data_lib.verbalizer_ids(tok, task.verbalizer), sites=("prompt", "last_input"),
-      prompt_length=4, names=("correct", "confidence", "meta_last_digit_only"),
-      mesh=make_mesh(0, model_parallel), batch_size=8, merge_every=2)
+  probe = capture.Probe(model, "classification",
+                        jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),
+                        ("prompt", "last_input"), 4,
+                        ("correct", "confidence", "meta_last_digit_only"))
+  r, st = discover.correlate(probe, params, prompt, encoded,
+                             runner=Runner(make_mesh(0, model_parallel), 8), merge_every=2)
   assert jax.device_count() == 4, jax.devices()
   if jax.process_index() == 0:
     from pathlib import Path

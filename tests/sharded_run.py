@@ -11,9 +11,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxskill
+from jaxskill import capture, discover, sharding
 from jaxskill import data as data_lib
-from jaxskill import discover, sharding
 from jaxskill.config import TrainConfig
+from jaxskill.runner import Runner
 from jaxskill.tasks import arithmetic_verification
 from jaxskill.train import make_optimizer, train_step
 
@@ -21,7 +22,7 @@ from jaxskill.train import make_optimizer, train_step
 def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
   """The prompt after one training step on the first 8 examples (params placed on `mesh`)."""
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
+  batch = jax.tree.map(jnp.asarray, encoded.batch().rows(np.arange(8)))
   optimizer = make_optimizer(TrainConfig(lr=1e-2))
   state = {"prompt": prompt, "opt_state": optimizer.init(prompt), "step": jnp.int32(0),
            "rng": jax.random.PRNGKey(1)}
@@ -35,10 +36,10 @@ def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
 
 def correlations(model, placed, prompt, encoded, verbalizer, mesh):
   """`discover.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
-  r, _ = discover.correlate(model, placed, prompt, encoded, kind="classification",
-                            verbalizer=verbalizer, sites=("prompt", "last_input"),
-                            prompt_length=4, names=("label", "confidence", "meta_last_digit_only"),
-                            mesh=mesh, batch_size=8)
+  probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
+                        ("prompt", "last_input"), 4,
+                        ("label", "confidence", "meta_last_digit_only"))
+  r, _ = discover.correlate(probe, placed, prompt, encoded, runner=Runner(mesh, 8))
   return np.asarray(r)
 
 
@@ -47,8 +48,8 @@ def run(mesh, layout, params, model, encoded, verbalizer):
   placed, shardings = sharding.place_params(params, mesh, layout)
   c = model.config
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, c.hidden_size))}
-  batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
-  positions = jnp.tile(jnp.arange(batch["input_ids"].shape[1]), (8, 1))
+  batch = jax.tree.map(jnp.asarray, encoded.batch().rows(np.arange(8)))
+  positions = jnp.tile(jnp.arange(batch.input_ids.shape[1]), (8, 1))
 
   @functools.partial(jax.jit, in_shardings=(shardings, rows, rows), out_shardings=replicated)
   def forward(params, ids, positions):
@@ -56,7 +57,7 @@ def run(mesh, layout, params, model, encoded, verbalizer):
                                     mutable=["intermediates"])
     return logits, jaxskill.neuron_activations(variables)
 
-  logits, acts = forward(placed, batch["input_ids"], positions)
+  logits, acts = forward(placed, batch.input_ids, positions)
   trained = trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh)
   r = correlations(model, placed, prompt, encoded, verbalizer, mesh)
   split_dims = sum(s.spec != P(*([None] * len(s.spec))) for s in jax.tree.leaves(

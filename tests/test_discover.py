@@ -15,6 +15,7 @@ from jaxskill import data as data_lib
 from jaxskill.config import load_config
 from jaxskill.pipeline import run
 from jaxskill.tasks import table
+from jaxskill.runner import Runner
 from jaxskill.sharding import make_mesh
 
 # The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
@@ -72,9 +73,9 @@ def planted(tmp_path_factory):
 def _correlate(planted, names, **kw):
   model, params, encoded, verbalizer = planted
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-  return discover.correlate(model, params, prompt, encoded, kind="classification",
-                            verbalizer=verbalizer, sites=kw.pop("sites", ("last_input",)),
-                            prompt_length=4, names=names, mesh=make_mesh(1), batch_size=16, **kw)
+  probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
+                        kw.pop("sites", ("last_input",)), 4, names)
+  return discover.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 16), **kw)
 
 
 def _float64(planted):
@@ -107,17 +108,16 @@ def test_capture_metrics_match_a_hand_computation(planted):
   with jax.enable_x64(True):  # the logits of two programs (see _float64)
     model, params, encoded, verbalizer = _float64(planted)
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-    batch = {k: jnp.asarray(v[:8]) for k, v in encoded.arrays().items()}
-    acts, y = capture.capture_step(prompt, params, batch, model=model, kind="classification",
-                                   verbalizer=jnp.asarray(verbalizer), sites=("answer",),
-                                   prompt_length=4, metric_names=capture.BUILTIN_METRICS)
+    batch = jax.tree.map(jnp.asarray, encoded.batch().rows(np.arange(8)))
+    acts, y = capture.Probe(model, "classification", jnp.asarray(verbalizer), ("answer",), 4,
+                            capture.BUILTIN_METRICS)(prompt, params, batch)
     logits = prompted_apply(model, params, prompt, batch, kind="classification").logits
     y, logits = np.asarray(y), np.asarray(logits)
   assert y.dtype == logits.dtype == np.float64
   z = logits[:, verbalizer]
   p = np.exp(z - z.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
-  gold = np.asarray(batch["label"])
+  gold = np.asarray(batch.label)
   want = {"label": gold, "confidence": p[np.arange(8), gold], "max_prob": p.max(1),
           "margin": p[np.arange(8), gold] - p[np.arange(8), 1 - gold],
           "loss": -np.log(p[np.arange(8), gold]), "correct": p.argmax(1) == gold,
@@ -139,11 +139,12 @@ def test_streamed_r_equals_float64_corrcoef_of_all_activations(planted):
     model, params, encoded, verbalizer = float64 = _float64(planted)
     r, _ = _correlate(float64, names, merge_every=3)
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-    step = jax.jit(lambda b: capture.capture_step(
-        prompt, params, b, model=model, kind="classification", verbalizer=jnp.asarray(verbalizer),
-        sites=("last_input",), prompt_length=4, metric_names=names))
-    xs, ys = zip(*(jax.device_get(step({k: jnp.asarray(v[i:i + 50]) for k, v in
-                                        encoded.arrays().items()})) for i in range(0, 300, 50)))
+    probe = capture.Probe(model, "classification", jnp.asarray(verbalizer), ("last_input",), 4,
+                          names)
+    step = jax.jit(lambda b: probe(prompt, params, b))
+    whole = encoded.batch()
+    xs, ys = zip(*(jax.device_get(step(whole.rows(np.arange(i, i + 50))))
+                   for i in range(0, 300, 50)))
   x = np.concatenate(xs).reshape(300, -1)
   y = np.concatenate(ys)
   assert x.dtype == y.dtype == np.float64
@@ -256,16 +257,13 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
     r, st = _correlate(float64, ("label",))
     baseline = st["mean_x"][0] + st["ref_x"]
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
-    acc, n = discover.predictivity(model, params, prompt, encoded, baseline.astype(np.float32),
-                                   verbalizer=verbalizer, sites=("last_input",), prompt_length=4,
-                                   mesh=make_mesh(1), batch_size=16)
+    probe = capture.Probe(model, "classification", jnp.asarray(verbalizer), ("last_input",), 4,
+                          ("label",))
+    acc, n = discover.predictivity(probe, params, prompt, encoded, baseline.astype(np.float32),
+                                   runner=Runner(make_mesh(1), 16))
     assert n == len(encoded) and acc.shape == (L, 1, I)
     # numpy reference from the captured activations themselves
-    acts, _ = capture.capture_step(prompt, params, {k: jnp.asarray(v) for k, v in
-                                                    encoded.arrays().items()},
-                                   model=model, kind="classification",
-                                   verbalizer=jnp.asarray(verbalizer), sites=("last_input",),
-                                   prompt_length=4, metric_names=("label",))
+    acts, _ = probe(prompt, params, jax.tree.map(jnp.asarray, encoded.batch()))
   a = np.asarray(acts).reshape(len(encoded), -1)
   assert a.dtype == np.float64
   mean = a.mean(0)

@@ -311,33 +311,22 @@ def test_hans_errors(tmp_path):
     hans(no_col)
   assert "nocol.txt: line 1: missing required column 'heuristic'" in str(e.value)
 
-  rows = hans_rows(3)
-  rows[1][0] = "contradiction"
-  bad_label = write_tsv(tmp_path / "label.txt", HANS_HEADER, rows)
-  with pytest.raises(TaskError) as e:
-    hans(bad_label)
-  assert ("label.txt: line 3: column 'gold_label' has unknown value 'contradiction'"
-          in str(e.value))
-
-  rows = hans_rows(3)
-  rows[2][8] = "negation"
-  bad_heuristic = write_tsv(tmp_path / "heur.txt", HANS_HEADER, rows)
-  with pytest.raises(TaskError, match=r"heur\.txt: line 4: column 'heuristic' has unknown "
-                                      r"value 'negation'"):
-    hans(bad_heuristic)
-
-  rows = hans_rows(3)
-  rows[2] = rows[2][:6]
-  short = write_tsv(tmp_path / "short.txt", HANS_HEADER, rows)
-  with pytest.raises(TaskError, match=r"short\.txt: line 4: column 'sentence2' is missing"):
-    hans(short)
-
-  rows = hans_rows(3)
-  rows[2][7] = "ex0"
-  dup = write_tsv(tmp_path / "dup.txt", HANS_HEADER, rows)
-  with pytest.raises(TaskError, match=r"dup\.txt: line 4: column 'pairID' value 'ex0' repeats "
-                                      r"line 2"):
-    hans(dup)
+  # (row, column, the new value or None to cut the row there, file name, the error)
+  for row, col, value, name, error in [
+      (1, 0, "contradiction", "label.txt",
+       "label.txt: line 3: column 'gold_label' has unknown value 'contradiction'"),
+      (2, 8, "negation", "heur.txt", "heur.txt: line 4: column 'heuristic' has unknown value "
+                                     "'negation'"),
+      (2, 6, None, "short.txt", "short.txt: line 4: column 'sentence2' is missing"),
+      (2, 7, "ex0", "dup.txt", "dup.txt: line 4: column 'pairID' value 'ex0' repeats line 2")]:
+    rows = hans_rows(3)
+    if value is None:
+      rows[row] = rows[row][:col]
+    else:
+      rows[row][col] = value
+    with pytest.raises(TaskError) as e:
+      hans(write_tsv(tmp_path / name, HANS_HEADER, rows))
+    assert error in str(e.value)
 
   with pytest.raises(TaskError, match="dev_fraction \\+ test_fraction must be at most 1"):
     hans(write_tsv(tmp_path / "ok.txt", HANS_HEADER, HANS_ROWS), dev_fraction=0.6,
@@ -406,81 +395,55 @@ def test_table_tsv_keeps_commas(tmp_path):
   assert (ex.input, ex.label, ex.answer, dict(ex.metadata)) == ("yes, it is", 1, " no", {})
 
 
-def test_table_errors(tmp_path):
-  def build(path, **kw):
-    args = dict(input_field="text", label_field="y", labels=(" yes", " no"))
-    args.update(kw)
-    return table(path, **args)
+# (file name, its content: text, JSON records or None for no file, table options, the error).
+_TABLE_ERRORS = [
+    ("missing.jsonl", None, {}, "missing.jsonl: no such file"),
+    ("empty.jsonl", "\n\n", {}, "empty.jsonl: empty data set"),
+    ("empty.csv", "text,y\n", {}, "empty.csv: empty data set"),
+    ("missing_field.jsonl",
+     [{"text": "a", "y": "yes"}, {"text": "b", "y": 1}, {"txt": "c", "y": 0}], {},
+     "missing_field.jsonl: line 3: missing field 'text'"),
+    ("no_label.jsonl", [{"text": "a"}], {}, "no_label.jsonl: line 1: missing field 'y'"),
+    ("short.csv", "text,y\nhello,yes\nbye\n", {}, "short.csv: line 3: missing field 'y'"),
+    *[("bad_label.jsonl", [{"text": "a", "y": "no"}, {"text": "b", "y": value}], {},
+       f"bad_label.jsonl: line 2: field 'y' has label {shown} outside the verbalizer")
+      for value, shown in (("maybe", "'maybe'"), ("7", "'7'"), (2, "2"), (-1, "-1"),
+                           (True, "True"))],
+    # Integer verbalizer words are matched as words only: "0" is not an index here.
+    ("numerals.jsonl", [{"text": "a", "y": "2"}, {"text": "b", "y": 1}, {"text": "c", "y": "0"}],
+     {"labels": ("1", "2")},
+     "numerals.jsonl: line 3: field 'y' has label '0' outside the verbalizer"),
+    ("malformed.jsonl", '{"text": "a", "y": 0}\n{"text": "b", "y": 1\n', {},
+     "malformed.jsonl: line 2: malformed JSON"),
+    ("list.jsonl", '["a", 0]\n', {}, "list.jsonl: line 1: expected a JSON object"),
+    ("split.jsonl", [{"text": "a", "y": 0, "s": "holdout"}], {"split_field": "s"},
+     "split.jsonl: line 1: field 's' has unknown split 'holdout'"),
+    ("ok.jsonl", [{"text": "a", "y": 0}], {"labels": (" yes",)},
+     "needs at least 2 verbalizer words"),
+    ("ok.jsonl", [{"text": "a", "y": 0}], {"answer_field": "text"}, "not both"),
+    ("t.xlsx", [{}], {}, "unknown table format '.xlsx'"),
+]
 
-  with pytest.raises(TaskError, match=r"missing\.jsonl: no such file"):
-    build(tmp_path / "missing.jsonl")
 
-  empty = tmp_path / "empty.jsonl"
-  empty.write_text("\n\n")
-  with pytest.raises(TaskError, match=r"empty\.jsonl: empty data set"):
-    build(empty)
-  empty_csv = tmp_path / "empty.csv"
-  empty_csv.write_text("text,y\n")
-  with pytest.raises(TaskError, match=r"empty\.csv: empty data set"):
-    build(empty_csv)
-
-  missing = write_jsonl(tmp_path / "missing_field.jsonl",
-                        [{"text": "a", "y": "yes"}, {"text": "b", "y": 1}, {"txt": "c", "y": 0}])
+@pytest.mark.parametrize("name,content,options,error", _TABLE_ERRORS)
+def test_table_errors(tmp_path, name, content, options, error):
+  path = tmp_path / name
+  if isinstance(content, str):
+    path.write_text(content)
+  elif content is not None:
+    write_jsonl(path, content)
   with pytest.raises(TaskError) as e:
-    build(missing)
-  assert "missing_field.jsonl: line 3: missing field 'text'" in str(e.value)
+    table(path, **{"input_field": "text", "label_field": "y", "labels": (" yes", " no"),
+                   **options})
+  assert error in str(e.value)
 
-  no_label = write_jsonl(tmp_path / "no_label.jsonl", [{"text": "a"}])
-  with pytest.raises(TaskError, match=r"no_label\.jsonl: line 1: missing field 'y'"):
-    build(no_label)
 
-  csv_short = tmp_path / "short.csv"
-  csv_short.write_text("text,y\nhello,yes\nbye\n")
-  with pytest.raises(TaskError, match=r"short\.csv: line 3: missing field 'y'"):
-    build(csv_short)
-
-  for value, shown in (("maybe", "'maybe'"), ("7", "'7'"), (2, "2"), (-1, "-1"), (True, "True")):
-    bad = write_jsonl(tmp_path / "bad_label.jsonl", [{"text": "a", "y": "no"},
-                                                      {"text": "b", "y": value}])
-    with pytest.raises(TaskError) as e:
-      build(bad)
-    assert (f"bad_label.jsonl: line 2: field 'y' has label {shown} outside the verbalizer"
-            in str(e.value))
-
-  # Integer verbalizer words are matched as words only: "0" is not an index here.
-  numerals = write_jsonl(tmp_path / "numerals.jsonl",
-                         [{"text": "a", "y": "2"}, {"text": "b", "y": 1}, {"text": "c", "y": "0"}])
-  with pytest.raises(TaskError) as e:
-    build(numerals, labels=("1", "2"))
-  assert "numerals.jsonl: line 3: field 'y' has label '0' outside the verbalizer" in str(e.value)
+def test_table_numeral_labels_are_words(tmp_path):
+  """Integer verbalizer words are matched as words: label "2" and 1 are both the word for 2."""
   rows = [{"text": "a", "y": "2", "s": "train"}, {"text": "b", "y": 1, "s": "train"}]
-  task = build(write_jsonl(tmp_path / "numerals_ok.jsonl", rows), labels=("1", "2"),
-               split_field="s")
+  task = table(write_jsonl(tmp_path / "numerals_ok.jsonl", rows), input_field="text",
+               label_field="y", labels=("1", "2"), split_field="s")
   assert {e.input: e.label for e in task.splits["train"]} == {"a": 1, "b": 0}
-
-  malformed = tmp_path / "malformed.jsonl"
-  malformed.write_text('{"text": "a", "y": 0}\n{"text": "b", "y": 1\n')
-  with pytest.raises(TaskError, match=r"malformed\.jsonl: line 2: malformed JSON"):
-    build(malformed)
-
-  not_object = tmp_path / "list.jsonl"
-  not_object.write_text('["a", 0]\n')
-  with pytest.raises(TaskError, match=r"list\.jsonl: line 1: expected a JSON object"):
-    build(not_object)
-
-  bad_split = write_jsonl(tmp_path / "split.jsonl", [{"text": "a", "y": 0, "s": "holdout"}])
-  with pytest.raises(TaskError, match=r"split\.jsonl: line 1: field 's' has unknown split "
-                                      r"'holdout'"):
-    build(bad_split, split_field="s")
-
-  ok = write_jsonl(tmp_path / "ok.jsonl", [{"text": "a", "y": 0}])
-  with pytest.raises(TaskError, match="needs at least 2 verbalizer words"):
-    build(ok, labels=(" yes",))
-  with pytest.raises(TaskError, match="not both"):
-    build(ok, answer_field="text")
-  with pytest.raises(TaskError, match="unknown table format '.xlsx'"):
-    build(write_jsonl(tmp_path / "t.xlsx", [{}]))
-
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])

@@ -75,9 +75,9 @@ def test_model_params_frozen_and_optimizer_state_prompt_shaped(data_file, tmp_pa
   step = jax.jit(lambda s, p, b: train_step(s, p, b, model=setup.model, optimizer=optimizer,
                                             kind="classification",
                                             verbalizer=jnp.asarray(setup.verbalizer)))
-  arrays = setup.train.arrays()
+  whole = setup.train.batch()
   for i in range(5):
-    state, _ = step(state, params, {k: v[i * 16:(i + 1) * 16] for k, v in arrays.items()})
+    state, _ = step(state, params, whole.rows(np.arange(i * 16, (i + 1) * 16)))
   assert not np.array_equal(np.asarray(state["prompt"]["embeddings"]), 0.01)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
   # The optimizer state holds prompt-shaped moments and scalar counters, nothing model-sized.
@@ -222,14 +222,14 @@ def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind
   config = load_config(None, _overrides(data_file, tmp_path, "split", **extra))
   setup = prepare(config)
   assert setup.input_cols > 0
-  arrays = {k: v[:16] for k, v in setup.train.arrays().items()}
+  rows = setup.train.batch().rows(np.arange(16))
   prompt = np.asarray(0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H)))
   grad = jax.grad(loss_fn, has_aux=True)
 
   def both(model, params, dtype):
     """(split, full) x (gradient, loss) with the prompt in `dtype`."""
     kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(setup.verbalizer))
-    batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+    batch = jax.tree.map(jnp.asarray, rows)
     p = {"embeddings": jnp.asarray(prompt, dtype)}
     out = [grad(p, params, batch, input_cols=s, **kw) for s in (setup.input_cols, 0)]
     return [(np.asarray(g["embeddings"]), float(m["loss"])) for g, m in out]

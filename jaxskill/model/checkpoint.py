@@ -105,6 +105,7 @@ def _int_list(value) -> bool:
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+  """Writes name -> array (any shape, a dtype of `_ST_DTYPES`) as one safetensors file."""
   header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
   offset = 0
   arrays = {}
@@ -187,7 +188,8 @@ _TOP_TABLE = {
 
 
 def abstract_params(config: QwenConfig, dtype=jnp.float32) -> dict:
-  """The param tree as ShapeDtypeStructs; no memory is allocated."""
+  """The param tree as ShapeDtypeStructs of `dtype` (layer params stacked `[l, ...]`); no memory
+  is allocated."""
   model = Qwen2LM(config, dtype=dtype, param_dtype=dtype)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
   return shapes["params"]
@@ -215,6 +217,8 @@ class LazyParam:
     self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
 
   def read(self, index=None) -> np.ndarray:
+    """The param's `index` slice (None: all of it), of `self.dtype`; missing trailing slices
+    mean the whole axis."""
     index = tuple(index) if index is not None else ()
     index += (slice(None),) * (len(self.shape) - len(index))
     return self._read(index)
@@ -222,28 +226,40 @@ class LazyParam:
 
 def lazy_params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
   """Validates the HF tensors of `hf_dir` (names, shapes) and returns the jaxskill param tree
-  with `LazyParam` leaves; nothing but the headers is read yet."""
+  with `LazyParam` leaves; nothing but the headers is read yet.
+
+  Leaves have the model's shapes (e.g. `embed_tokens/embedding` `[v, h]`, layer params stacked
+  `[l, ...]` such as `layers/mlp/up_proj/kernel` `[l, h, i]`) and read as `dtype`.
+  """
   hf_dir = Path(hf_dir)
   tensors, files = _hf_tensors(hf_dir)
   expected = abstract_params(config, dtype)
   np_dtype = np.dtype(dtype)
   L = config.num_hidden_layers
+  _check_names(tensors, files, L)
+  params: dict = {}
+  for hf_name, (path, transpose) in _TOP_TABLE.items():
+    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+      continue  # tied: the head is the embedding; an lm_head copy in the file is not used
+    view = _view(hf_dir, tensors, files, hf_name, transpose, _get(expected, path).shape)
+    _set(params, path, _lazy(view, np_dtype))
+  for template, (path, transpose) in _LAYER_TABLE.items():
+    want = _get(expected, "layers/" + path).shape[1:]
+    views = [_view(hf_dir, tensors, files, template.format(i=i), transpose, want)
+             for i in range(L)]
+    _set(params, "layers/" + path, _lazy_stacked(views, want, np_dtype))
+  return params
+
+
+def _where(files: dict[str, Path], name: str) -> str:
+  """The "file: tensor 'name'" start of an error about one tensor."""
+  return f"{files[name]}: tensor '{name}'"
+
+
+def _check_names(tensors: dict[str, np.ndarray], files: dict[str, Path],
+                 num_layers: int) -> None:
+  """Raises for a tensor that is not in the name table or is for a layer past `num_layers`."""
   layer_re = re.compile(r"model\.layers\.(\d+)\.(.+)")
-  tied = config.tie_word_embeddings
-
-  def where(name):
-    return f"{files[name]}: tensor '{name}'"
-
-  def fetch(name, transpose, want_shape):
-    """The tensor as a (possibly transposed) view, after checking its shape."""
-    array = tensors[name]
-    shape = array.shape[::-1] if transpose else array.shape
-    if tuple(shape) != tuple(want_shape):
-      hf_shape = tuple(want_shape[::-1]) if transpose else tuple(want_shape)
-      raise CheckpointError(f"{where(name)} has shape {list(array.shape)}, the config asks for "
-                            f"{list(hf_shape)}")
-    return array.T if transpose else array
-
   for name in tensors:
     if name.endswith(".rotary_emb.inv_freq"):  # a buffer that old exports persisted
       continue
@@ -251,39 +267,44 @@ def lazy_params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float3
     if m:
       key = f"model.layers.{{i}}.{m.group(2)}"
       if key not in _LAYER_TABLE:
-        raise CheckpointError(f"{where(name)} is not part of a Qwen2 layer (unknown name)")
-      if int(m.group(1)) >= L:
-        raise CheckpointError(f"{where(name)} is for layer {m.group(1)} but config "
-                              f"num_hidden_layers={L}")
+        raise CheckpointError(f"{_where(files, name)} is not part of a Qwen2 layer (unknown name)")
+      if int(m.group(1)) >= num_layers:
+        raise CheckpointError(f"{_where(files, name)} is for layer {m.group(1)} but config "
+                              f"num_hidden_layers={num_layers}")
     elif name not in _TOP_TABLE:
-      raise CheckpointError(f"{where(name)} is unexpected for a Qwen2 model")
+      raise CheckpointError(f"{_where(files, name)} is unexpected for a Qwen2 model")
 
-  params: dict = {}
-  for hf_name, (path, transpose) in _TOP_TABLE.items():
-    if hf_name == "lm_head.weight" and tied:
-      continue  # tied: the head is the embedding; an lm_head copy in the file is not used
-    if hf_name not in tensors:
-      hint = (" (config says tie_word_embeddings=false; is the checkpoint tied?)"
-              if hf_name == "lm_head.weight" else "")
-      raise CheckpointError(f"{hf_dir}: missing tensor '{hf_name}'{hint}")
-    view = fetch(hf_name, transpose, _get(expected, path).shape)
-    _set(params, path, LazyParam(view.shape, np_dtype,
-                                 lambda idx, view=view: np.asarray(view[idx]).astype(np_dtype)))
-  for template, (path, transpose) in _LAYER_TABLE.items():
-    want = _get(expected, "layers/" + path).shape[1:]
-    per_layer = []
-    for i in range(L):
-      name = template.format(i=i)
-      if name not in tensors:
-        raise CheckpointError(f"{hf_dir}: missing tensor '{name}'")
-      per_layer.append(fetch(name, transpose, want))
 
-    def read(idx, per_layer=per_layer):
-      return np.stack([np.asarray(view[idx[1:]]).astype(np_dtype)
-                       for view in per_layer[idx[0]]]).reshape(
-                           (len(per_layer[idx[0]]),) + _sliced_shape(per_layer[0].shape, idx[1:]))
-    _set(params, "layers/" + path, LazyParam((L,) + tuple(want), np_dtype, read))
-  return params
+def _view(hf_dir: Path, tensors: dict[str, np.ndarray], files: dict[str, Path], name: str,
+          transpose: bool, want_shape: tuple[int, ...]) -> np.ndarray:
+  """Tensor `name` as a (possibly transposed) view, after checking it exists and its shape."""
+  if name not in tensors:
+    hint = (" (config says tie_word_embeddings=false; is the checkpoint tied?)"
+            if name == "lm_head.weight" else "")
+    raise CheckpointError(f"{hf_dir}: missing tensor '{name}'{hint}")
+  array = tensors[name]
+  shape = array.shape[::-1] if transpose else array.shape
+  if tuple(shape) != tuple(want_shape):
+    hf_shape = tuple(want_shape[::-1]) if transpose else tuple(want_shape)
+    raise CheckpointError(f"{_where(files, name)} has shape {list(array.shape)}, the config asks "
+                          f"for {list(hf_shape)}")
+  return array.T if transpose else array
+
+
+def _lazy(view: np.ndarray, np_dtype: np.dtype) -> LazyParam:
+  """A LazyParam that reads slices of one memory-mapped view, cast to `np_dtype`."""
+  return LazyParam(view.shape, np_dtype, lambda idx: np.asarray(view[idx]).astype(np_dtype))
+
+
+def _lazy_stacked(views: list[np.ndarray], want: tuple[int, ...],
+                  np_dtype: np.dtype) -> LazyParam:
+  """A LazyParam `[l, *want]` that reads the asked slice of each asked layer's view."""
+  def read(idx):
+    """idx[0] picks the layers, idx[1:] slices each of them; stacked on a leading axis."""
+    return np.stack([np.asarray(view[idx[1:]]).astype(np_dtype)
+                     for view in views[idx[0]]]).reshape(
+                         (len(views[idx[0]]),) + _sliced_shape(views[0].shape, idx[1:]))
+  return LazyParam((len(views),) + tuple(want), np_dtype, read)
 
 
 def _sliced_shape(shape, idx) -> tuple[int, ...]:
@@ -291,7 +312,8 @@ def _sliced_shape(shape, idx) -> tuple[int, ...]:
 
 
 def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
-  """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy)."""
+  """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy arrays
+  of `dtype`, shaped as in `lazy_params_from_hf`)."""
   return jax.tree.map(lambda p: p.read(), lazy_params_from_hf(hf_dir, config, dtype))
 
 
@@ -299,14 +321,19 @@ def sharded_params_from_hf(hf_dir: str | Path, config: QwenConfig, shardings,
                            dtype=jnp.float32) -> dict:
   """The params straight into `shardings` (a tree of `jax.sharding.Sharding`): each device's
   shard is read from disk on its own, and a process reads only the shards of its devices; the
-  whole model is never assembled on one host."""
+  whole model is never assembled on one host. Leaves are `jax.Array`s of `dtype`, shaped as in
+  `lazy_params_from_hf`."""
   lazy = lazy_params_from_hf(hf_dir, config, dtype)
   return jax.tree.map(lambda p, s: jax.make_array_from_callback(p.shape, s, p.read), lazy,
                       shardings)
 
 
 def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[str, np.ndarray]:
-  """The inverse of `params_from_hf`: HF tensor names -> numpy arrays (torch layout)."""
+  """The inverse of `params_from_hf`: HF tensor names -> numpy arrays (torch layout).
+
+  Stacked layer params `[l, ...]` become one tensor per layer; Dense kernels `[in, out]` become
+  torch weights `[out, in]` (e.g. `lm_head.weight` `[v, h]`). `dtype`: cast to it (None: keep).
+  """
   out = {}
   cast = (lambda a: np.asarray(a).astype(np.dtype(dtype))) if dtype else np.asarray
   for hf_name, (path, transpose) in _TOP_TABLE.items():
@@ -347,6 +374,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 
 def is_converted(model_dir: Path) -> bool:
+  """Whether `model_dir` holds a finished `save_converted` output (its marker file)."""
   return (model_dir / "jaxskill.json").exists()
 
 

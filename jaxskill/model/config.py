@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class ConfigError(ValueError):
@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class QwenConfig:
+  """The architecture of a dense Qwen1.5 / Qwen2 checkpoint (HF field names)."""
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -56,18 +57,22 @@ class QwenConfig:
 
   @property
   def head_dim(self) -> int:
+    """Per-head size: `head_dim` from the file, else hidden_size / num_attention_heads."""
     return self.head_dim_override or self.hidden_size // self.num_attention_heads
 
   @property
   def num_kv_groups(self) -> int:
+    """Query heads per key/value head."""
     return self.num_attention_heads // self.num_key_value_heads
 
   @property
   def num_neurons(self) -> int:
+    """MLP neurons in the whole model, l * i."""
     return self.num_hidden_layers * self.intermediate_size
 
   @property
   def eos_token_ids(self) -> tuple[int, ...]:
+    """`eos_token_id` as a tuple (empty when unset)."""
     if self.eos_token_id is None:
       return ()
     if isinstance(self.eos_token_id, int):
@@ -79,50 +84,14 @@ class QwenConfig:
   @classmethod
   def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "QwenConfig":
     """Validates an HF Qwen2 config dict; `source` names the file in error messages."""
-    def fail(msg):
-      raise ConfigError(f"{source}: {msg}")
-
-    model_type = d.get("model_type")
-    if model_type == "qwen2_moe":
-      fail("model_type 'qwen2_moe' (mixture of experts) is not supported yet; "
-           "jaxskill handles dense Qwen1.5/Qwen2 checkpoints (model_type 'qwen2')")
-    if model_type != "qwen2":
-      fail(f"field 'model_type' is {model_type!r}; only 'qwen2' (Qwen1.5 / Qwen2) is supported")
-    unknown = sorted(set(d) - _HANDLED - _IGNORED)
-    if unknown:
-      fail(f"unsupported field(s) {unknown}; jaxskill refuses attributes it does not implement "
-           "so that a checkpoint never converts into a silently different model")
-    if d.get("use_sliding_window"):
-      fail("field 'use_sliding_window' is true; sliding-window attention is not supported "
-           "(no Qwen1.5 checkpoint uses it)")
-    layer_types = d.get("layer_types")
-    if layer_types is not None and any(t != "full_attention" for t in layer_types):
-      fail(f"field 'layer_types' contains {sorted(set(layer_types) - {'full_attention'})}; "
-           "only 'full_attention' layers are supported")
-    if d.get("rope_scaling") is not None:
-      fail(f"field 'rope_scaling' is {d['rope_scaling']!r}; scaled RoPE is not supported yet")
-    rope_theta = d.get("rope_theta")
-    params = d.get("rope_parameters")
-    if params is not None:
-      rope_type = params.get("rope_type", "default")
-      if rope_type != "default":
-        fail(f"field 'rope_parameters.rope_type' is {rope_type!r}; only 'default' RoPE is "
-             "supported")
-      extra = sorted(set(params) - {"rope_type", "rope_theta"})
-      if extra:
-        fail(f"field 'rope_parameters' has unsupported key(s) {extra}")
-      if rope_theta is not None and params.get("rope_theta", rope_theta) != rope_theta:
-        fail(f"'rope_theta'={rope_theta} disagrees with 'rope_parameters.rope_theta'="
-             f"{params['rope_theta']}")
-      rope_theta = params.get("rope_theta", rope_theta)
-    if rope_theta is None:
-      fail("no 'rope_theta' (nor 'rope_parameters.rope_theta'); refusing to guess the RoPE base")
+    _check_supported(d, source)
+    rope_theta = _rope_theta(d, source)
     act = d.get("hidden_act", "silu")
     if act != "silu":
-      fail(f"field 'hidden_act' is {act!r}; Qwen2 MLPs use 'silu'")
+      _fail(source, f"field 'hidden_act' is {act!r}; Qwen2 MLPs use 'silu'")
     for name in _REQUIRED:
       if name not in d:
-        fail(f"required field '{name}' is missing")
+        _fail(source, f"required field '{name}' is missing")
     kwargs = {name: d[name] for name in _REQUIRED}
     kv_heads = d.get("num_key_value_heads")
     kwargs["num_key_value_heads"] = d["num_attention_heads"] if kv_heads is None else kv_heads
@@ -139,10 +108,11 @@ class QwenConfig:
           pad_token_id=d.get("pad_token_id"),
       )
     except ConfigError as e:
-      fail(str(e))
+      _fail(source, str(e))
 
   @classmethod
   def from_json_file(cls, path: str | Path) -> "QwenConfig":
+    """Reads and validates an HF `config.json`; errors name the file."""
     path = Path(path)
     try:
       d = json.loads(path.read_text(encoding="utf-8"))
@@ -203,6 +173,59 @@ _IGNORED = {
     "generation_config", "use_return_dict", "chunk_size_feed_forward",
 }
 
+
+
+def _fail(source: str, msg: str) -> NoReturn:
+  """Raises a ConfigError that names the config file."""
+  raise ConfigError(f"{source}: {msg}")
+
+
+def _check_supported(d: dict[str, Any], source: str) -> None:
+  """Raises for a model type, an unknown field or an attention variant jaxskill does not run."""
+  model_type = d.get("model_type")
+  if model_type == "qwen2_moe":
+    _fail(source, "model_type 'qwen2_moe' (mixture of experts) is not supported yet; "
+          "jaxskill handles dense Qwen1.5/Qwen2 checkpoints (model_type 'qwen2')")
+  if model_type != "qwen2":
+    _fail(source, f"field 'model_type' is {model_type!r}; only 'qwen2' (Qwen1.5 / Qwen2) is "
+          "supported")
+  unknown = sorted(set(d) - _HANDLED - _IGNORED)
+  if unknown:
+    _fail(source, f"unsupported field(s) {unknown}; jaxskill refuses attributes it does not "
+          "implement so that a checkpoint never converts into a silently different model")
+  if d.get("use_sliding_window"):
+    _fail(source, "field 'use_sliding_window' is true; sliding-window attention is not "
+          "supported (no Qwen1.5 checkpoint uses it)")
+  layer_types = d.get("layer_types")
+  if layer_types is not None and any(t != "full_attention" for t in layer_types):
+    _fail(source, f"field 'layer_types' contains {sorted(set(layer_types) - {'full_attention'})}; "
+          "only 'full_attention' layers are supported")
+  if d.get("rope_scaling") is not None:
+    _fail(source, f"field 'rope_scaling' is {d['rope_scaling']!r}; scaled RoPE is not supported "
+          "yet")
+
+
+def _rope_theta(d: dict[str, Any], source: str) -> Any:
+  """The RoPE base from the legacy 'rope_theta' and/or the newer 'rope_parameters' (which must
+  agree), as given in the file."""
+  rope_theta = d.get("rope_theta")
+  params = d.get("rope_parameters")
+  if params is not None:
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default":
+      _fail(source, f"field 'rope_parameters.rope_type' is {rope_type!r}; only 'default' RoPE "
+            "is supported")
+    extra = sorted(set(params) - {"rope_type", "rope_theta"})
+    if extra:
+      _fail(source, f"field 'rope_parameters' has unsupported key(s) {extra}")
+    if rope_theta is not None and params.get("rope_theta", rope_theta) != rope_theta:
+      _fail(source, f"'rope_theta'={rope_theta} disagrees with 'rope_parameters.rope_theta'="
+            f"{params['rope_theta']}")
+    rope_theta = params.get("rope_theta", rope_theta)
+  if rope_theta is None:
+    _fail(source, "no 'rope_theta' (nor 'rope_parameters.rope_theta'); refusing to guess the "
+          "RoPE base")
+  return rope_theta
 
 # Named presets of the published Qwen1.5 sizes (from their config.json files on the hub), used for
 # shape checks with `jax.eval_shape` and for benchmarks with random weights.

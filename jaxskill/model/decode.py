@@ -35,6 +35,8 @@ def greedy_generate(model: Qwen2LM, params, input_ids: jax.Array, attention_mask
   last_real = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=1)
 
   def step(i, carry):
+    """Writes new token i of every row at column t + i. carry: ids int and mask int32
+    `[b, t + max_new_tokens]`, done bool `[b]`."""
     ids, mask, done = carry
     cur = t + i
     read = jnp.where(i == 0, last_real, cur - 1)[:, None]

@@ -1,8 +1,9 @@
 """Qwen1.5 (HF `Qwen2ForCausalLM`) as a pure-functional Flax linen model.
 
 Letters in einsum strings and shape comments: b batch, t query position, s key position,
-n query heads, k key/value heads, g query heads per key/value head (n = k * g), d head dim,
-h hidden, i intermediate (neurons), v vocab, p captured positions, l layers.
+n query heads, r key/value heads, g query heads per key/value head (n = r * g), d head dim,
+h hidden, i intermediate (neurons), v vocab, k captured positions, l layers (the legend of the
+whole package, docs/ARCHITECTURE.md, plus the attention letters s, n, r, g, d).
 
 The block, as in METHOD.md section 1:
   x   = x + o_proj(attn(rmsnorm1(x)))
@@ -13,7 +14,7 @@ The block, as in METHOD.md section 1:
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -35,7 +36,8 @@ def wide(dtype: Dtype) -> Dtype:
 
 
 class RMSNorm(nn.Module):
-  """x * rsqrt(mean(x^2) + eps) in float32, cast back to x's dtype, then times the weight."""
+  """x * rsqrt(mean(x^2) + eps) in float32, cast back to x's dtype, then times the weight:
+  `[..., h]` -> `[..., h]` in x's dtype."""
   eps: float
   param_dtype: Dtype = jnp.float32
 
@@ -48,7 +50,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(position_ids: Array, head_dim: int, theta: float, dtype: Dtype):
-  """cos, sin `[b, t, d]` for half-split RoPE; frequencies in float32 as in HF."""
+  """position_ids int `[b, t]` -> cos, sin `[b, t, d]` in `dtype` for half-split RoPE;
+  frequencies in float32 as in HF."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   freqs = position_ids[..., None].astype(jnp.float32) * inv_freq  # [b, t, d/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)
@@ -56,14 +59,16 @@ def rope_cos_sin(position_ids: Array, head_dim: int, theta: float, dtype: Dtype)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-  """x `[b, t, heads, d]`; rotate_half(x) = concat(-x2, x1) (half split, not interleaved)."""
+  """x `[b, t, heads, d]`, cos and sin `[b, t, d]` -> `[b, t, heads, d]`; rotate_half(x) =
+  concat(-x2, x1) (half split, not interleaved)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
 class Linear(nn.Module):
-  """`x @ kernel + bias` with params named as nn.Dense's, accumulated and biased in float32.
+  """`x @ kernel + bias` with params named as nn.Dense's, accumulated and biased in float32:
+  `[..., in]` -> `[..., features]` in `out_dtype` (default `dtype`).
 
   Asking XLA for a float32 result lets bfloat16 inputs use the CPU's bf16 dot instructions
   (about 2.5x faster than a bf16-output dot on AVX512-BF16 here) and rounds only once.
@@ -86,6 +91,8 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
+  """Causal self-attention with RoPE and grouped key/value heads (HF Qwen2 `self_attn`): q, k, v
+  projections with bias, o_proj without; scores and softmax in `wide(dtype)`."""
   config: QwenConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -94,8 +101,8 @@ class Attention(nn.Module):
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, past=None):
     """x `[b, t, h]`, mask bool `[b, t, s]` (True = may attend) -> (`[b, t, h]`, (k, v)).
 
-    past: keys and values `[b, s0, k, d]` of earlier positions (a cache), attended before x's
-    own; then s = s0 + t. The returned k, v `[b, t, k, d]` are x's own (RoPE applied).
+    past: keys and values `[b, s0, r, d]` of earlier positions (a cache), attended before x's
+    own; then s = s0 + t. The returned k, v `[b, t, r, d]` are x's own (RoPE applied).
     """
     c = self.config
     b, t, _ = x.shape
@@ -110,30 +117,32 @@ class Attention(nn.Module):
     if past is not None:
       k = jnp.concatenate([past[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([past[1].astype(v.dtype), v], axis=1)
-    # Query head n = k * g + j reads key/value head k, as HF's repeat_kv does.
+    # Query head n = r * g + j reads key/value head r, as HF's repeat_kv does.
     q = q.reshape(b, t, c.num_key_value_heads, c.num_kv_groups, c.head_dim)
     acc = wide(self.dtype)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=acc)
+    scores = jnp.einsum("btrgd,bsrd->brgts", q, k, preferred_element_type=acc)
     scores = jnp.where(mask[:, None, None], scores * (c.head_dim ** -0.5), jnp.finfo(acc).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=acc)
+    out = jnp.einsum("brgts,bsrd->btrgd", probs, v, preferred_element_type=acc)
     out = out.astype(self.dtype).reshape(b, t, -1)
     return dense(c.hidden_size, use_bias=False, name="o_proj")(out), new_kv
 
 
 class MLP(nn.Module):
+  """The SwiGLU MLP, `down_proj(silu(gate_proj(x)) * up_proj(x))`, whose intermediate activations
+  are the neurons (i = intermediate_size) that interventions edit and captures sow."""
   config: QwenConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, capture_positions: Array | None,
-               edit: dict | None = None) -> Array:
-    """x `[b, t, h]`; capture_positions int `[b, p]` or None -> `[b, t, h]`.
+               edit: Callable[[Array], Array] | None = None) -> Array:
+    """x `[b, t, h]`; capture_positions int `[b, k]` or None -> `[b, t, h]`.
 
-    edit: this layer's neuron intervention (see `jaxskill.interventions`), applied at every
-      position: `a <- a * keep + add + noise_std * N(0, 1)`, with `[i]` arrays and a PRNG key.
-    Sows the neuron activations `a[b, p, i]` (after any edit: what enters down_proj) gathered
+    edit: this layer's neuron intervention, applied at every position: a pytree mapping
+      `a[b, t, i]` to edited activations (e.g. `jaxskill.interventions.NeuronEdit`).
+    Sows the neuron activations `a[b, k, i]` (after any edit: what enters down_proj) gathered
     at capture_positions, so that what is kept grows with p, not t; a position outside
     [-t, t) gives NaN rather than a clamped neighbour's values. When `intermediates` is not
     mutable nothing is gathered.
@@ -143,16 +152,17 @@ class MLP(nn.Module):
     a = nn.silu(dense(c.intermediate_size, name="gate_proj")(x)) * dense(
         c.intermediate_size, name="up_proj")(x)  # [b, t, i]
     if edit is not None:
-      noise = edit["noise_std"] * jax.random.normal(edit["key"], a.shape, jnp.float32)
-      a = (a * edit["keep"] + edit["add"] + noise).astype(a.dtype)
+      a = edit(a)
     if capture_positions is not None and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", NEURONS,
                jnp.take_along_axis(a, capture_positions[:, :, None], axis=1, mode="fill",
-                                   fill_value=jnp.nan))  # [b, p, i]
+                                   fill_value=jnp.nan))  # [b, k, i]
     return dense(c.hidden_size, name="down_proj")(a)
 
 
 class DecoderLayer(nn.Module):
+  """One pre-norm block (module docstring): x `[b, t, h]` -> (`[b, t, h]`, this layer's own
+  keys and values `[b, t, r, d]`), scanned over the layers by `Qwen2LM`."""
   config: QwenConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -187,6 +197,8 @@ class Qwen2LM(nn.Module):
   scan_unroll: int = 1
 
   def setup(self):
+    """The embedding, the layers stacked by nn.scan (params and sown activations along a leading
+    `[l, ...]` axis), the final norm, and the LM head (none with tie_word_embeddings)."""
     c = self.config
     self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
@@ -218,7 +230,7 @@ class Qwen2LM(nn.Module):
       capture_positions: Array | None = None,
       logits_positions: Array | None = None,
       past: dict | None = None,
-      neuron_edit: dict | None = None,
+      neuron_edit: Callable[[Array], Array] | None = None,
   ) -> Array:
     """Logits, float32 (float64 for a float64 model).
 
@@ -227,15 +239,16 @@ class Qwen2LM(nn.Module):
       attention_mask: `[b, t]`, 1 for real tokens, 0 for padding (left or right). Default all 1.
       position_ids: int `[b, t]`. Default `cumsum(attention_mask) - 1`, so a left-padded row gets
         the same positions as the unpadded one (HF `generate` does the same).
-      capture_positions: int `[b, p]`; with `mutable=["intermediates"]` the neuron activations
+      capture_positions: int `[b, k]`; with `mutable=["intermediates"]` the neuron activations
         at these positions are sown (read them with `neuron_activations`).
       logits_positions: int `[b, q]`; if given, logits only there: `[b, q, v]` instead of
         `[b, t, v]`, which skips most of the LM head when only a few positions matter.
         Positions outside [-t, t), here and in capture_positions, give NaN.
       past: a cache from `prefill` of the tokens before these (same batch); then positions
         continue after the cached tokens and attention reaches them too.
-      neuron_edit: an intervention on the neurons, `[l, ...]` arrays from
-        `jaxskill.interventions.neuron_edit` (zero, mean or noise on chosen neurons).
+      neuron_edit: an intervention on the neurons: a pytree whose array leaves have a leading
+        layer axis `[l, ...]`, called on each layer's `[b, t, i]` activations with that layer's
+        slice (`jaxskill.interventions.NeuronEdit`: zero, mean or noise on chosen neurons).
     """
     x, _ = self._layers(input_ids, inputs_embeds, attention_mask, position_ids,
                         capture_positions, past, neuron_edit)
@@ -252,7 +265,7 @@ class Qwen2LM(nn.Module):
   def prefill(self, input_ids: Array | None = None, attention_mask: Array | None = None, *,
               inputs_embeds: Array | None = None) -> dict:
     """Runs the layers over a first segment and returns its cache for a later `__call__(past=)`:
-    {"k", "v": `[l, b, s0, k, d]`, "mask": bool `[b, s0]`}. Used to run an input once without
+    {"k", "v": `[l, b, s0, r, d]`, "mask": bool `[b, s0]`}. Used to run an input once without
     gradients and only the tokens after it with them."""
     _, cache = self._layers(input_ids, inputs_embeds, attention_mask, None, None, None, None)
     return cache
@@ -284,12 +297,12 @@ class Qwen2LM(nn.Module):
 
 
 def neuron_activations(variables: dict) -> Array:
-  """The sown activations as `[b, l, p, i]` from the `variables` returned by a capturing apply."""
+  """The sown activations as `[b, l, k, i]` from the `variables` returned by a capturing apply."""
   try:
     stacked = variables["intermediates"]["layers"]["mlp"][NEURONS]
   except KeyError:
     raise KeyError(
         "no neuron activations in these variables: call model.apply(..., capture_positions=pos, "
         "mutable=['intermediates']) and pass the returned variables") from None
-  (acts,) = stacked  # sow keeps a tuple; one call per layer -> one entry, stacked [l, b, p, i]
+  (acts,) = stacked  # sow keeps a tuple; one call per layer -> one entry, stacked [l, b, k, i]
   return jnp.swapaxes(acts, 0, 1)

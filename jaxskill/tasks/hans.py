@@ -35,6 +35,7 @@ def detokenize(sentence: str) -> str:
 
 
 def render(premise: str, hypothesis: str) -> str:
+  """The input text of one pair (see the module docstring), punctuation re-attached."""
   return (f"Premise: {detokenize(premise)}\nHypothesis: {detokenize(hypothesis)}\n"
           "Does the premise entail the hypothesis?")
 

@@ -107,6 +107,7 @@ def fill(template: str, topic: str) -> str:
 
 
 def render_input(topic: str, skills: Sequence[Skill]) -> str:
+  """The input text asking for a text on `topic` that shows `skills`, in the order given."""
   listed = ", ".join(f"{s.name} ({s.definition})" for s in skills)
   which = "this skill" if len(skills) == 1 else "these skills"
   return f"Write a short text about {topic} that shows {which}: {listed}.\nText:"
@@ -119,6 +120,7 @@ def pool(skills_per_text: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def pool_size(skills_per_text: Sequence[int]) -> int:
+  """How many distinct (topic, skill set) combinations `pool(skills_per_text)` has."""
   return len(TOPICS) * sum(math.comb(len(SKILLS), k) for k in skills_per_text)
 
 
@@ -155,6 +157,7 @@ def skillmix(skills_per_text: Sequence[int] = DEFAULT_SKILLS_PER_TEXT, n_train: 
   offsets = {s.name: rng.randrange(len(s.templates)) for s in SKILLS}
 
   def sentence(skill: Skill, topic: str) -> str:
+    """The template this task assigns to (topic, skill), filled."""
     n = len(skill.templates)
     return fill(skill.templates[(TOPICS.index(topic) + offsets[skill.name]) % n], topic)
 

@@ -166,6 +166,26 @@ def table(path: str | Path, input_field: str, answer_field: str | None = None,
   """
   path = Path(path)
   name = path.stem
+  labels = _check_fields(name, input_field, answer_field, label_field, labels)
+  check_fractions(name, dev_fraction, test_fraction)
+  limits = {"train": n_train, "dev": n_dev, "test": n_test}
+  check_limits(name, limits)
+
+  reserved = {input_field, answer_field, label_field, split_field} - {None, ""}
+  splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
+  for line_no, record in read_records(path):
+    where = f"{path}: line {line_no}"
+    example = _example(record, where, input_field, answer_field, label_field, labels, reserved)
+    split = (_split(record, split_field, where) if split_field
+             else hash_split(example.input, dev_fraction, test_fraction))
+    splits[split].append(example)
+  return Task(name=name, kind="classification" if label_field else "generation",
+              verbalizer=labels, splits=shuffle_and_limit(splits, limits, seed))
+
+
+def _check_fields(name: str, input_field: str, answer_field: str | None,
+                  label_field: str | None, labels: Sequence[str]) -> tuple[str, ...]:
+  """`labels` as a tuple; raises TaskError unless the fields and labels fit one task kind."""
   if not input_field:
     raise TaskError(f"task '{name}': input_field is required")
   if label_field and answer_field:
@@ -182,26 +202,20 @@ def table(path: str | Path, input_field: str, answer_field: str | None = None,
     raise TaskError(f"task '{name}': labels {list(labels)} given without label_field")
   if len({w.strip() for w in labels}) < len(labels):
     raise TaskError(f"task '{name}': labels {list(labels)} are not distinct")
-  check_fractions(name, dev_fraction, test_fraction)
-  limits = {"train": n_train, "dev": n_dev, "test": n_test}
-  check_limits(name, limits)
+  return labels
 
-  reserved = {input_field, answer_field, label_field, split_field} - {None, ""}
-  splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
-  for line_no, record in read_records(path):
-    where = f"{path}: line {line_no}"
-    text = _text(record, input_field, where)
-    if label_field:
-      if label_field not in record:
-        raise TaskError(f"{where}: missing field {label_field!r} (fields: {sorted(record)})")
-      label = parse_label(record[label_field], labels, where, label_field)
-      answer = labels[label]
-    else:
-      label, answer = None, _text(record, answer_field, where)
-    metadata = {k: v for k, v in ((k, _metadata_value(v)) for k, v in record.items()
-                                  if k not in reserved) if v is not None}
-    split = (_split(record, split_field, where) if split_field
-             else hash_split(text, dev_fraction, test_fraction))
-    splits[split].append(Example(input=text, answer=answer, label=label, metadata=metadata))
-  return Task(name=name, kind="classification" if label_field else "generation",
-              verbalizer=labels, splits=shuffle_and_limit(splits, limits, seed))
+
+def _example(record: dict[str, Any], where: str, input_field: str, answer_field: str | None,
+             label_field: str | None, labels: tuple[str, ...], reserved: set[str]) -> Example:
+  """One record as an Example; fields outside `reserved` become metadata."""
+  text = _text(record, input_field, where)
+  if label_field:
+    if label_field not in record:
+      raise TaskError(f"{where}: missing field {label_field!r} (fields: {sorted(record)})")
+    label = parse_label(record[label_field], labels, where, label_field)
+    answer = labels[label]
+  else:
+    label, answer = None, _text(record, answer_field, where)
+  metadata = {k: v for k, v in ((k, _metadata_value(v)) for k, v in record.items()
+                                if k not in reserved) if v is not None}
+  return Example(input=text, answer=answer, label=label, metadata=metadata)
