@@ -61,7 +61,8 @@ def capture_index(batch: Batch, sites: tuple[str, ...], prompt_length: int) -> j
   return jnp.concatenate(cols, axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: hashed by identity, so that `jax.jit(probe)` works (the verbalizer array has no hash).
+@dataclasses.dataclass(frozen=True, eq=False)
 class Probe:
   """What a capturing forward reads and computes: the model and its answer head (task kind and
   verbalizer token ids `[c]`), the sites whose activations are read, and the metrics, in order

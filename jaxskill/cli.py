@@ -128,7 +128,9 @@ def verify_lines(results: dict) -> list[str]:
   base = results["baseline"]["accuracy"]
   k = str(results["k"])
   lines = [f"{results['split']} accuracy without perturbation: {base:.4f} "
-           f"(n={results['n']})"]
+           f"(n={results['n']}); mean ablation over {results.get('mean_over', 'all')} positions,"
+           f" noise std {results.get('sigma', 0.1):g} x "
+           f"{'the neuron std' if results.get('noise_scale') == 'neuron_std' else '1'}"]
   for sel, per_sel in results["selections"].items():
     for mode, per_k in per_sel["modes"].items():
       row = per_k[k]
@@ -140,6 +142,11 @@ def verify_lines(results: dict) -> list[str]:
           f"(drop {row['accuracy_drop']:+.4f}); random-{k} x{results['random_draws']}: drop "
           f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}; "
           f"ratio {ratio}{z}")
+      if "verdict" in row:
+        lo, hi = row["difference_95"]
+        lines.append(f"      p = {row['p_empirical']:.3f} against the random drops; top drop - "
+                     f"mean random drop, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}]: "
+                     f"{row['verdict']}")
       groups = row["top"].get("group_accuracy")
       if groups:
         base_g, rand_g = results["baseline"]["group_accuracy"], row["random"]["group_accuracy"]
@@ -189,7 +196,7 @@ def _print_results(run_dir: Path, until: str = "report") -> None:
       continue
     best = m["top_k"][0] if m["top_k"] else None
     print(f"  {name:>34}: max|r| {m['max_abs_r']:.3f} at (layer, neuron) {best}, "
-          f"|r|>{summary['threshold']}: {m['above_threshold']}")
+          f"|r|>{summary['threshold']}: {m['above_threshold']}{_significance_text(m)}")
   if until == "find":
     return
   for line in verify_lines(files.read_json(run_dir / "verify.json")):
@@ -200,18 +207,36 @@ def _print_results(run_dir: Path, until: str = "report") -> None:
   print(f"report: {run_dir / 'report.html'}")
 
 
+def _significance_text(metric: dict) -> str:
+  """", significant: N (FDR q), M (FWER, null max|r| x)" for a metric of summary.json."""
+  s = metric.get("significance")
+  if not s:
+    return ""
+  text = f", significant: {s['significant_fdr']} (FDR q={s['fdr_q']:g})"
+  if s["null_max_abs_r_95"] is not None:
+    text += (f", {s['significant_fwer']} (FWER 5%: |r| > {s['null_max_abs_r_95']:.3f}, the 95th "
+             f"percentile of max|r| over {s['permutations']} permutations)")
+  return text
+
+
 def _print_shortcut(run_dir: Path) -> None:
   from jaxskill import files
-  from jaxskill.report import last_digit_shortcut
+  from jaxskill.report import last_digit_shortcut, shortcut_heldout_text
   if not (run_dir / "activations.npz").exists():
     return
-  verdict = last_digit_shortcut(files.load_npz(run_dir / "activations.npz"))
+  heldout = run_dir / "activations_heldout.npz"
+  verdict = last_digit_shortcut(files.load_npz(run_dir / "activations.npz"),
+                                files.load_npz(heldout) if heldout.exists() else None)
   if verdict is not None and verdict["neurons"]:
     best = verdict["neurons"][0]
     print(f"last-digit shortcut neuron? {verdict['answer']}: best candidate layer "
           f"{best['layer']} neuron {best['neuron']} at {best['position']}: AUC correct vs "
           f"last-digit-wrong {best['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
-          f"{best['auc_elsewhere_wrong']:.3f} ({verdict['criterion']})")
+          f"{best['auc_elsewhere_wrong']:.3f} on the selection split")
+    held = shortcut_heldout_text(verdict)
+    if held:
+      print(f"  {held}")
+    print(f"  ({verdict['criterion']})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,10 +113,20 @@ class FindConfig:
   seeds: tuple[int, ...] = ()  # train one prompt per seed and average; () = train.seed only
   checkpoint_every: int = 50  # batches between checkpoints of the running statistics
   report_neurons: int = 4  # per metric: activations on every example kept for the report
+  # ... and on this split too (activations_heldout.npz), for verdicts on examples the neurons were
+  # not selected on, e.g. the last-digit shortcut; "" = none
+  heldout_split: str = "test"
   merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
+  # Significance (jaxskill.significance): P seeded within-batch shuffles of every metric, taken
+  # as extra metric columns of the same pass (each costs m columns of the [m, f] statistics),
+  # for the null of max |r| (FWER) and of the count above each threshold; BH at fdr_q.
+  permutations: int = 20
+  permutation_seed: int = 0
+  fdr_q: float = 0.05
 
   def __post_init__(self):
-    _check(self, batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
+    _check(self, permutations=self.permutations >= 0, fdr_q=0 < self.fdr_q < 1,
+           batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
            top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
            checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0,
            merge_every=self.merge_every >= 1)
@@ -129,7 +139,12 @@ class VerifyConfig:
   #                                  label (classification) or correct (generation)
   split: str = "test"  # the examples the accuracy and metrics are measured on
   modes: tuple[str, ...] = ("noise", "zero", "mean")  # see jaxskill.interventions
-  sigma: float = 0.1  # noise std (the 2022 default)
+  sigma: float = 0.1  # noise std: in units of each neuron's std (noise_scale), 0.1 in 2022
+  # The positions a neuron's train-split mean (mode mean) and std (noise_scale neuron_std) are
+  # taken over: inputs (the input tokens only), site (find.sites), all (every real position,
+  # the prompt's too: identical in every row, they pull the mean towards the prompt's values).
+  mean_over: str = "inputs"
+  noise_scale: str = "neuron_std"  # noise std = sigma x the neuron's std, or sigma (absolute)
   k: int = 10  # the headline number of perturbed neurons
   k_list: tuple[int, ...] = (1, 5, 10, 50)  # dose-response: top-K and random-K for each K
   random_draws: int = 5  # R random neuron sets, matched to the top-K per layer
@@ -142,7 +157,9 @@ class VerifyConfig:
            k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
            random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
            modes=bool(self.modes) and all(m in interventions.MODES for m in self.modes),
-           split=self.split in ("train", "dev", "test"))
+           split=self.split in ("train", "dev", "test"),
+           mean_over=self.mean_over in ("inputs", "site", "all"),
+           noise_scale=self.noise_scale in ("neuron_std", "absolute"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, files, stats
+from jaxskill import capture, files, significance, stats
 from jaxskill import data as data_lib
 from jaxskill.config import seed_runs
 from jaxskill.runner import Checkpoints, Runner
@@ -68,24 +68,33 @@ def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: st
 
 def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
               runner: Runner, ckpt_dir: Path | None = None, checkpoint_every: int = 0,
-              merge_every: int = 16, progress: bool = False) -> tuple[np.ndarray, dict]:
+              merge_every: int = 16, progress: bool = False, permutations: int = 0,
+              permutation_seed: int = 0) -> tuple[np.ndarray, dict]:
   """Streams `encoded` (n rows) in `runner`'s batches through `probe`; returns (r `[m, l, k, i]`,
-  host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m]`, f = l k i: the mean
-  activation is `mean_x + ref_x`).
+  host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m (1 + P)]`, f = l k i: the
+  mean activation is `mean_x + ref_x`; and "null_r" `[P, m, l, k, i]`, the r of P seeded
+  within-batch permutations of every metric (`significance.permuted_columns`), taken in the same
+  pass as extra metric columns). The statistics' first m rows are the metrics'.
 
   Each batch's statistics are merged into a float32 accumulator on the device; every
   `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
   float64 statistics, in a background thread while the device runs the next batches."""
-  names = probe.metric_names
+  m = len(probe.metric_names)
   prompt = runner.replicate(prompt)
   params, param_shardings = runner.place(params)
-  whole = encoded.batch(names)
+  whole = encoded.batch(probe.metric_names)
   shape = jax.eval_shape(probe, prompt, params, runner.batch(encoded, 0, whole))[0].shape[1:]
-  f = int(np.prod(shape))  # [l, k, i] flattened
-  programs = _StatsPrograms.build(probe, runner.mesh, param_shardings, len(names), f)
+  f, columns = int(np.prod(shape)), m * (1 + permutations)  # features [l, k, i] flattened
+  key = jax.random.PRNGKey(permutation_seed)
+
+  def step(prompt, params, batch, index):
+    acts, y = probe(prompt, params, batch)
+    return acts, significance.permuted_columns(y, batch.valid, jax.random.fold_in(key, index),
+                                               permutations)
+  programs = _StatsPrograms.build(step, runner.mesh, param_shardings, columns, f)
   n_batches = runner.n_batches(encoded)
-  state = {"stats": stats.init(len(names), f), "ref_x": np.zeros(f, np.float32),
-           "ref_y": np.zeros(len(names), np.float32), "next_batch": np.int64(0)}
+  state = {"stats": stats.init(columns, f), "ref_x": np.zeros(f, np.float32),
+           "ref_y": np.zeros(columns, np.float32), "next_batch": np.int64(0)}
   ckpt = (Checkpoints(ckpt_dir, every=checkpoint_every) if ckpt_dir is not None
           else contextlib.nullcontext())
   with ckpt:
@@ -94,29 +103,30 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
       state = jax.tree.map(np.asarray, state)
       if start:
         log.info("resuming statistics at batch %d of %d", start, n_batches)
-    with _Stream(programs, lambda i: (prompt, params, runner.batch(encoded, i, whole)),
-                 state, n_batches, merge_every) as stream:
+    with _Stream(programs, lambda i: (prompt, params, runner.batch(encoded, i, whole),
+                                      jnp.int32(i)), state, n_batches, merge_every) as stream:
       state = runner.loop(stream.step, state, total=n_batches, start=int(state["next_batch"]),
                           desc="correlate", progress=progress,
                           checkpoints=ckpt if ckpt_dir is not None else None)
-  r = stats.finalize(stream.merged).reshape(len(names), *shape)
-  return r, {**stream.merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"]}
+  r = stats.finalize(stream.merged).reshape(1 + permutations, m, *shape)
+  return r[0], {**stream.merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"],
+                "null_r": r[1:]}
 
 
 @dataclasses.dataclass(frozen=True)
 class _StatsPrograms:
   """The compiled programs of streamed statistics: the first batch (which also gives the shift
   of the reference row), every later batch, a zero accumulator, and the move to the host."""
-  first: Callable  # (prompt, params, batch, acc) -> (ref_x, ref_y, acc)
-  fused: Callable  # (prompt, params, batch, ref_x, ref_y, acc) -> acc
+  first: Callable  # (prompt, params, batch, index, acc) -> (ref_x, ref_y, acc)
+  fused: Callable  # (prompt, params, batch, index, ref_x, ref_y, acc) -> acc
   fresh: Callable  # () -> a zero accumulator
   host_ready: Callable  # accumulator -> a tree this process can read whole
   ref_shardings: tuple
 
   @classmethod
   def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int) -> "_StatsPrograms":
-    """The programs for `step` (prompt, params, batch -> (activations `[b, l, k, i]`, metrics
-    `[b, m]`)) on `mesh`, f = l k i features."""
+    """The programs for `step` (prompt, params, batch, its index -> (activations `[b, l, k, i]`,
+    metrics `[b, m]`)) on `mesh`, f = l k i features."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     # The statistics are per feature: split them over the model axis like the params, so that
     # each device computes and keeps only its share of the [m, f] arrays.
@@ -130,13 +140,13 @@ class _StatsPrograms:
                              in_specs=(P("data", feat), P("data"), P("data"), P(feat), P()),
                              out_specs=specs)
 
-    def fused(prompt, params, batch, ref_x, ref_y, acc):
-      acts, y = step(prompt, params, batch)
+    def fused(prompt, params, batch, index, ref_x, ref_y, acc):
+      acts, y = step(prompt, params, batch, index)
       return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch.valid,
                                             ref_x, ref_y))
 
-    def first(prompt, params, batch, acc):  # the shift comes from the first batch itself
-      acts, y = step(prompt, params, batch)
+    def first(prompt, params, batch, index, acc):  # the shift comes from the first batch itself
+      acts, y = step(prompt, params, batch, index)
       x = acts.reshape(acts.shape[0], -1)
       ref_x, ref_y = stats.reference(x, y, batch.valid)
       return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch.valid, ref_x, ref_y))
@@ -146,11 +156,12 @@ class _StatsPrograms:
     # the same order.
     replicate = jax.jit(lambda tree: tree, out_shardings=replicated)
     return cls(
-        first=jax.jit(first, in_shardings=(replicated, param_shardings, sharded, acc_shardings),
-                      out_shardings=(*ref_shardings, acc_shardings), donate_argnums=3),
-        fused=jax.jit(fused, in_shardings=(replicated, param_shardings, sharded,
+        first=jax.jit(first, in_shardings=(replicated, param_shardings, sharded, replicated,
+                                           acc_shardings),
+                      out_shardings=(*ref_shardings, acc_shardings), donate_argnums=4),
+        fused=jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
                                            *ref_shardings, acc_shardings),
-                      out_shardings=acc_shardings, donate_argnums=5),
+                      out_shardings=acc_shardings, donate_argnums=6),
         fresh=jax.jit(functools.partial(stats.zeros, m, f), out_shardings=acc_shardings),
         host_ready=lambda tree: tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree))
         else replicate(tree),
@@ -164,7 +175,8 @@ class _Stream:
 
   def __init__(self, programs: _StatsPrograms, inputs_at: Callable, state: dict, n_batches: int,
                merge_every: int):
-    self.programs, self.inputs_at = programs, inputs_at  # inputs_at(i): prompt, params, batch i
+    # inputs_at(i): prompt, params, batch i, i
+    self.programs, self.inputs_at = programs, inputs_at
     self.n_batches, self.merge_every = n_batches, merge_every
     self.ref = jax.device_put((state["ref_x"], state["ref_y"]), programs.ref_shardings)
     self.merged = {k: np.array(v, np.float64) for k, v in state["stats"].items()}
@@ -256,10 +268,14 @@ def top_activations(probe: capture.Probe, params, prompt, encoded: data_lib.Enco
 # --- outputs ----------------------------------------------------------------------------------
 
 def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *,
-                  n_examples: int, top_k_n: int, top_p: float, threshold: float,
-                  extra: dict) -> dict:
-  """r `[m, l, k, i]` -> correlations.npz, neurons.csv, summary.json; returns the summary."""
+                  n_examples: int, top_k_n: int, top_p: float, threshold: float, fdr_q: float,
+                  extra: dict, null_r: np.ndarray | None = None) -> dict:
+  """r `[m, l, k, i]` -> correlations.npz, neurons.csv, summary.json; returns the summary.
+  With null_r `[P, m, l, k, i]` (the permutation null of one run; None for a mean over seeds,
+  whose r has no such test) also pvalues.npz `[l, k, i]` per metric and each metric's
+  "significance" (`significance.null_summary`)."""
   summary = {"metrics": {}, "positions": list(position_names), **extra}
+  p = None if null_r is None else significance.p_values(r, np.asarray(counts)[:len(names)])
   rows = [["rank", "layer", "position", "neuron", "metric", "r", "n"]]
   for j, name in enumerate(names):
     scores, pos = neuron_scores(r[j])
@@ -277,11 +293,17 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
           "top_k": [list(x) for x in ranked[:10]],
           "top_p_per_layer": len(top_p_per_layer(scores, top_p)),
       }
+    if p is not None:
+      summary["metrics"][name]["significance"] = significance.null_summary(
+          r[j], null_r[:, j], p[j], q=fdr_q,
+          thresholds=tuple(sorted({*significance.THRESHOLDS, threshold})))
   summary["threshold"] = threshold
   # correlations.npz last: the stage's record of completion is the pipeline's, but a reader of
   # a half-written directory then finds no correlations rather than mismatched tables.
   files.atomic_write(out_dir / "neurons.csv", lambda f: csv.writer(f).writerows(rows), "w")
   files.write_json(out_dir / "summary.json", summary)
+  if p is not None:
+    files.save_npz(out_dir / "pvalues.npz", **{name: p[j] for j, name in enumerate(names)})
   files.save_npz(out_dir / "correlations.npz", **{name: r[j] for j, name in enumerate(names)})
   return summary
 
@@ -323,7 +345,8 @@ class _Find:
     return correlate(self.probe, self.params, prompt, self.encoded,
                      ckpt_dir=run.run_dir / "find_checkpoints",
                      checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
-                     progress=progress, runner=self.runner)
+                     progress=progress, runner=self.runner, permutations=fc.permutations,
+                     permutation_seed=fc.permutation_seed)
 
   def predictivity(self, run, prompt, st: dict) -> dict | None:
     """The 2022 baseline for a binary label (threshold: the train mean activation, from the
@@ -345,7 +368,8 @@ class _Find:
 
   def save_activations(self, r: np.ndarray, prompt, position_names) -> None:
     """activations.npz, the report's raw material: the top few neurons of each metric (by the
-    r given), on every example, with the metrics."""
+    r given), on every example of the find split, with the metrics; activations_heldout.npz
+    the same neurons on find.heldout_split (when the task has it and it is another split)."""
     features = []
     for j in range(len(self.names)):
       scores, pos = neuron_scores(r[j])
@@ -354,13 +378,26 @@ class _Find:
           features.append((layer, int(pos[layer, neuron]), neuron))
     if not features:
       return
-    acts, values = top_activations(self.probe, self.params, prompt, self.encoded, features,
-                                   runner=self.runner)
-    texts = [ex.input for ex in self.setup.task.splits[self.config.find.split]]
-    Runner.write("find: activations.npz", lambda: files.save_npz(
-        self.config.run_dir / "activations.npz", features=np.asarray(features, np.int32),
-        activations=acts, metrics=values, metric_names=np.asarray(self.names),
-        position_names=np.asarray(position_names), texts=np.asarray(texts)))
+    fc = self.config.find
+    splits = [(fc.split, self.encoded, "activations.npz")]
+    held = fc.heldout_split
+    if held and held != fc.split and self.setup.task.splits.get(held):
+      encoded = encoded_split(self.setup, seed_runs(self.config)[0], held)
+      missing = [m for m in self.names if m.startswith("meta_") and m[5:] not in encoded.metadata]
+      if missing:
+        log.warning("find.heldout_split=%s has no metadata %s: no activations_heldout.npz",
+                    held, missing)
+      else:
+        splits.append((held, encoded, "activations_heldout.npz"))
+    for split, encoded, name in splits:
+      acts, values = top_activations(self.probe, self.params, prompt, encoded, features,
+                                     runner=self.runner)
+      texts = [ex.input for ex in self.setup.task.splits[split]]
+      Runner.write(f"find: {name}", lambda: files.save_npz(
+          self.config.run_dir / name, features=np.asarray(features, np.int32),
+          activations=acts, metrics=values, metric_names=np.asarray(self.names),
+          position_names=np.asarray(position_names), texts=np.asarray(texts),
+          split=np.asarray(split)))
 
 
 def find(config, *, progress: bool = True) -> dict:
@@ -374,18 +411,18 @@ def find(config, *, progress: bool = True) -> dict:
   for run in runs:
     prompt = {"embeddings": jnp.asarray(load_prompt(run))}
     r, st = ctx.correlate(run, prompt, progress)
-    results.append((run, r, st["n"]))
+    results.append((run, r, st["n"][:len(ctx.names)], st["null_r"]))
     baseline = ctx.predictivity(run, prompt, st)
     if baseline is not None:
       predictivity_summary[run.name] = baseline
   n = len(ctx.encoded)
   common = dict(n_examples=n, top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
-                threshold=fc.threshold)
+                threshold=fc.threshold, fdr_q=fc.fdr_q)
   extra = {"split": fc.split, "examples": n, "sites": list(fc.sites),
            "seeds": list(fc.seeds or (config.train.seed,)),
            "predictivity_2022": predictivity_summary or None}
   r_all = results[0][1] if len(results) == 1 else np.nanmean(  # the mean over seeds
-      np.stack([r for _, r, _ in results]), axis=0)
+      np.stack([r for _, r, _, _ in results]), axis=0)
   ctx.save_activations(r_all, {"embeddings": jnp.asarray(load_prompt(runs[0]))}, position_names)
   # Every process holds the same statistics; one writes them.
   return Runner.write("find: outputs written", lambda: _write_find_outputs(
@@ -395,15 +432,18 @@ def find(config, *, progress: bool = True) -> dict:
 def _write_find_outputs(config, results, mean_r, names, position_names, common, extra) -> dict:
   """mean_r: r averaged over the seeds' runs (the one run's r for a single seed)."""
   if len(results) == 1:
-    return write_outputs(config.run_dir, results[0][1], names, position_names, results[0][2],
-                         **common, extra=extra)
-  for run, r, n in results:
-    write_outputs(run.run_dir, r, names, position_names, n, **common, extra=extra)
-  overlap = {}
+    _, r, n, null_r = results[0]
+    return write_outputs(config.run_dir, r, names, position_names, n, **common, extra=extra,
+                         null_r=null_r)
+  for run, r, n, null_r in results:  # each seed's significance in its own directory
+    write_outputs(run.run_dir, r, names, position_names, n, **common, extra=extra, null_r=null_r)
+  overlap, ranks = {}, {}
   for j, name in enumerate(names):
-    sets = [top_k(neuron_scores(r[j])[0], common["top_k_n"]) for _, r, _ in results]
-    pairs = [iou(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
-    overlap[name] = float(np.mean(pairs))
-  counts = np.min(np.stack([n for _, _, n in results]), axis=0)
+    scores = [neuron_scores(r[j])[0] for _, r, _, _ in results]
+    sets = [top_k(s, common["top_k_n"]) for s in scores]
+    overlap[name] = float(np.mean([iou(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]))
+    ranks[name] = significance.rank_agreement(scores)
+  counts = np.min(np.stack([n for _, _, n, _ in results]), axis=0)
   return write_outputs(config.run_dir, mean_r, names, position_names, counts, **common,
-                       extra={**extra, "seed_overlap_iou_top_k": overlap})
+                       extra={**extra, "seed_overlap_iou_top_k": overlap,
+                              "seed_rank_correlation": ranks})

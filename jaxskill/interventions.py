@@ -72,11 +72,12 @@ def stack(edits: list) -> NeuronEdit:
 
 def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, int]],
                 mode: str, *, sigma: float = 0.1, mean: np.ndarray | None = None,
-                key: jax.Array | None = None) -> NeuronEdit:
+                key: jax.Array | None = None, scale: np.ndarray | None = None) -> NeuronEdit:
   """The edit for `neurons` [(layer, neuron), ...].
 
   mode: "zero", "mean" (needs `mean` `[layers, neurons]`, e.g. the train-split mean activation)
-    or "noise" (needs `key`; adds sigma * N(0, 1) at every position).
+    or "noise" (needs `key`; adds sigma * scale * N(0, 1) at every position, `scale`
+    `[layers, neurons]` e.g. each neuron's std, or 1 when None).
   """
   if mode not in MODES:
     raise ValueError(f"intervention mode must be one of {list(MODES)}, got {mode!r}")
@@ -99,5 +100,7 @@ def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, 
     if key is None:
       raise ValueError("mode 'noise' needs a PRNG key")
     noise_std[chosen] = sigma
+    if scale is not None:
+      noise_std *= np.asarray(scale, np.float32)
   keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), num_layers)
   return NeuronEdit(jnp.asarray(keep), jnp.asarray(add), jnp.asarray(noise_std), keys)

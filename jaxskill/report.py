@@ -74,43 +74,97 @@ def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]
           (f"{name} high (>= {hi:.3g})", finite & (values >= hi))]
 
 
-def last_digit_shortcut(activations: dict, *, min_effect: float = 0.25,
-                        max_other: float = 0.1) -> dict | None:
-  """Is there a last-digit shortcut neuron? For arithmetic verification runs whose activations
-  include the metrics `label` and `meta_last_digit_only`. `activations`: activations.npz's arrays
-  (features int `[len(features), 3]`, activations `[n, len(features)]`, metrics `[n, m]`, ...).
-
-  Three groups of examples: correct candidates, wrong only in the last digit, wrong elsewhere
-  (last digit right). A neuron that checks the last digit alone separates the first two and not
-  the first and third: |AUC(correct vs last-digit-wrong) - 0.5| >= min_effect and
-  |AUC(correct vs elsewhere-wrong) - 0.5| <= max_other. A neuron that checks the whole answer
-  separates both. Every neuron kept in activations.npz is scored; returns the verdict and the
-  evidence, or None when the metrics are missing.
-  """
+def _shortcut_groups(activations: dict):
+  """(correct, wrong in the last digit only, wrong elsewhere): bool `[n]` masks from the metrics
+  `label` and `meta_last_digit_only`, or None if either is missing."""
   names = [str(n) for n in activations["metric_names"]]
   if "label" not in names or "meta_last_digit_only" not in names:
     return None
   y = activations["metrics"]
   label, last_only = y[:, names.index("label")], y[:, names.index("meta_last_digit_only")]
-  correct = label == 0
-  wrong_last, wrong_else = (label == 1) & (last_only == 1), (label == 1) & (last_only == 0)
+  return label == 0, (label == 1) & (last_only == 1), (label == 1) & (last_only == 0)
+
+
+def _auc_interval(a: np.ndarray, pos: np.ndarray, neg: np.ndarray, rng, draws: int) -> list:
+  """95% percentile bootstrap interval of auc(a[pos], a[neg]), resampling within each group."""
+  x, y = a[pos], a[neg]
+  values = [auc(x[rng.integers(0, x.size, x.size)], y[rng.integers(0, y.size, y.size)])
+            for _ in range(draws)]
+  return [float(v) for v in np.quantile(values, [0.025, 0.975])]
+
+
+def last_digit_shortcut(activations: dict, heldout: dict | None = None, *,
+                        min_effect: float = 0.25, max_other: float = 0.1, min_group: int = 20,
+                        draws: int = 1000, seed: int = 0) -> dict | None:
+  """Is there a last-digit shortcut neuron? For arithmetic verification runs whose activations
+  include the metrics `label` and `meta_last_digit_only`. `activations`: activations.npz's arrays
+  (features int `[len(features), 3]`, activations `[n, len(features)]`, metrics `[n, m]`, ...) on
+  the split the neurons were selected on; `heldout`: the same features on a held-out split
+  (activations_heldout.npz).
+
+  Three groups of examples: correct candidates, wrong only in the last digit, wrong elsewhere
+  (last digit right). A neuron that checks the last digit alone separates the first two and not
+  the first and third: |AUC(correct vs last-digit-wrong) - 0.5| >= min_effect and
+  |AUC(correct vs elsewhere-wrong) - 0.5| <= max_other. The candidate is the kept neuron that
+  meets this best on the selection split; the verdict is made on the held-out split: "yes" when
+  the last-digit AUC's 95% bootstrap interval lies min_effect or more from 0.5 and the
+  elsewhere AUC is within max_other of 0.5 with 0.5 in its interval; "insufficient evidence"
+  without a held-out split or with fewer than `min_group` examples in a group there.
+  """
+  groups = _shortcut_groups(activations)
+  if groups is None:
+    return None
+  correct, wrong_last, wrong_else = groups
   rows = []
   for j, (layer, pos, neuron) in enumerate(activations["features"]):
     a = activations["activations"][:, j]
     auc_last, auc_else = auc(a[wrong_last], a[correct]), auc(a[wrong_else], a[correct])
     rows.append({"layer": int(layer), "position": str(activations["position_names"][pos]),
-                 "neuron": int(neuron), "auc_last_digit_wrong": auc_last,
+                 "neuron": int(neuron), "feature": j, "auc_last_digit_wrong": auc_last,
                  "auc_elsewhere_wrong": auc_else,
                  "shortcut": bool(abs(auc_last - 0.5) >= min_effect
                                   and abs(auc_else - 0.5) <= max_other),
                  "score": abs(auc_last - 0.5) - abs(auc_else - 0.5)})
   rows.sort(key=lambda r: (not r["shortcut"], -r["score"]))  # neurons meeting it first
-  return {"answer": "yes" if any(r["shortcut"] for r in rows) else "no",
-          "criterion": f"|AUC(correct vs last-digit-wrong) - 0.5| >= {min_effect} and "
-                       f"|AUC(correct vs elsewhere-wrong) - 0.5| <= {max_other}",
-          "groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
-                     "wrong_elsewhere": int(wrong_else.sum())},
-          "neurons": rows}
+  out = {"criterion": f"selected on {int(correct.size)} examples: |AUC(correct vs "
+                      f"last-digit-wrong) - 0.5| >= {min_effect} and |AUC(correct vs "
+                      f"elsewhere-wrong) - 0.5| <= {max_other}; judged on a held-out split: the "
+                      f"first AUC's 95% bootstrap interval {min_effect} or more from 0.5, the "
+                      f"second within {max_other} of 0.5 with 0.5 in its interval, at least "
+                      f"{min_group} examples per group",
+         "groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
+                    "wrong_elsewhere": int(wrong_else.sum())},
+         "neurons": rows, "heldout": None}
+  if not rows or not rows[0]["shortcut"]:
+    return {**out, "answer": "no"}
+  if heldout is None or _shortcut_groups(heldout) is None:
+    return {**out, "answer": "insufficient evidence (no held-out split)"}
+  out["heldout"] = _heldout_evidence(heldout, rows[0]["feature"], min_group, draws, seed)
+  h = out["heldout"]
+  if min(h["groups"].values()) < min_group:
+    return {**out, "answer": f"insufficient evidence (a held-out group has fewer than "
+                             f"{min_group} examples)"}
+  lo, hi = h["auc_last_digit_wrong_95"]
+  lo_e, hi_e = h["auc_elsewhere_wrong_95"]
+  yes = ((lo >= 0.5 + min_effect or hi <= 0.5 - min_effect)
+         and abs(h["auc_elsewhere_wrong"] - 0.5) <= max_other and lo_e <= 0.5 <= hi_e)
+  return {**out, "answer": "yes" if yes else "no"}
+
+
+def _heldout_evidence(heldout: dict, j: int, min_group: int, draws: int, seed: int) -> dict:
+  """The candidate feature j on the held-out split: group sizes, both AUCs and their 95%
+  bootstrap intervals (none when a group is below `min_group`)."""
+  correct, wrong_last, wrong_else = _shortcut_groups(heldout)
+  a = heldout["activations"][:, j]
+  out = {"groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
+                    "wrong_elsewhere": int(wrong_else.sum())},
+         "auc_last_digit_wrong": auc(a[wrong_last], a[correct]),
+         "auc_elsewhere_wrong": auc(a[wrong_else], a[correct])}
+  if min(out["groups"].values()) >= min_group:
+    rng = np.random.default_rng(seed)
+    out["auc_last_digit_wrong_95"] = _auc_interval(a, wrong_last, correct, rng, draws)
+    out["auc_elsewhere_wrong_95"] = _auc_interval(a, wrong_else, correct, rng, draws)
+  return out
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -168,22 +222,29 @@ def _features_of_metric(activations: dict, metric: str) -> list[int]:
   return [int(j) for j in order if np.isfinite(scores[j])]
 
 
-def figure_r_hist(correlations: dict, threshold: float) -> bytes:
-  """PNG: histogram (log counts) of max-over-positions |r| per metric, `threshold` marked.
-  `correlations`: {metric: r `[l, k, i]`}, as in correlations.npz."""
+def figure_r_hist(correlations: dict, threshold: float, null_levels: dict | None = None) -> bytes:
+  """PNG: histogram (log counts) of max-over-positions |r| per metric, `threshold` marked, and
+  each metric's permutation-null level (95th percentile of max |r|) as a dotted line in its
+  colour. `correlations`: {metric: r `[l, k, i]`}, as in correlations.npz; `null_levels`:
+  {metric: level or None}."""
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 3.2))
+  fig, ax = plt.subplots(figsize=(8.5, 3.2))
   bins = np.linspace(0, 1, 51)
   for name, r in correlations.items():
     scores = neuron_scores(r)[0].ravel()
     scores = scores[np.isfinite(scores)]
     if scores.size:
-      ax.hist(scores, bins=bins, histtype="step", label=name)
+      _, _, patches = ax.hist(scores, bins=bins, histtype="step", label=name)
+      level = (null_levels or {}).get(name)
+      if level is not None:
+        ax.axvline(level, color=patches[0].get_edgecolor(), linestyle=":")
   ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold}")
   ax.set_yscale("log")
   ax.set_xlabel("|r| (max over positions)")
   ax.set_ylabel("neurons")
-  ax.legend(fontsize=7)
+  if any(v is not None for v in (null_levels or {}).values()):
+    ax.plot([], [], color="gray", linestyle=":", label="null max|r| 95% (per metric)")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   return _png(fig)
 
 
@@ -329,8 +390,11 @@ def _figures(correlations: dict, summary: dict, results: dict | None,
         figures.append(Figure(f"kde_{name}.png", f"Activation density of the top neurons of "
                               f"{name}, per {name} value or tertile "
                               f"({summary.get('split', 'train')} split)", png))
-  figures.append(Figure("r_hist.png", "max-over-positions |r| of every neuron, per metric",
-                        figure_r_hist(correlations, threshold)))
+  null_levels = {name: (m.get("significance") or {}).get("null_max_abs_r_95")
+                 for name, m in summary.get("metrics", {}).items()}
+  figures.append(Figure("r_hist.png", "max-over-positions |r| of every neuron, per metric; "
+                        "dotted: the 95th percentile of max |r| under the permutation null",
+                        figure_r_hist(correlations, threshold, null_levels)))
   figures.append(Figure("layers.png", f"neurons with |r| > {threshold} per layer",
                         figure_layers(correlations, threshold)))
   if results is not None and results["selections"]:
@@ -354,10 +418,25 @@ def _training_table(trained: list[tuple[str, dict]]) -> dict | None:
 def _neuron_table(summary: dict) -> dict:
   threshold = float(summary.get("threshold", 0.5))
   rows = [[name, m["n"], "undefined (constant metric)" if m["max_abs_r"] is None
-           else f"{m['max_abs_r']:.4f}", m["above_threshold"], m["top_k"][:3]]
+           else f"{m['max_abs_r']:.4f}", *_significance_cells(m, threshold), m["top_k"][:3]]
           for name, m in summary.get("metrics", {}).items()]
-  return _table(["metric", "examples", "max |r|", f"|r| > {threshold}", "top (layer, neuron)"],
-                rows)
+  return _table(["metric", "examples", "max |r|", f"|r| > {threshold} (null expected)",
+                 "significant, FDR", "significant, FWER 5% (null max |r|)",
+                 "top (layer, neuron)"], rows)
+
+
+def _significance_cells(metric: dict, threshold: float) -> list[str]:
+  """The neuron table's significance columns for one metric of summary.json ("n/a" where the
+  run has none: a mean over seeds, or an older run)."""
+  s = metric.get("significance")
+  if not s:
+    return [str(metric["above_threshold"]), "n/a", "n/a"]
+  expected = s["threshold_counts"].get(f"{threshold:g}", {}).get("null_expected")
+  counts = f"{metric['above_threshold']} ({'n/a' if expected is None else f'{expected:.1f}'})"
+  fdr = f"{s['significant_fdr']} (q = {s['fdr_q']:g})"
+  fwer = ("n/a (no permutations)" if s["null_max_abs_r_95"] is None
+          else f"{s['significant_fwer']} (|r| > {s['null_max_abs_r_95']:.3f})")
+  return [counts, fdr, fwer]
 
 
 def _cells(results: dict):
@@ -376,12 +455,32 @@ def _verification(results: dict | None) -> dict | None:
            f"{row['accuracy_drop']:+.4f}",
            f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}",
            "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}",
-           _num(row.get("drop_z"), 1)] for sel, mode, row in _cells(results)]
+           _num(row.get("drop_z"), 1), *_verdict_cells(row)] for sel, mode, row in _cells(results)]
   table = _table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
                   f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
-                  "drop / mean random drop", "(drop - mean random drop) / random std"], rows)
+                  "drop / mean random drop", "(drop - mean random drop) / random std",
+                  "p vs random drops", "top - random drop, 95% bootstrap", "verdict"], rows)
   return {"table": table, "skipped": list(results.get("skipped", {}).items()),
-          "groups": _group_table(results) if results.get("group_by") else None}
+          "groups": _group_table(results) if results.get("group_by") else None,
+          "protocol": _protocol(results)}
+
+
+def _verdict_cells(row: dict) -> list[str]:
+  """p, interval and verdict of one verify.json row ("n/a" in older results)."""
+  if "verdict" not in row:
+    return ["n/a", "n/a", "n/a"]
+  lo, hi = row["difference_95"]
+  return [f"{row['p_empirical']:.3f}", f"[{lo:+.4f}, {hi:+.4f}]", row["verdict"]]
+
+
+def _protocol(results: dict) -> str:
+  """How the drops were made and judged, from verify.json."""
+  scale = "each neuron's std" if results.get("noise_scale") == "neuron_std" else "1 (absolute)"
+  text = (f"Mean ablation: the train-split mean over {results.get('mean_over', 'all')} "
+          f"positions; noise: std {results.get('sigma', 0.1):g} x {scale}.")
+  if results.get("verdict_rule"):
+    text += f" Verdict: {results['verdict_rule']}."
+  return text
 
 
 def _group_table(results: dict) -> dict:
@@ -394,17 +493,37 @@ def _group_table(results: dict) -> dict:
                  f"random-{k} mean"], rows)
 
 
-def _shortcut(activations: dict | None) -> dict | None:
-  verdict = None if activations is None else last_digit_shortcut(activations)
+def _shortcut(activations: dict | None, heldout: dict | None) -> dict | None:
+  verdict = None if activations is None else last_digit_shortcut(activations, heldout)
   if verdict is None:
     return None
   table = _table(["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
-                  "AUC correct vs elsewhere-wrong", "shortcut"],
+                  "AUC correct vs elsewhere-wrong", "meets it on the selection split"],
                  [[r["layer"], r["position"], r["neuron"], f"{r['auc_last_digit_wrong']:.3f}",
                    f"{r['auc_elsewhere_wrong']:.3f}", r["shortcut"]]
                   for r in verdict["neurons"][:8]])
   return {"answer": verdict["answer"], "criterion": verdict["criterion"],
-          "groups": json.dumps(verdict["groups"]), "table": table}
+          "groups": json.dumps(verdict["groups"]), "table": table,
+          "heldout": shortcut_heldout_text(verdict)}
+
+
+def shortcut_heldout_text(verdict: dict) -> str:
+  """One line on the candidate's held-out evidence of `last_digit_shortcut` ("" without one)."""
+  h = verdict.get("heldout")
+  if not h:
+    return ""
+  best = verdict["neurons"][0]
+  text = (f"held out (layer {best['layer']} neuron {best['neuron']} at {best['position']}, "
+          f"groups {json.dumps(h['groups'])}): AUC correct vs last-digit-wrong "
+          f"{h['auc_last_digit_wrong']:.3f}")
+  if "auc_last_digit_wrong_95" in h:
+    lo, hi = h["auc_last_digit_wrong_95"]
+    text += f" [{lo:.3f}, {hi:.3f}]"
+  text += f", correct vs elsewhere-wrong {h['auc_elsewhere_wrong']:.3f}"
+  if "auc_elsewhere_wrong_95" in h:
+    lo, hi = h["auc_elsewhere_wrong_95"]
+    text += f" [{lo:.3f}, {hi:.3f}]"
+  return text
 
 
 def _examples(activations: dict | None) -> list[dict] | None:
@@ -426,8 +545,10 @@ def _seed_overlap(summary: dict) -> dict | None:
   overlap = summary.get("seed_overlap_iou_top_k")
   if not overlap:
     return None
+  ranks = summary.get("seed_rank_correlation") or {}
   return {"seeds": str(summary.get("seeds")),
-          "table": _table(["metric", "IoU"], [[m, f"{v:.3f}"] for m, v in overlap.items()])}
+          "table": _table(["metric", "IoU of the top-K sets", "rank correlation of all neurons"],
+                          [[m, f"{v:.3f}", _num(ranks.get(m), 3)] for m, v in overlap.items()])}
 
 
 def report_data(run_dir: str | Path) -> dict:
@@ -441,14 +562,14 @@ def report_data(run_dir: str | Path) -> dict:
   correlations = files.load_npz(run_dir / "correlations.npz")
   summary = _load_json(run_dir / "summary.json") or {}
   results = _load_json(run_dir / "verify.json")
-  activations = (files.load_npz(run_dir / "activations.npz")
-                 if (run_dir / "activations.npz").exists() else None)
+  activations, heldout = (files.load_npz(run_dir / name) if (run_dir / name).exists() else None
+                          for name in ("activations.npz", "activations_heldout.npz"))
   config = run_dir / "config.yaml"
   return {"title": run_dir.name,
           "training": _training_table(train_summaries(run_dir)),
           "neurons": _neuron_table(summary),
           "verification": _verification(results),
-          "shortcut": _shortcut(activations),
+          "shortcut": _shortcut(activations, heldout),
           "figures": _figures(correlations, summary, results, activations),
           "examples": _examples(activations),
           "seed_overlap": _seed_overlap(summary),

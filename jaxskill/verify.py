@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxskill import files, forward, interventions
+from jaxskill import capture, files, forward, interventions, significance
 from jaxskill.config import seed_runs
 from jaxskill.runner import JsonlLog, Runner
 from jaxskill.selection import neuron_scores, random_matched, top_k
@@ -33,6 +33,7 @@ from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
 log = logging.getLogger("jaxskill.verify")
 
 METRICS = ("correct", "confidence", "loss", "margin")  # per example, from forward.metrics
+PER_EXAMPLE = "correct_per_example"  # an evaluation's correctness `[n]`, in the progress log
 
 
 def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer):
@@ -45,14 +46,36 @@ def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, ve
   return jnp.stack([values[m] for m in METRICS], axis=1)
 
 
-def position_mean(prompt, params, batch, *, model, kind):
-  """(sum over the batch's real tokens of the neuron activations `[l, i]`, token count)."""
+MEAN_OVER = ("inputs", "site", "all")
+
+
+def position_weights(batch, mean_over: str, sites: tuple[str, ...], prompt_length: int):
+  """float32 `[b, t]`: 1 at the positions of the valid rows a neuron's mean is taken over
+  (`verify.mean_over`): the input tokens (real, not prompt, before `input_end`), find's capture
+  sites, or every real position."""
+  b, t = batch.input_ids.shape
+  real = batch.attention_mask.astype(jnp.float32) * batch.valid[:, None]
+  if mean_over == "all":
+    return real
+  if mean_over == "inputs":
+    cols = jnp.arange(t)[None]
+    return real * ((batch.prompt_index < 0) & (cols < batch.input_end[:, None]))
+  at = capture.capture_index(batch, sites, prompt_length)  # [b, k]
+  hits = (at[:, :, None] == jnp.arange(t)[None, None]).any(1)  # [b, t]
+  return hits.astype(jnp.float32) * batch.valid[:, None]
+
+
+def position_moments(prompt, params, batch, *, model, kind, mean_over: str,
+                     sites: tuple[str, ...], prompt_length: int):
+  """(sum `[l, i]`, sum of squares `[l, i]`, count) of the neuron activations over the batch's
+  `position_weights` positions."""
   b, t = batch.input_ids.shape
   out = forward.prompted_apply(model, params, prompt, batch, kind=kind, logits=False,
                                capture=jnp.broadcast_to(jnp.arange(t), (b, t)))
   acts = out.activations.astype(jnp.float32)  # [b, l, t, i]
-  w = batch.attention_mask.astype(jnp.float32) * batch.valid[:, None]
-  return jnp.einsum("blti,bt->li", acts, w), w.sum()
+  w = position_weights(batch, mean_over, sites, prompt_length)
+  return (jnp.einsum("blti,bt->li", acts, w), jnp.einsum("blti,bt->li", acts * acts, w),
+          w.sum())
 
 
 def group_keys(metadata: dict[str, np.ndarray], columns: tuple[str, ...], n: int) -> np.ndarray:
@@ -88,7 +111,7 @@ def _control(results: list[dict], baseline: dict) -> dict:
   """Mean and standard deviation over the random draws, of each metric and of its drop."""
   out = {}
   for name in baseline:
-    if name == "group_accuracy":
+    if name in ("group_accuracy", PER_EXAMPLE):
       continue
     vals = np.array([r[name] for r in results])
     out[name] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)),
@@ -178,7 +201,8 @@ def verify(config, *, progress: bool = True) -> dict:
   prompt = runner.replicate({"embeddings": jnp.asarray(load_prompt(prompt_run))})
   params, _ = runner.place(setup.params, config.train.param_sharding)
   evaluate, n = _evaluator(config, setup, runner, prompt, params)
-  mean = _neuron_mean(config, setup, runner, prompt, params) if "mean" in vc.modes else None
+  needs_stats = "mean" in vc.modes or ("noise" in vc.modes and vc.noise_scale == "neuron_std")
+  neuron = _neuron_stats(config, setup, runner, prompt, params) if needs_stats else {}
   c = setup.model.config
   jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
   job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [key for key, _ in jobs],
@@ -190,7 +214,9 @@ def verify(config, *, progress: bool = True) -> dict:
     key, spec = jobs[i]
     if key not in finished:
       edit = None if spec is None else runner.replicate(interventions.neuron_edit(
-          c.num_hidden_layers, c.intermediate_size, spec[1], spec[0], sigma=vc.sigma, mean=mean,
+          c.num_hidden_layers, c.intermediate_size, spec[1], spec[0], sigma=vc.sigma,
+          mean=neuron.get("mean"),
+          scale=neuron.get("std") if vc.noise_scale == "neuron_std" else None,
           key=jax.random.PRNGKey(vc.seed * 1000 + spec[2]) if spec[0] == "noise" else None))
       finished = {**finished, key: evaluate(edit)}
     return finished, None
@@ -215,28 +241,38 @@ def _evaluator(config, setup, runner: Runner, prompt, params):
   batches = list(runner.batches(encoded))  # placed once, run under every edit
 
   def evaluate(edit) -> dict:
-    rows = [np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
-            for i, (b, v) in enumerate(batches)]
-    return summarize(np.concatenate(rows), groups)
+    rows = np.concatenate([np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
+                           for i, (b, v) in enumerate(batches)])
+    # Per example, for the bootstrap over examples (kept in verify_progress.jsonl only).
+    return {**summarize(rows, groups), PER_EXAMPLE: rows[:, 0].tolist()}
   return evaluate, len(encoded)
 
 
-def _neuron_mean(config, setup, runner: Runner, prompt, params) -> np.ndarray:
-  """The train-split mean of every neuron `[l, i]` over all real positions, with the prompt
-  (neuron_mean.npy: computed once per verification)."""
-  path = config.run_dir / "neuron_mean.npy"
+def _neuron_stats(config, setup, runner: Runner, prompt, params) -> dict:
+  """{"mean", "std"}: float32 `[l, i]`, every neuron's train-split mean and standard deviation
+  with the prompt, over the positions of `verify.mean_over` (neuron_stats.npz: computed once per
+  verification). The sums are float32 per batch and float64 across batches; the variance is
+  E[a^2] - E[a]^2, whose float32 rounding (~1e-7 E[a^2]) is far below the variance of
+  activations that vary at all."""
+  path = config.run_dir / "neuron_stats.npz"
   if path.exists():
-    return files.load_npy(path)
-  c = setup.model.config
-  mean_fn = jax.jit(functools.partial(position_mean, model=setup.model, kind=setup.task.kind),
-                    out_shardings=runner.replicated)
-  total, count = np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0
+    return files.load_npz(path)
+  vc, c = config.verify, setup.model.config
+  moments_fn = jax.jit(functools.partial(
+      position_moments, model=setup.model, kind=setup.task.kind, mean_over=vc.mean_over,
+      sites=config.find.sites, prompt_length=config.prompt.length),
+      out_shardings=runner.replicated)
+  total, squares, count = (np.zeros((c.num_hidden_layers, c.intermediate_size)),
+                           np.zeros((c.num_hidden_layers, c.intermediate_size)), 0.0)
   for b, _ in runner.batches(setup.train):
-    s, n = mean_fn(prompt, params, b)
-    total, count = total + np.asarray(s, np.float64), count + float(n)
-  mean = (total / count).astype(np.float32)
-  Runner.write("verify: neuron_mean.npy", lambda: files.save_npy(path, mean))
-  return mean
+    s, s2, n = moments_fn(prompt, params, b)
+    total, squares = total + np.asarray(s, np.float64), squares + np.asarray(s2, np.float64)
+    count += float(n)
+  mean = total / count
+  out = {"mean": mean.astype(np.float32),
+         "std": np.sqrt(np.maximum(squares / count - mean * mean, 0.0)).astype(np.float32)}
+  Runner.write("verify: neuron_stats.npz", lambda: files.save_npz(path, **out))
+  return out
 
 
 def _jobs(vc, ranked_by: dict, num_neurons: int) -> tuple[list, dict]:
@@ -259,32 +295,48 @@ def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipp
              prompt: Path) -> dict:
   """verify.json: the baseline, and per selection, mode and K the top-K against its controls."""
   ks = sorted(set(vc.k_list) | {vc.k})
-  baseline = results_by_key["baseline"]
+  baseline = _public(results_by_key["baseline"])
   results = {"split": vc.split, "n": n, "prompt": str(prompt),
              "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
-             "modes": list(vc.modes), "sigma": vc.sigma, "k": vc.k, "k_list": ks,
+             "modes": list(vc.modes), "sigma": vc.sigma, "mean_over": vc.mean_over,
+             "noise_scale": vc.noise_scale, "k": vc.k, "k_list": ks,
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),
+             "verdict_rule": significance.VERDICT_RULE,
              "baseline": baseline, "selections": {}, "skipped": skipped}
   for sel, ranked in ranked_by.items():
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
     for mode in vc.modes:
       per_sel["modes"][mode] = {str(k): _row(
           results_by_key[f"{sel}|{mode}|{k}|top"],
-          [results_by_key[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)], baseline,
-          layers=sorted({layer for layer, _ in ranked[:k]}), draws=random_sets[sel, k])
-          for k in ks}
+          [results_by_key[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)],
+          results_by_key["baseline"], layers=sorted({layer for layer, _ in ranked[:k]}),
+          draws=random_sets[sel, k], seed=vc.seed) for k in ks}
     results["selections"][sel] = per_sel
   return results
 
 
-def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws) -> dict:
-  """One (selection, mode, K) entry: the top-K's metrics, the random sets' spread, the drop."""
+def _public(result: dict) -> dict:
+  """An evaluation's results as verify.json shows them (without the per-example vector)."""
+  return {k: v for k, v in result.items() if k != PER_EXAMPLE}
+
+
+def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws, seed: int) -> dict:
+  """One (selection, mode, K) entry: the top-K's metrics, the random sets' spread, the drop,
+  its empirical p-value against the random drops, bootstrap intervals and the verdict."""
   control = _control(randoms, baseline)
   drop = baseline["accuracy"] - top["accuracy"]
   mean_drop, std = control["accuracy_drop"]["mean"], control["accuracy_drop"]["std"]
-  return {"top": top, "random": control, "accuracy_drop": drop,
-          "random_accuracy_drop_mean": mean_drop, "random_accuracy_drop_std": std,
-          "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
-          # How far outside the random spread: (top drop - mean random drop) / random std.
-          "drop_z": (drop - mean_drop) / std if std > 0 else None,
-          "layers": layers, "random_neurons": [[list(x) for x in draw] for draw in draws]}
+  p = significance.empirical_p(drop, np.asarray(control["accuracy_drop"]["values"]))
+  row = {"top": _public(top), "random": control, "accuracy_drop": drop,
+         "random_accuracy_drop_mean": mean_drop, "random_accuracy_drop_std": std,
+         "drop_ratio": (drop / mean_drop) if mean_drop > 0 else None,
+         # How far outside the random spread: (top drop - mean random drop) / random std.
+         "drop_z": (drop - mean_drop) / std if std > 0 else None,
+         "layers": layers, "random_neurons": [[list(x) for x in draw] for draw in draws],
+         "p_empirical": p}
+  if PER_EXAMPLE in top and PER_EXAMPLE in baseline:  # (older progress logs lack them)
+    row.update(significance.bootstrap_drops(
+        np.asarray(baseline[PER_EXAMPLE]), np.asarray(top[PER_EXAMPLE]),
+        np.asarray([r[PER_EXAMPLE] for r in randoms]), seed=seed))
+    row["verdict"] = significance.verdict(p, row["difference_95"], len(randoms))
+  return row

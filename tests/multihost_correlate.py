@@ -47,7 +47,7 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
     names = ("correct", "confidence", "meta_last_digit_only")
     positions = [f"prompt{j}" for j in range(4)] + ["last_input"]
     discover.write_outputs(Path(out), r, names, positions, st["n"], n_examples=len(encoded),
-                           top_k_n=10, top_p=0.01, threshold=0.5, extra={})
+                           top_k_n=10, top_p=0.01, threshold=0.5, fdr_q=0.05, extra={})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def test_demo_runs_the_pipeline_on_the_shipped_model(capsys, tmp_path):
   assert len(re.findall(r"greedy: .* -> '", out)) == len(cli.DEMO_PROMPTS)
   for stage in ("train", "find", "verify", "report"):
     assert f"== {stage}: running" in out
-  assert re.search(r"last-digit shortcut neuron\? (yes|no): ", out)
+  assert re.search(r"last-digit shortcut neuron\? (yes|no|insufficient evidence \([^)]*\)): ", out)
   assert (tmp_path / "demo" / "report.html").exists()
 
 

@@ -229,6 +229,17 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
     assert float(row["r"]) == pytest.approx(out["confidence"][int(row["layer"]), k,
                                                               int(row["neuron"])], abs=1e-6)
   assert abs(float(conf[0]["r"])) >= abs(float(conf[-1]["r"]))
+  # pvalues.npz: the p-values of the stored r with each metric's own count (NaN rows excluded).
+  from jaxskill import significance
+  pvalues = np.load(tmp_path / "f" / "pvalues.npz")
+  assert sorted(pvalues.files) == sorted(out.files)
+  for name in out.files:
+    n = summary["metrics"][name]["n"]
+    want = significance.p_values(out[name][None], np.array([n]))[0]
+    np.testing.assert_array_equal(pvalues[name], want)
+    s = summary["metrics"][name]["significance"]
+    assert s["permutations"] == 20 and s["significant_fdr"] == int(
+        significance.fdr_reject(want, 0.05).sum())
 
 
 def test_seeds_are_aggregated_with_overlap(tmp_path):
@@ -248,6 +259,17 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
   np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-7)
   sets = [selection.top_k(selection.neuron_scores(x)[0], 20) for x in (a, b)]
   assert iou == pytest.approx(selection.iou(*sets))  # one pair: the same ratio of set sizes
+  # Rank stability: Spearman's rho of the two seeds' neuron scores, here as Pearson's r of their
+  # ranks (no ties among float scores).
+  sa, sb = (selection.neuron_scores(x)[0].ravel() for x in (a, b))
+  ok = np.isfinite(sa) & np.isfinite(sb)
+  ra, rb = (np.argsort(np.argsort(v[ok])) for v in (sa, sb))
+  assert summary["seed_rank_correlation"]["confidence"] == pytest.approx(
+      np.corrcoef(ra, rb)[0, 1], abs=1e-12)
+  # Each seed's significance is its own; the mean over seeds has no p-values of its own.
+  assert (tmp_path / "s-seed0" / "pvalues.npz").exists()
+  assert not (tmp_path / "s" / "pvalues.npz").exists()
+  assert "significance" not in summary["metrics"]["confidence"]
 
 
 def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
@@ -295,3 +317,20 @@ def test_undefined_r_is_never_ranked():
   assert np.isnan(scores[0, 0]) and scores[0, 2] == pytest.approx(0.9) and pos[0, 2] == 1
   assert selection.top_k(scores, 10) == [(0, 2), (1, 3)]
   assert selection.top_p_per_layer(scores, 0.5) == [(0, 2), (1, 3)]
+
+
+def test_planted_neuron_is_significant_and_the_shuffled_label_is_not(planted):
+  """Power: the planted neuron's r has p < 1e-6 and survives FDR (q = 0.05) and the permutation
+  FWER level; the shuffled copy of the label has no FWER-significant neuron."""
+  from jaxskill import significance
+  names = ("label", "meta_is7", "meta_shuffled")
+  r, st = _correlate(planted, names, permutations=20)
+  assert st["null_r"].shape == (20, 3, L, 1, I)
+  p = significance.p_values(r, st["n"][:3])
+  for j in (0, 1):
+    assert p[j, 0, 0, PLANTED] < 1e-6
+    assert significance.fdr_reject(p[j], 0.05)[0, 0, PLANTED]
+    s = significance.null_summary(r[j], st["null_r"][:, j], p[j], q=0.05, thresholds=(0.5,))
+    assert abs(r[j, 0, 0, PLANTED]) > s["null_max_abs_r_95"] and s["significant_fwer"] >= 1
+  shuffled = significance.null_summary(r[2], st["null_r"][:, 2], p[2], q=0.05, thresholds=(0.5,))
+  assert shuffled["significant_fwer"] == 0

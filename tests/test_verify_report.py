@@ -129,6 +129,44 @@ def test_verify_matches_hf_with_hooks(demo_run):
   assert set(results["selections"]["label"]["modes"]) == {"noise", "zero", "mean"}
 
 
+def test_neuron_stats_are_taken_over_the_input_tokens(demo_run):
+  """neuron_stats.npz (verify.mean_over=inputs, the default) against numpy float64 over the
+  activations at the input-token positions of every train row, read from one capturing forward
+  at every position; and the noise std it implies (verify.noise_scale=neuron_std)."""
+  import jax
+  import jax.numpy as jnp
+  from jaxskill import forward, interventions
+  from jaxskill.setup import load_prompt, prepare
+  config, _ = demo_run
+  results = json.loads((config.run_dir / "verify.json").read_text())
+  assert results["mean_over"] == "inputs" and results["noise_scale"] == "neuron_std"
+  stats = np.load(config.run_dir / "neuron_stats.npz")
+  setup = prepare(config)
+  whole = jax.tree.map(jnp.asarray, setup.train.batch())
+  b, t = whole.input_ids.shape
+  prompt = {"embeddings": jnp.asarray(load_prompt(config))}
+  acts = np.asarray(forward.prompted_apply(
+      setup.model, setup.params, prompt, whole, kind=setup.task.kind, logits=False,
+      capture=jnp.broadcast_to(jnp.arange(t), (b, t))).activations, np.float64)  # [b, l, t, i]
+  cols = np.arange(t)[None]
+  inputs = ((np.asarray(whole.attention_mask) > 0) & (np.asarray(whole.prompt_index) < 0)
+            & (cols < np.asarray(whole.input_end)[:, None]))
+  assert 0 < inputs.sum() < (np.asarray(whole.attention_mask) > 0).sum()  # the prompt is left out
+  a = acts.transpose(0, 2, 1, 3)[inputs]  # [positions, l, i]
+  mean, std = a.mean(0), a.std(0)
+  # Batch sums of <= 16 x t terms in float32 (then float64): |error| <= 16 t eps32 E|a| for the
+  # mean, 16 t eps32 E[a^2] / (2 std) for the std; the forward itself is the same program on
+  # other batch shapes (a few eps32 of |a|).
+  u = 16 * t * np.finfo(np.float32).eps
+  np.testing.assert_allclose(stats["mean"], mean, atol=u * np.abs(a).mean(0).max() + 1e-6)
+  var_bound = u * (a * a).mean(0)
+  assert (np.abs(stats["std"] - std) <= var_bound / (2 * np.maximum(std, 1e-3)) + 1e-5).all()
+  edit = interventions.neuron_edit(*mean.shape, [(1, 3)], "noise", sigma=0.1, scale=stats["std"],
+                                   key=jax.random.PRNGKey(0))
+  assert float(edit.noise_std[1, 3]) == pytest.approx(0.1 * stats["std"][1, 3], rel=1e-6)
+  assert float(np.abs(np.asarray(edit.noise_std)).sum()) == float(edit.noise_std[1, 3])
+
+
 def test_verify_resumes_from_its_progress_log(demo_run):
   from jaxskill.verify import verify
   config, _ = demo_run
@@ -210,24 +248,90 @@ def test_kde_and_auc_by_hand():
   assert report_lib.auc([3, 4], [1, 3]) == 0.875  # (1 + 0.5 + 1 + 1) / 4
 
 
-def test_last_digit_shortcut_tells_a_shortcut_from_a_checker():
-  rng = np.random.default_rng(0)
-  n = 300
+def _shortcut_sample(n: int, seed: int) -> dict:
+  """Synthetic activations.npz: a checker neuron (fires on any wrong answer) and a shortcut one
+  (fires on a wrong last digit only), over n examples in three equal groups."""
+  rng = np.random.default_rng(seed)
   label = np.repeat([0, 1, 1], n // 3)  # correct, wrong in the last digit, wrong elsewhere
   last_only = np.repeat([0, 1, 0], n // 3)
-  shortcut = 2.0 * last_only + rng.normal(0, 0.3, n)  # fires on a wrong last digit only
-  checker = 2.0 * label + rng.normal(0, 0.3, n)  # fires on any wrong answer
-  acts = {"metric_names": np.array(["label", "meta_last_digit_only"]),
+  shortcut = 2.0 * last_only + rng.normal(0, 0.3, label.size)
+  checker = 2.0 * label + rng.normal(0, 0.3, label.size)
+  return {"metric_names": np.array(["label", "meta_last_digit_only"]),
           "metrics": np.stack([label, last_only], 1).astype(np.float32),
           "position_names": np.array(["last_input"]),
           "features": np.array([[1, 0, 7], [2, 0, 9]]),
           "activations": np.stack([checker, shortcut], 1)}
-  verdict = report_lib.last_digit_shortcut(acts)
+
+
+def test_last_digit_shortcut_tells_a_shortcut_from_a_checker():
+  acts, heldout = _shortcut_sample(300, 0), _shortcut_sample(150, 1)
+  verdict = report_lib.last_digit_shortcut(acts, heldout)
   assert verdict["answer"] == "yes"
   assert (verdict["neurons"][0]["layer"], verdict["neurons"][0]["neuron"]) == (2, 9)
   assert verdict["neurons"][1]["shortcut"] is False  # the checker separates both kinds
-  only_checker = dict(acts, features=acts["features"][:1], activations=checker[:, None])
-  assert report_lib.last_digit_shortcut(only_checker)["answer"] == "no"
+  h = verdict["heldout"]
+  assert h["groups"] == {"correct": 50, "wrong_last_digit": 50, "wrong_elsewhere": 50}
+  assert h["auc_last_digit_wrong_95"][0] > 0.75  # 2.0 apart at noise 0.3: AUC near 1
+  assert h["auc_elsewhere_wrong_95"][0] < 0.5 < h["auc_elsewhere_wrong_95"][1]
+  only_checker = dict(acts, features=acts["features"][:1],
+                      activations=acts["activations"][:, :1])
+  assert report_lib.last_digit_shortcut(only_checker, heldout)["answer"] == "no"
+  # Selected on these examples alone, or judged on groups of 10: not a finding either way.
+  assert report_lib.last_digit_shortcut(acts)["answer"].startswith("insufficient evidence")
+  small = report_lib.last_digit_shortcut(acts, _shortcut_sample(30, 2))
+  assert small["answer"].startswith("insufficient evidence")
+  # On the held-out split the neuron is no shortcut (its activations there are noise): "no".
+  noise = _shortcut_sample(150, 3)
+  noise["activations"] = np.random.default_rng(4).normal(size=noise["activations"].shape)
+  assert report_lib.last_digit_shortcut(acts, noise)["answer"] == "no"
+
+
+def test_shortcut_verdict_is_never_yes_on_random_weights():
+  """A random-weight model (the demo architecture, 20 initializations) has no last-digit
+  shortcut: its best candidate, selected on 60 training examples, does not hold up on 240
+  held-out ones (or the groups are too small to tell). Candidates as find keeps them: the top 4
+  neurons by |r| with each metric at the last input token."""
+  import jax
+  import jax.numpy as jnp
+  import jaxskill
+  from jaxskill import capture, data as data_lib
+  from jaxskill.tasks import arithmetic_verification
+  demo, _ = jaxskill.load_model("demo")
+  tok = jaxskill.load_tokenizer("demo")
+  task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=60, n_dev=0,
+                                 n_test=240, seed=0)
+  names = ("label", "meta_last_digit_only")
+  batches = {s: jax.tree.map(jnp.asarray, data_lib.encode(
+      task, s, tok, prompt_length=4, placement="infix", max_length=40).batch(names))
+      for s in ("train", "test")}
+  model = jaxskill.Qwen2LM(demo.config)
+  probe = capture.Probe(model, "classification",
+                        jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),
+                        ("last_input",), 4, names)
+  run = jax.jit(probe)  # one program for every initialization: params are an argument
+  answers = []
+  for seed in range(20):
+    params = model.init(jax.random.PRNGKey(seed), batches["train"].input_ids[:1])["params"]
+    prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(100 + seed),
+                                                      (4, demo.config.hidden_size))}
+    npz = {}
+    for split, batch in batches.items():
+      acts, y = (np.asarray(v, np.float64) for v in run(prompt, params, batch))
+      npz[split] = {"metric_names": np.array(names), "metrics": y, "activations": acts[:, :, 0],
+                    "position_names": np.array(["last_input"])}
+    x, y = npz["train"]["activations"].reshape(60, -1), npz["train"]["metrics"]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      r = (yc.T @ xc) / np.sqrt((yc ** 2).sum(0)[:, None] * (xc ** 2).sum(0)[None])
+    features = sorted({int(f) for j in range(2) for f in np.argsort(-np.nan_to_num(
+        np.abs(r[j]), nan=-1))[:4]})
+    layers, neurons = np.divmod(features, demo.config.intermediate_size)
+    for split in npz:
+      flat = npz[split]["activations"].reshape(len(npz[split]["metrics"]), -1)
+      npz[split]["activations"] = flat[:, features]
+      npz[split]["features"] = np.stack([layers, np.zeros_like(layers), neurons], 1)
+    answers.append(report_lib.last_digit_shortcut(npz["train"], npz["test"])["answer"])
+  assert "yes" not in answers, answers
 
 
 def test_report_from_find_outputs_alone_shows_seed_overlap(tmp_path):
