@@ -108,8 +108,9 @@ def last_digit_shortcut(activations: dict, heldout: dict | None = None, *,
   |AUC(correct vs elsewhere-wrong) - 0.5| <= max_other. The candidate is the kept neuron that
   meets this best on the selection split; the verdict is made on the held-out split: "yes" when
   the last-digit AUC's 95% bootstrap interval lies min_effect or more from 0.5 and the
-  elsewhere AUC is within max_other of 0.5 with 0.5 in its interval; "insufficient evidence"
-  without a held-out split or with fewer than `min_group` examples in a group there.
+  elsewhere AUC's interval lies within max_other of 0.5 (an equivalence test: no separation
+  beyond max_other, shown rather than assumed); "insufficient evidence" without a held-out split
+  or with fewer than `min_group` examples in a group there.
   """
   groups = _shortcut_groups(activations)
   if groups is None:
@@ -130,8 +131,8 @@ def last_digit_shortcut(activations: dict, heldout: dict | None = None, *,
                       f"last-digit-wrong) - 0.5| >= {min_effect} and |AUC(correct vs "
                       f"elsewhere-wrong) - 0.5| <= {max_other}; judged on a held-out split: the "
                       f"first AUC's 95% bootstrap interval {min_effect} or more from 0.5, the "
-                      f"second within {max_other} of 0.5 with 0.5 in its interval, at least "
-                      f"{min_group} examples per group",
+                      f"second's within {max_other} of 0.5, at least {min_group} examples per "
+                      "group",
          "groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
                     "wrong_elsewhere": int(wrong_else.sum())},
          "neurons": rows, "heldout": None}
@@ -147,7 +148,7 @@ def last_digit_shortcut(activations: dict, heldout: dict | None = None, *,
   lo, hi = h["auc_last_digit_wrong_95"]
   lo_e, hi_e = h["auc_elsewhere_wrong_95"]
   yes = ((lo >= 0.5 + min_effect or hi <= 0.5 - min_effect)
-         and abs(h["auc_elsewhere_wrong"] - 0.5) <= max_other and lo_e <= 0.5 <= hi_e)
+         and 0.5 - max_other <= lo_e and hi_e <= 0.5 + max_other)
   return {**out, "answer": "yes" if yes else "no"}
 
 

@@ -264,15 +264,18 @@ def _shortcut_sample(n: int, seed: int) -> dict:
 
 
 def test_last_digit_shortcut_tells_a_shortcut_from_a_checker():
-  acts, heldout = _shortcut_sample(300, 0), _shortcut_sample(150, 1)
+  # 200 held-out examples a group: the elsewhere AUC's interval (+-0.06 around 0.5) fits within
+  # 0.5 +- 0.1, as the verdict asks; with 50 a group it would not (+-0.11).
+  acts, heldout = _shortcut_sample(300, 0), _shortcut_sample(600, 1)
   verdict = report_lib.last_digit_shortcut(acts, heldout)
   assert verdict["answer"] == "yes"
   assert (verdict["neurons"][0]["layer"], verdict["neurons"][0]["neuron"]) == (2, 9)
   assert verdict["neurons"][1]["shortcut"] is False  # the checker separates both kinds
   h = verdict["heldout"]
-  assert h["groups"] == {"correct": 50, "wrong_last_digit": 50, "wrong_elsewhere": 50}
+  assert h["groups"] == {"correct": 200, "wrong_last_digit": 200, "wrong_elsewhere": 200}
   assert h["auc_last_digit_wrong_95"][0] > 0.75  # 2.0 apart at noise 0.3: AUC near 1
-  assert h["auc_elsewhere_wrong_95"][0] < 0.5 < h["auc_elsewhere_wrong_95"][1]
+  assert 0.4 <= h["auc_elsewhere_wrong_95"][0] < 0.5 < h["auc_elsewhere_wrong_95"][1] <= 0.6
+  assert report_lib.last_digit_shortcut(acts, _shortcut_sample(150, 1))["answer"] == "no"
   only_checker = dict(acts, features=acts["features"][:1],
                       activations=acts["activations"][:, :1])
   assert report_lib.last_digit_shortcut(only_checker, heldout)["answer"] == "no"
