@@ -13,7 +13,6 @@ HF forward that hook-based capture code usually runs).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -22,7 +21,7 @@ import numpy as np
 
 import jaxskill
 from jaxskill.model.config import PRESETS
-from benchlib import (finish, random_params, reset_peak_rss, run_info,
+from benchlib import (finish, parser, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
 
 
@@ -106,15 +105,11 @@ def matmul_peak(dtype, n=2048, iters=5):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
-  ap.add_argument("--batch", type=int, default=4)
-  ap.add_argument("--seq", type=int, default=128)
+  ap = parser(__doc__, preset="qwen1.5-0.5b", batch=4, seq=128, iters=5)
   ap.add_argument("--capture", type=int, default=4, help="captured positions per row")
   ap.add_argument("--logits", choices=["all", "captured"], default="all")
   ap.add_argument("--torch-logits", choices=["all", "captured"], default=None,
                   help="PyTorch's logits (default: as --logits; 'all' is HF's default forward)")
-  ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--scan-unroll", type=int, default=1, help="jaxskill layers per scan step")
   ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                   help="params and compute, both sides")

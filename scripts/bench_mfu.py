@@ -16,7 +16,6 @@ the number says little.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -26,15 +25,12 @@ import numpy as np
 import jaxskill
 from jaxskill.model.config import PRESETS
 from bench_forward import forward_flops, matmul_peak
-from benchlib import append_json, peak_rss_mib, random_params, reset_peak_rss, run_info, time_calls
+from benchlib import (append_json, parser, peak_rss_mib, random_params, reset_peak_rss,
+                      run_info, time_calls)
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--preset", default="qwen1.5-1.8b", choices=sorted(PRESETS))
-  ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--seq", type=int, default=512)
-  ap.add_argument("--iters", type=int, default=10)
+  ap = parser(__doc__, preset="qwen1.5-1.8b", batch=32, seq=512, iters=10)
   ap.add_argument("--peak-n", type=int, default=8192, help="size of the peak-measuring matmul")
   ap.add_argument("--spec-tflops", type=float, default=None,
                   help="the chip's spec-sheet bf16 peak, for a second MFU figure")

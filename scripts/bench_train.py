@@ -13,7 +13,6 @@ jaxskill runs the input columns before the prompt once as a constant cache (its 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -25,7 +24,7 @@ import jaxskill
 from jaxskill.batch import Batch
 from jaxskill.config import TrainConfig
 from jaxskill.model.config import PRESETS
-from benchlib import (finish, random_params, reset_peak_rss, run_info,
+from benchlib import (finish, parser, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
 from jaxskill.train import make_optimizer, train_step
 
@@ -101,12 +100,8 @@ def bench_torch(config, batch, p, iters, threads):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
-  ap.add_argument("--batch", type=int, default=4)
-  ap.add_argument("--seq", type=int, default=64)
+  ap = parser(__doc__, preset="qwen1.5-0.5b", batch=4, seq=64, iters=5)
   ap.add_argument("--prompt", type=int, default=8)
-  ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--threads", type=int, default=None)
   ap.add_argument("--no-split", action="store_true",
                   help="jaxskill differentiates the whole sequence (as PyTorch does) instead of "

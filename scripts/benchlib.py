@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -42,6 +43,18 @@ def append_json(path: str, result: dict) -> None:
   """Appends one result as a JSON line (the runs kept for BENCHMARKS.md)."""
   with open(path, "a") as f:
     f.write(json.dumps(result) + "\n")
+
+
+def parser(doc: str, *, preset: str, batch: int, seq: int, iters: int) -> argparse.ArgumentParser:
+  """The options every model benchmark takes (--preset, --batch, --seq, --iters), with these
+  defaults; `doc`'s first line describes it."""
+  from jaxskill.model.config import PRESETS
+  ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+  ap.add_argument("--preset", default=preset, choices=sorted(PRESETS))
+  ap.add_argument("--batch", type=int, default=batch)
+  ap.add_argument("--seq", type=int, default=seq)
+  ap.add_argument("--iters", type=int, default=iters)
+  return ap
 
 
 def finish(result: dict, rate: str, json_path: str | None) -> dict:

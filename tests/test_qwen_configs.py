@@ -57,7 +57,11 @@ def test_the_nine_qwen_configs_are_there_and_fit_their_names():
       assert to_dict(config) == to_dict(load_config(path.with_name(f"{task}_0.5b.yaml")))
       size = "0.5b"
     else:  # a size file sets the model and the name; the experiment is its task's, for all sizes
-      assert yaml.safe_load(text).keys() == {"base_config", "name", "model"}
+      # (but for the memory of the permutation null, which the 7b files turn off)
+      own = yaml.safe_load(text)
+      assert own.keys() - {"find"} == {"base_config", "name", "model"}
+      assert own.get("find", {"permutations": 0}).keys() == {"permutations"}
+      assert ("find" in own) == (size == "7b")
       assert yaml.safe_load(text)["base_config"] == f"{task}.yaml"
     assert config.name == f"qwen1.5-{size}-{task}"
     assert config.model.path == HUB[size]
