@@ -16,6 +16,7 @@ Shapes: b rows of a global batch, n examples of a split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -62,7 +63,7 @@ class Runner:
     """Split over the data axis along the first (row) axis."""
     return NamedSharding(self.mesh, P("data"))
 
-  @property
+  @functools.cached_property  # asked for every batch; the mesh and batch size never change
   def local(self) -> np.ndarray:
     """The rows of each global batch this process feeds (all of them in one process)."""
     return sharding.local_rows(self.mesh, self.batch_size)
