@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import flax.struct
+import jax.numpy as jnp
 
 Array = Any  # a numpy array on the host, a jax.Array on the devices
 
@@ -27,6 +28,8 @@ class Batch:
   valid: `[b]` 1.0 for real rows, 0.0 for the padding rows of a split's last batch; None for
     rows taken straight from a split (all real).
   meta: metadata column -> `[b]` float32, for the metrics "meta_<column>"; empty unless asked.
+  answer_budget: q, the longest answer in tokens (generation; 0 when unknown or for
+    classification): a static field, so that the answer's window `[b, q]` has a static shape.
   """
   input_ids: Array
   attention_mask: Array
@@ -39,6 +42,7 @@ class Batch:
   prompt_start: Array
   valid: Array | None = None
   meta: dict = dataclasses.field(default_factory=dict)
+  answer_budget: int = flax.struct.field(pytree_node=False, default=0)
 
   @property
   def size(self) -> int:
@@ -47,7 +51,8 @@ class Batch:
 
   def rows(self, idx) -> "Batch":
     """The rows `idx` (int `[b']`) of every array."""
-    return Batch(**{f.name: _take(getattr(self, f.name), idx) for f in dataclasses.fields(self)})
+    return self.replace(**{f.name: _take(getattr(self, f.name), idx)
+                           for f in dataclasses.fields(self) if f.name != "answer_budget"})
 
   def after(self, col: int) -> "Batch":
     """The columns from `col` on, positions counted from there: what a forward that runs the
@@ -57,6 +62,17 @@ class Batch:
     cut = {name: getattr(self, name)[:, col:] for name in
            ("input_ids", "attention_mask", "prompt_index", "targets", "loss_mask")}
     moved = {name: getattr(self, name) - col for name in
+             ("answer_pos", "input_end", "prompt_start")}
+    return self.replace(**cut, **moved)
+
+  def window(self, start: Array, width: int) -> "Batch":
+    """Columns start[r] .. start[r] + width - 1 of every row r (start int `[b]`), positions
+    counted from start: every `[b, t]` array becomes `[b, width]`. What logits computed only at
+    those columns line up with (the answer's tokens, see `jaxskill.forward`)."""
+    cols = start[:, None] + jnp.arange(width)[None]
+    cut = {name: jnp.take_along_axis(getattr(self, name), cols, axis=1) for name in
+           ("input_ids", "attention_mask", "prompt_index", "targets", "loss_mask")}
+    moved = {name: getattr(self, name) - start for name in
              ("answer_pos", "input_end", "prompt_start")}
     return self.replace(**cut, **moved)
 

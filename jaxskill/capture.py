@@ -9,7 +9,8 @@ Metrics (one number per example): the built-in ones of `jaxskill.forward.METRICS
 confidence, loss, correct, ...; described there, beside the one function that computes them),
 plus any numeric metadata column of the task ("meta_<column>") and user functions
 `fn(logits, batch) -> [b]` passed by name (`batch` a `jaxskill.batch.Batch`; logits `[b, v]` for
-classification, `[b, t, v]` for generation).
+classification; for generation `[b, q, v]` at the answer's q tokens, with `batch` cut to that
+window, see `jaxskill.forward.prompted_apply`).
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ class Probe:
     """One forward pass: (activations `[b, l, k, i]`, metrics `[b, m]` in `metric_names` order)."""
     out = forward.prompted_apply(self.model, params, prompt, batch, kind=self.kind,
                                  capture=capture_index(batch, self.sites, self.prompt_length))
-    values = forward.metrics(out.logits, batch, self.kind, self.verbalizer)
+    values = forward.metrics(out.logits, out.batch, self.kind, self.verbalizer)
     for name, fn in dict(self.custom).items():
-      values[name] = fn(out.logits, batch).astype(jnp.float32)
+      values[name] = fn(out.logits, out.batch).astype(jnp.float32)
     columns = [values[name] if name in values else batch.metric(name).astype(jnp.float32)
                for name in self.metric_names]
     return out.activations, jnp.stack(columns, axis=1)

@@ -150,12 +150,17 @@ class VerifyConfig:
   random_draws: int = 5  # R random neuron sets, matched to the top-K per layer
   group_by: tuple[str, ...] = ()  # metadata columns: accuracy per combination of their values
   batch_size: int = 32
+  # Edits run together in one call (vmapped), from the residual entering their lowest perturbed
+  # layer, computed once per batch; memory grows with it. 1: each edit its own whole forward
+  # pass (the reference path). Changes no result (same numbers within float rounding).
+  edits_per_pass: int = 8
   seed: int = 0
 
   def __post_init__(self):
     _check(self, sigma=self.sigma > 0, k=self.k >= 1,
            k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
            random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
+           edits_per_pass=self.edits_per_pass >= 1,
            modes=bool(self.modes) and all(m in interventions.MODES for m in self.modes),
            split=self.split in ("train", "dev", "test"),
            mean_over=self.mean_over in ("inputs", "site", "all"),

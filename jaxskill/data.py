@@ -52,6 +52,7 @@ class Encoded:
   n_truncated: int
   present: np.ndarray | None = None
   truncated: np.ndarray | None = None  # bool `[n]`: the rows counted in n_truncated
+  answer_budget: int = 0  # q: answer tokens every row leaves room for (0: classification)
 
   def __len__(self) -> int:
     return self.input_ids.shape[0]
@@ -153,7 +154,7 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
       truncated[i] = True
     _fill_row(out, i, inp, answer, placement=placement, width=width, P=P, pad=pad)
   return Encoded(**out, metadata=_columns(examples), n_truncated=int(truncated.sum()),
-                 present=present, truncated=truncated)
+                 present=present, truncated=truncated, answer_budget=budget)
 
 
 def _split_examples(task: Task, split: str, placement: str) -> tuple:

@@ -8,8 +8,10 @@ k captured positions per row, i neurons per layer.
   1. embed the batch's tokens and put the prompt vectors in their slots (`prompt_index`);
   2. run the frozen model, with an optional neuron intervention (`edit`, see
      `jaxskill.interventions`) and the neuron activations read at `capture` positions;
-  3. return the answer's logits: `[b, v]` at `answer_pos` (classification) or `[b, t, v]`
-     (generation, whose loss runs over the answer tokens).
+  3. return the answer's logits: `[b, v]` at `answer_pos` (classification) or `[b, q, v]` at
+     the answer's q = `answer_budget` tokens (generation, whose loss runs over them; the other
+     t - q positions' logits, most of the LM head's work at a large vocabulary, are never
+     computed), with the batch cut to the same window (`Batch.window`).
 `metrics(logits, batch, kind, verbalizer)`: every built-in per-example metric of those logits.
 """
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxskill import prompt as prompt_lib
 from jaxskill.batch import Batch
-from jaxskill.model import Qwen2LM, neuron_activations
+from jaxskill.model import Qwen2LM, layer_range, neuron_activations
 
 # The built-in per-example metrics of `metrics` (NaN where undefined), which discovery offers:
 #   label       the external label (classification)
@@ -39,14 +41,34 @@ METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entr
 
 class Output(NamedTuple):
   """What `prompted_apply` returns."""
-  logits: jax.Array | None  # `[b, v]` (classification) or `[b, t - input_cols, v]` (generation)
+  logits: jax.Array | None  # `[b, v]` (classification) or `[b, q, v]` (generation, see `batch`)
   activations: jax.Array | None  # `[b, l, k, i]` at the `capture` positions, or None
-  batch: Batch  # the batch the logits line up with (columns from `input_cols` on)
+  batch: Batch  # the batch the logits line up with: for generation the answer's window
+  # `[b, q]` (or the columns from `input_cols` on, `[b, t - input_cols]`, when q is unknown)
+
+
+def prompted_embeds(model: Qwen2LM, params, prompt, batch: Batch) -> jax.Array:
+  """The model's input `[b, t, h]`: the batch's token embeddings with the prompt vectors in
+  their slots (`prompt_index`)."""
+  embeds = model.apply({"params": params}, batch.input_ids, method=model.embed)
+  return prompt_lib.insert_prompt(embeds, prompt, batch.prompt_index)
+
+
+def residual_at(model: Qwen2LM, params, prompt, batch: Batch, layer: int) -> jax.Array:
+  """The residual stream `[b, t, h]` entering `layer` (0: the prompted embeddings), with no
+  intervention: what every edit that leaves layers [0, layer) alone shares, and
+  `prompted_apply(..., resume=(layer, it))` continues from."""
+  embeds = prompted_embeds(model, params, prompt, batch)
+  if layer == 0:
+    return embeds.astype(model.dtype)
+  sub, sub_params = layer_range(model, params, 0, layer)
+  return sub.apply({"params": sub_params}, embeds, batch.attention_mask, method=sub.hidden)
 
 
 def prompted_apply(model: Qwen2LM, params, prompt, batch: Batch, *, kind: str,
                    capture: jax.Array | None = None, edit: Callable | None = None,
-                   input_cols: int = 0, logits: bool = True) -> Output:
+                   input_cols: int = 0, logits: bool = True,
+                   resume: tuple[int, jax.Array] | None = None) -> Output:
   """The model on `batch` with `prompt` inserted.
 
   prompt: {"embeddings": `[p, h]`}; batch: `[b, t]` rows (see `jaxskill.batch`).
@@ -57,23 +79,35 @@ def prompted_apply(model: Qwen2LM, params, prompt, batch: Batch, *, kind: str,
     columns before it cannot depend on the prompt: they run once as a constant cache, so a
     gradient with respect to the prompt only differentiates the t - input_cols columns after it.
   logits: False when only the activations matter (the LM head then runs at one position).
+  resume: (layer, the `residual_at` that layer): run layers [layer, l) alone, from that
+    residual. Exact when `edit` leaves the layers below alone (its layers below `layer` are not
+    applied); captured activations are then those of layers [layer, l).
   """
   chex.assert_rank(batch.input_ids, 2)
   chex.assert_equal_shape([batch.input_ids, batch.attention_mask, batch.prompt_index])
   chex.assert_shape(prompt["embeddings"], (None, model.config.hidden_size))
   past = None
   if input_cols:
+    if resume is not None:
+      raise ValueError("prompted_apply: resume and input_cols do not combine")
     past = jax.lax.stop_gradient(model.apply(
         {"params": params}, batch.input_ids[:, :input_cols],
         attention_mask=batch.attention_mask[:, :input_cols], method=model.prefill))
     batch = batch.after(input_cols)
-  embeds = model.apply({"params": params}, batch.input_ids, method=model.embed)
-  embeds = prompt_lib.insert_prompt(embeds, prompt, batch.prompt_index)
-  at = None  # every position
+  if resume is None:
+    embeds = prompted_embeds(model, params, prompt, batch)
+  else:
+    layer, embeds = resume
+    model, params = layer_range(model, params, layer)
+    edit = None if edit is None else jax.tree.map(lambda x: x[layer:], edit)
+  at, window = None, batch  # logits at every position
   if not logits:
     at = jnp.zeros((embeds.shape[0], 1), jnp.int32)
   elif kind == "classification":
     at = batch.answer_pos[:, None]
+  elif batch.answer_budget:
+    window = batch.window(batch.answer_pos, batch.answer_budget)
+    at = batch.answer_pos[:, None] + jnp.arange(batch.answer_budget)[None]
   out = model.apply({"params": params}, inputs_embeds=embeds,
                     attention_mask=batch.attention_mask, past=past, neuron_edit=edit,
                     capture_positions=capture, logits_positions=at,
@@ -83,12 +117,13 @@ def prompted_apply(model: Qwen2LM, params, prompt, batch: Batch, *, kind: str,
     values = None
   elif kind == "classification":
     values = values[:, 0]
-  return Output(values, acts, batch)
+  return Output(values, acts, window)
 
 
 def metrics(logits: jax.Array, batch: Batch, kind: str, verbalizer: jax.Array) -> dict:
   """name -> `[b]` float32 for each of METRICS. logits: `[b, v]` at answer_pos
-  (classification) or `[b, t, v]` (generation)."""
+  (classification) or `[b, t', v]` lined up with `batch`'s columns (generation: `Output`'s
+  logits and batch)."""
   if kind == "classification":
     logp = jax.nn.log_softmax(logits[:, verbalizer], axis=-1)  # [b, c]
     gold = batch.label
@@ -96,7 +131,7 @@ def metrics(logits: jax.Array, batch: Batch, kind: str, verbalizer: jax.Array) -
     correct = jnp.argmax(logp, -1) == gold
     label = gold.astype(jnp.float32)
   else:
-    logp_all = jax.nn.log_softmax(logits, axis=-1)  # [b, t, v]
+    logp_all = jax.nn.log_softmax(logits, axis=-1)  # [b, q, v]
     mask = batch.loss_mask.astype(jnp.float32)
     tok = jnp.take_along_axis(logp_all, batch.targets[..., None], axis=-1)[..., 0]
     gold_logp = (tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)

@@ -29,22 +29,27 @@ MODES = ("zero", "mean", "noise")
 class NeuronEdit:
   """`a * keep + add + noise_std * N(0, 1)`, elementwise over the neurons.
 
-  keep, add, noise_std: float32 `[l, i]` (`[i]` once the model has sliced out a layer).
-  key: one PRNG key per layer, `[l, 2]` uint32 (`[2]` in a layer).
+  keep, add, noise_std: float32 `[l, i]` (`[i]` once the model has sliced out a layer);
+    noise_std None: no noise (nothing is drawn: exactly a * keep + add).
+  key: one PRNG key per layer, `[l, 2]` uint32 (`[2]` in a layer); None with noise_std.
   """
   keep: jax.Array
   add: jax.Array
-  noise_std: jax.Array
-  key: jax.Array
+  noise_std: jax.Array | None = None
+  key: jax.Array | None = None
 
   def __call__(self, a: jax.Array) -> jax.Array:
     """One layer's activations `[b, t, i]` -> edited `[b, t, i]`, in a's dtype."""
-    noise = self.noise_std * jax.random.normal(self.key, a.shape, jnp.float32)
-    return (a * self.keep + self.add + noise).astype(a.dtype)
+    out = a * self.keep + self.add
+    if self.noise_std is not None:
+      out = out + self.noise_std * jax.random.normal(self.key, a.shape, jnp.float32)
+    return out.astype(a.dtype)
 
   def fold_in(self, data) -> "NeuronEdit":
     """The same edit with every layer's key folded with `data` (an int, e.g. the batch index):
     independent noise for each batch of a split."""
+    if self.key is None:
+      return self
     return self.replace(key=jax.vmap(lambda k: jax.random.fold_in(k, data))(self.key))
 
 
@@ -89,18 +94,19 @@ def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, 
     chosen[layer, neuron] = True
   keep = np.ones((num_layers, num_neurons), np.float32)
   add = np.zeros((num_layers, num_neurons), np.float32)
-  noise_std = np.zeros((num_layers, num_neurons), np.float32)
   if mode in ("zero", "mean"):
     keep[chosen] = 0.0
   if mode == "mean":
     if mean is None or np.shape(mean) != (num_layers, num_neurons):
       raise ValueError(f"mode 'mean' needs mean of shape {(num_layers, num_neurons)}")
     add[chosen] = np.asarray(mean, np.float32)[chosen]
-  if mode == "noise":
-    if key is None:
-      raise ValueError("mode 'noise' needs a PRNG key")
-    noise_std[chosen] = sigma
-    if scale is not None:
-      noise_std *= np.asarray(scale, np.float32)
-  keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), num_layers)
-  return NeuronEdit(jnp.asarray(keep), jnp.asarray(add), jnp.asarray(noise_std), keys)
+  if mode != "noise":
+    return NeuronEdit(jnp.asarray(keep), jnp.asarray(add))
+  if key is None:
+    raise ValueError("mode 'noise' needs a PRNG key")
+  noise_std = np.zeros((num_layers, num_neurons), np.float32)
+  noise_std[chosen] = sigma
+  if scale is not None:
+    noise_std *= np.asarray(scale, np.float32)
+  return NeuronEdit(jnp.asarray(keep), jnp.asarray(add), jnp.asarray(noise_std),
+                    jax.random.split(key, num_layers))

@@ -41,7 +41,7 @@ STAGE_SECTIONS = {
 }
 # Keys that change how a stage logs and checkpoints, never what it computes.
 NEUTRAL_KEYS = {"train": ("log_every", "checkpoint_every", "max_to_keep", "async_checkpoint"),
-                "find": ("checkpoint_every",)}
+                "find": ("checkpoint_every",), "verify": ("edits_per_pass",)}
 # What each stage writes into the run directory (with seeds, train also writes the seed dirs).
 OUTPUTS = {
     "train": ("train_config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",

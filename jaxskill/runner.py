@@ -167,8 +167,10 @@ class JsonlLog:
   so an interruption loses at most the step under way. Lines of another `fingerprint` (another
   configuration's results) and lines cut short are ignored."""
 
-  def __init__(self, path: Path, keys: list[str], fingerprint: str):
-    self.path, self.keys, self.fingerprint = path, keys, fingerprint
+  def __init__(self, path: Path, keys: list[str | list[str]], fingerprint: str):
+    """keys: each step's result key, or its list of keys (a step that finishes several)."""
+    self.path, self.fingerprint = path, fingerprint
+    self.keys = [[k] if isinstance(k, str) else list(k) for k in keys]
     self.recorded: set[str] = set()
 
   def restore(self) -> dict:
@@ -195,12 +197,10 @@ class JsonlLog:
     return True
 
   def save(self, done: int, state: dict) -> None:
-    """Appends step `done`'s result (`state[keys[done - 1]]`) unless it was restored."""
-    key = self.keys[done - 1]
-    if key in self.recorded:  # restored, not run again
-      return
-    self.recorded.add(key)
-    if sharding.is_writer():
+    """Appends step `done`'s results (`state[key]` for its keys) but those restored."""
+    new = [key for key in self.keys[done - 1] if key not in self.recorded]
+    self.recorded.update(new)
+    if new and sharding.is_writer():
       with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"key": key, "fingerprint": self.fingerprint,
-                            "result": state[key]}) + "\n")
+        f.write("".join(json.dumps({"key": key, "fingerprint": self.fingerprint,
+                                    "result": state[key]}) + "\n" for key in new))

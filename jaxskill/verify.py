@@ -36,14 +36,26 @@ METRICS = ("correct", "confidence", "loss", "margin")  # per example, from forwa
 PER_EXAMPLE = "correct_per_example"  # an evaluation's correctness `[n]`, in the progress log
 
 
-def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer):
+def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer,
+                    resume=None):
   """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention). The noise
-  key is folded with the batch index so that batches get independent noise."""
+  key is folded with the batch index so that batches get independent noise. resume: (layer,
+  residual) to run the layers from `layer` on alone (see `forward.prompted_apply`)."""
   if edit is not None:
     edit = edit.fold_in(batch_index)
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit)
-  values = forward.metrics(out.logits, batch, kind, verbalizer)
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit, resume=resume)
+  values = forward.metrics(out.logits, out.batch, kind, verbalizer)
   return jnp.stack([values[m] for m in METRICS], axis=1)
+
+
+def edits_metrics(prompt, params, batch, residual, edits, batch_index, *, layer: int, **kw):
+  """`[e, b, len(METRICS)]`: `example_metrics` under each of the stacked `edits` (leading axis
+  e, `interventions.stack`) in one call, all leaving the layers below `layer` alone: each runs
+  layers [layer, l) from `residual` (`forward.residual_at`, computed once for all of them)."""
+  def one(edit):
+    return example_metrics(prompt, params, batch, edit, batch_index, resume=(layer, residual),
+                           **kw)
+  return jax.vmap(one)(edits)
 
 
 MEAN_OVER = ("inputs", "site", "all")
@@ -205,22 +217,29 @@ def verify(config, *, progress: bool = True) -> dict:
   neuron = _neuron_stats(config, setup, runner, prompt, params) if needs_stats else {}
   c = setup.model.config
   jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
-  job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [key for key, _ in jobs],
+  specs, passes = dict(jobs), _passes(jobs, vc.edits_per_pass)
+  how = {k: v for k, v in to_dict(vc).items() if k != "edits_per_pass"}  # same results for any
+  job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [keys for _, keys in passes],
                      _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
-                                  corr_path.read_bytes(), to_dict(vc), to_dict(config.task)))
+                                  corr_path.read_bytes(), how, to_dict(config.task)))
 
-  def job(i: int, finished: dict, saving: bool) -> tuple[dict, None]:
-    """Evaluates job i unless a resumed run finished it; finished: {job key: its results}."""
-    key, spec = jobs[i]
-    if key not in finished:
-      edit = None if spec is None else runner.replicate(interventions.neuron_edit(
-          c.num_hidden_layers, c.intermediate_size, spec[1], spec[0], sigma=vc.sigma,
-          mean=neuron.get("mean"),
-          scale=neuron.get("std") if vc.noise_scale == "neuron_std" else None,
-          key=jax.random.PRNGKey(vc.seed * 1000 + spec[2]) if spec[0] == "noise" else None))
-      finished = {**finished, key: evaluate(edit)}
+  def make_edit(spec):
+    mode, neurons, draw = spec
+    return interventions.neuron_edit(
+        c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma,
+        mean=neuron.get("mean"), scale=neuron.get("std") if vc.noise_scale == "neuron_std" else None,
+        key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None)
+
+  def run_pass(i: int, finished: dict, saving: bool) -> tuple[dict, None]:
+    """Evaluates pass i unless a resumed run has all its jobs; finished: {job key: results}.
+    A pass is run whole even when some of its jobs are done, so that every job is computed by
+    the same program (and rounded the same) as in an uninterrupted run."""
+    layer, keys = passes[i]
+    if any(key not in finished for key in keys):
+      edits = [None if specs[key] is None else make_edit(specs[key]) for key in keys]
+      finished = {**dict(zip(keys, evaluate(edits, layer))), **finished}
     return finished, None
-  results_by_key = runner.loop(job, job_log.restore(), total=len(jobs), desc="verify",
+  results_by_key = runner.loop(run_pass, job_log.restore(), total=len(passes), desc="verify",
                                progress=progress, checkpoints=job_log)
   results = _results(vc, results_by_key, ranked_by, random_sets, skipped, n=n,
                      prompt=prompt_run.run_dir / "prompt_best.npy")
@@ -229,22 +248,61 @@ def verify(config, *, progress: bool = True) -> dict:
   return results
 
 
+def _passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
+  """The jobs in passes over the split: [(layer, job keys)]. layer None: one job, the whole
+  forward (the baseline; every job when per_pass is 1, the reference path). Otherwise up to
+  `per_pass` jobs whose lowest perturbed layer is `layer` and that all add noise or none (one
+  structure, to be stacked), sizes balanced so that a group compiles at most two shapes;
+  ordered by layer, so that the residuals cached per layer are needed one layer at a time."""
+  if per_pass == 1:
+    return [(None, [key]) for key, _ in jobs]
+  groups: dict[tuple[int, bool], list[str]] = {}
+  for key, spec in jobs:
+    if spec is not None:
+      groups.setdefault((min(layer for layer, _ in spec[1]), spec[0] == "noise"), []).append(key)
+  passes = [(None, [key]) for key, spec in jobs if spec is None]
+  for (layer, _), keys in sorted(groups.items()):
+    parts = -(-len(keys) // per_pass)
+    passes += [(layer, [str(key) for key in part]) for part in np.array_split(keys, parts)]
+  return passes
+
+
 def _evaluator(config, setup, runner: Runner, prompt, params):
-  """(evaluate(edit) -> `summarize` of the verify split with `edit`, number of examples)."""
+  """(evaluate(edits, layer) -> [`summarize` of the verify split under each edit], number of
+  examples). layer None: one edit (or None) through the whole forward; else edits that leave
+  the layers below `layer` alone, run together from the residual entering it, which is
+  computed once per batch and kept while the passes of that layer run."""
   vc = config.verify
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
-  metrics_fn = jax.jit(functools.partial(example_metrics, model=setup.model,
-                                         kind=setup.task.kind,
-                                         verbalizer=jnp.asarray(setup.verbalizer)),
+  kw = dict(model=setup.model, kind=setup.task.kind, verbalizer=jnp.asarray(setup.verbalizer))
+  metrics_fn = jax.jit(functools.partial(example_metrics, **kw), out_shardings=runner.replicated)
+  batched_fn = jax.jit(functools.partial(edits_metrics, **kw), static_argnames="layer",
                        out_shardings=runner.replicated)
+  residual_fn = jax.jit(functools.partial(forward.residual_at, setup.model),
+                        static_argnames="layer")
   batches = list(runner.batches(encoded))  # placed once, run under every edit
+  residuals: dict[int, list] = {}
 
-  def evaluate(edit) -> dict:
-    rows = np.concatenate([np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
-                           for i, (b, v) in enumerate(batches)])
+  def rows_under(edits: list, layer: int | None) -> np.ndarray:
+    """`[e, n, len(METRICS)]` over the real rows of every batch."""
+    if layer is None:
+      (edit,) = edits
+      edit = None if edit is None else runner.replicate(edit)
+      return np.concatenate([np.asarray(metrics_fn(prompt, params, b, edit, i))[v]
+                             for i, (b, v) in enumerate(batches)])[None]
+    if layer not in residuals:  # a new layer's group: the last one's residuals are let go
+      residuals.clear()
+      residuals[layer] = [residual_fn(params, prompt, b, layer=layer) for b, _ in batches]
+    stacked = runner.replicate(interventions.stack(edits))
+    return np.concatenate([np.asarray(batched_fn(prompt, params, b, r, stacked, i,
+                                                 layer=layer))[:, v]
+                           for i, ((b, v), r) in enumerate(zip(batches, residuals[layer]))], 1)
+
+  def evaluate(edits: list, layer: int | None) -> list[dict]:
     # Per example, for the bootstrap over examples (kept in verify_progress.jsonl only).
-    return {**summarize(rows, groups), PER_EXAMPLE: rows[:, 0].tolist()}
+    return [{**summarize(rows, groups), PER_EXAMPLE: rows[:, 0].tolist()}
+            for rows in rows_under(edits, layer)]
   return evaluate, len(encoded)
 
 

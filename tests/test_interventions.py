@@ -119,8 +119,52 @@ def test_edits_compose_and_vmap_like_separate_runs(hf_checkpoint):
                                atol=600 * np.finfo(np.float32).eps * 0.5, rtol=0)
   # keep/add composed by hand: a -> (a k1 + d1) k2 + d2
   e1, e2 = edits
-  by_hand = NeuronEdit(e1.keep * e2.keep, e1.add * e2.keep + e2.add,
-                       jnp.zeros_like(e1.keep), e1.key)
+  assert e1.noise_std is None and e1.key is None  # zero and mean draw no noise
+  by_hand = NeuronEdit(e1.keep * e2.keep, e1.add * e2.keep + e2.add)
   np.testing.assert_array_equal(np.asarray(logits(Chain((e1, e2)))),
                                 np.asarray(logits(by_hand)))
   assert np.abs(np.asarray(logits(Chain((e1, e2)))) - np.asarray(logits(e1))).max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean", "noise"])
+def test_resuming_at_the_lowest_edited_layer_equals_the_whole_forward(hf_checkpoint, mode):
+  """`forward.residual_at` + `prompted_apply(resume=...)`, vmapped over edits whose neurons lie
+  at or above layer L (what verify runs), against each edit's whole forward, in float64 (the
+  two paths are the same arithmetic on other program shapes: a few eps64 of |logits|), with
+  a prompt inserted and left padding; MHA and GQA."""
+  from jaxskill import forward
+  from jaxskill.batch import Batch
+  from jaxskill.interventions import stack
+  for kv_heads in (6, 2):
+    _, path = hf_checkpoint(layers=3, heads=6, kv_heads=kv_heads)
+    with jax.enable_x64(True):
+      model, params = jaxskill.load_model(path, dtype=jnp.float64)
+      c = model.config
+      L, I, b, t = c.num_hidden_layers, c.intermediate_size, 3, 10
+      rng = np.random.default_rng(5)
+      mask = np.ones((b, t), np.int32)
+      mask[0, :3] = 0
+      index = np.full((b, t), -1, np.int32)
+      index[:, 4:6] = [0, 1]
+      zeros = np.zeros(b, np.int32)
+      batch = jax.tree.map(jnp.asarray, Batch(
+          input_ids=rng.integers(0, c.vocab_size, (b, t)).astype(np.int32),
+          attention_mask=mask, prompt_index=index, answer_pos=zeros + t - 1, label=zeros,
+          targets=np.zeros((b, t), np.int32), loss_mask=np.zeros((b, t), np.int32),
+          input_end=zeros + 4, prompt_start=zeros + 4))
+      prompt = {"embeddings": jnp.asarray(rng.standard_normal((2, c.hidden_size)))}
+      mean = rng.standard_normal((L, I))
+      for start in (1, 2):
+        edits = [neuron_edit(L, I, [(start, j), (L - 1, 2 * j)], mode, mean=mean, sigma=0.5,
+                             key=jax.random.PRNGKey(j)) for j in range(3)]
+
+        def run(edit, resume=None):
+          return forward.prompted_apply(model, params, prompt, batch, kind="generation",
+                                        edit=edit, resume=resume).logits
+        residual = forward.residual_at(model, params, prompt, batch, start)
+        together = jax.vmap(lambda e: run(e, (start, residual)))(stack(edits))
+        for j, edit in enumerate(edits):
+          whole = np.asarray(run(edit))
+          np.testing.assert_allclose(np.asarray(together[j]), whole, rtol=0,
+                                     atol=100 * np.finfo(np.float64).eps * np.abs(whole).max())
+        assert np.abs(np.asarray(together[0] - together[1])).max() > 1e-6  # edits differ

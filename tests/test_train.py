@@ -306,3 +306,36 @@ def test_a_row_plan_without_row_0_keeps_the_layout(data_file, tmp_path):
   assert part.train.present is not None and not part.train.present[0]
   assert part.train.prompt_start[0] == 0 and whole.train.prompt_start[0] > 0  # row 0 not there
   assert part.input_cols == whole.input_cols == int(whole.train.prompt_start[1]) > 0
+
+
+def test_answer_window_logits_equal_every_position(data_file, tmp_path):
+  """Generation computes logits only at the answer's q tokens (`Batch.answer_budget`): every
+  metric and the prompt's gradient are those of the logits at every position."""
+  from jaxskill import forward
+  from jaxskill.train import loss_fn
+  extra = {"task.name": "arithmetic_generation", "task.operations": "plus,minus",
+           "task.digits": "2", "task.n_train": 16, "task.n_dev": 0, "task.n_test": 0,
+           "data.max_length": 32}
+  config = load_config(None, _overrides(data_file, tmp_path, "split", **extra))
+  setup = prepare(config)
+  windowed = jax.tree.map(jnp.asarray, setup.train.batch().rows(np.arange(16)))
+  assert 0 < windowed.answer_budget < windowed.input_ids.shape[1] // 2
+  every = windowed.replace(answer_budget=0)  # the path before the window: all t positions
+  prompt = 0.1 * jax.random.normal(jax.random.PRNGKey(3), (4, H))
+  with jax.enable_x64(True):  # exactness: float64, where both paths round far below 1e-10
+    model, params = jaxskill.load_model(config.model.path, dtype=jnp.float64)
+    p = {"embeddings": jnp.asarray(prompt, jnp.float64)}
+    kw = dict(model=model, kind="generation", verbalizer=jnp.asarray(setup.verbalizer))
+    for cols in (0, setup.input_cols):
+      out = [forward.prompted_apply(model, params, p, b, kind="generation", input_cols=cols)
+             for b in (windowed, every)]
+      assert out[0].logits.shape[1] == windowed.answer_budget
+      assert out[1].logits.shape[1] == windowed.input_ids.shape[1] - cols
+      a, b = (forward.metrics(o.logits, o.batch, "generation", kw["verbalizer"]) for o in out)
+      for name in forward.METRICS:
+        np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), rtol=1e-12,
+                                   atol=1e-12, err_msg=name)
+      grads = [jax.grad(loss_fn, has_aux=True)(p, params, b, input_cols=cols, **kw)[0]
+               for b in (windowed, every)]
+      np.testing.assert_allclose(grads[0]["embeddings"], grads[1]["embeddings"], rtol=0,
+                                 atol=1e-12 * float(np.abs(grads[1]["embeddings"]).max()))

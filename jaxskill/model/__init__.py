@@ -4,8 +4,8 @@ from jaxskill.model.checkpoint import (DEMO_MODEL, CheckpointError, export_hf, l
                                        load_tokenizer, save_converted)
 from jaxskill.model.config import PRESETS, ConfigError, QwenConfig
 from jaxskill.model.decode import greedy_generate
-from jaxskill.model.modules import Qwen2LM, neuron_activations
+from jaxskill.model.modules import Qwen2LM, layer_range, neuron_activations
 
 __all__ = ["DEMO_MODEL", "PRESETS", "CheckpointError", "ConfigError", "QwenConfig", "Qwen2LM",
-           "export_hf", "greedy_generate", "load_model", "load_tokenizer", "neuron_activations",
-           "save_converted"]
+           "export_hf", "greedy_generate", "layer_range", "load_model", "load_tokenizer",
+           "neuron_activations", "save_converted"]

@@ -13,6 +13,7 @@ The block, as in METHOD.md section 1:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -270,6 +271,12 @@ class Qwen2LM(nn.Module):
     _, cache = self._layers(input_ids, inputs_embeds, attention_mask, None, None, None, None)
     return cache
 
+  def hidden(self, inputs_embeds: Array, attention_mask: Array | None = None) -> Array:
+    """The residual stream `[b, t, h]` after this model's layers (before the final norm): with a
+    model of the first L layers (`layer_range`), what enters layer L of the whole one."""
+    x, _ = self._layers(None, inputs_embeds, attention_mask, None, None, None, None)
+    return x
+
   def _layers(self, input_ids, inputs_embeds, attention_mask, position_ids, capture_positions,
               past, neuron_edit):
     """Embedding and the decoder layers: (hidden `[b, t, h]`, cache including these tokens)."""
@@ -294,6 +301,22 @@ class Qwen2LM(nn.Module):
       k = jnp.concatenate([past["k"], k.astype(past["k"].dtype)], axis=2)
       v = jnp.concatenate([past["v"], v.astype(past["v"].dtype)], axis=2)
     return x, {"k": k, "v": v, "mask": jnp.concatenate([past_mask, attention_mask], axis=1)}
+
+
+def layer_range(model: Qwen2LM, params: dict, start: int, stop: int | None = None
+                ) -> tuple[Qwen2LM, dict]:
+  """(model, params) of layers [start, stop) alone, with the embedding, final norm and LM head:
+  fed the residual stream entering layer `start` as `inputs_embeds`, it computes what the whole
+  model computes from there (`hidden` gives that stream from a model of layers [0, start)).
+  The layer params are sliced along their stacked `[l, ...]` axis (no copy outside jit)."""
+  layers = model.config.num_hidden_layers
+  stop = layers if stop is None else stop
+  if not 0 <= start < stop <= layers:
+    raise ValueError(f"layer range [{start}, {stop}) outside the model's {layers} layers")
+  if (start, stop) == (0, layers):
+    return model, params
+  sub = model.clone(config=dataclasses.replace(model.config, num_hidden_layers=stop - start))
+  return sub, {**params, "layers": jax.tree.map(lambda p: p[start:stop], params["layers"])}
 
 
 def neuron_activations(variables: dict) -> Array:
