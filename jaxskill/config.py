@@ -147,20 +147,23 @@ class VerifyConfig:
   noise_scale: str = "neuron_std"  # noise std = sigma x the neuron's std, or sigma (absolute)
   k: int = 10  # the headline number of perturbed neurons
   k_list: tuple[int, ...] = (1, 5, 10, 50)  # dose-response: top-K and random-K for each K
-  random_draws: int = 5  # R random neuron sets, matched to the top-K per layer
+  random_draws: int = 20  # R random neuron sets, matched to the top-K per layer (R >= 19 lets
+  #                        the top-K's empirical p reach 0.05)
   group_by: tuple[str, ...] = ()  # metadata columns: accuracy per combination of their values
   batch_size: int = 32
   # Edits run together in one call (vmapped), from the residual entering their lowest perturbed
   # layer, computed once per batch; memory grows with it. 1: each edit its own whole forward
-  # pass (the reference path). Changes no result (same numbers within float rounding).
-  edits_per_pass: int = 8
+  # pass (the reference path). 0: 2 on a CPU (larger slows down there: the batch of edits no
+  # longer fits the caches; BENCHMARKS.md), 8 on a GPU or TPU. Changes no result (the same
+  # numbers within float rounding).
+  edits_per_pass: int = 0
   seed: int = 0
 
   def __post_init__(self):
     _check(self, sigma=self.sigma > 0, k=self.k >= 1,
            k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
            random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
-           edits_per_pass=self.edits_per_pass >= 1,
+           edits_per_pass=self.edits_per_pass >= 0,
            modes=bool(self.modes) and all(m in interventions.MODES for m in self.modes),
            split=self.split in ("train", "dev", "test"),
            mean_over=self.mean_over in ("inputs", "site", "all"),

@@ -217,9 +217,9 @@ def verify(config, *, progress: bool = True) -> dict:
   neuron = _neuron_stats(config, setup, runner, prompt, params) if needs_stats else {}
   c = setup.model.config
   jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
-  specs, passes = dict(jobs), _passes(jobs, vc.edits_per_pass)
+  specs, plan = dict(jobs), passes(jobs, vc.edits_per_pass or auto_edits_per_pass())
   how = {k: v for k, v in to_dict(vc).items() if k != "edits_per_pass"}  # same results for any
-  job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [keys for _, keys in passes],
+  job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [keys for _, keys in plan],
                      _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
                                   corr_path.read_bytes(), how, to_dict(config.task)))
 
@@ -234,12 +234,12 @@ def verify(config, *, progress: bool = True) -> dict:
     """Evaluates pass i unless a resumed run has all its jobs; finished: {job key: results}.
     A pass is run whole even when some of its jobs are done, so that every job is computed by
     the same program (and rounded the same) as in an uninterrupted run."""
-    layer, keys = passes[i]
+    layer, keys = plan[i]
     if any(key not in finished for key in keys):
       edits = [None if specs[key] is None else make_edit(specs[key]) for key in keys]
       finished = {**dict(zip(keys, evaluate(edits, layer))), **finished}
     return finished, None
-  results_by_key = runner.loop(run_pass, job_log.restore(), total=len(passes), desc="verify",
+  results_by_key = runner.loop(run_pass, job_log.restore(), total=len(plan), desc="verify",
                                progress=progress, checkpoints=job_log)
   results = _results(vc, results_by_key, ranked_by, random_sets, skipped, n=n,
                      prompt=prompt_run.run_dir / "prompt_best.npy")
@@ -248,7 +248,12 @@ def verify(config, *, progress: bool = True) -> dict:
   return results
 
 
-def _passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
+def auto_edits_per_pass() -> int:
+  """`verify.edits_per_pass` 0: 2 on a CPU, 8 on an accelerator (see VerifyConfig)."""
+  return 2 if jax.default_backend() == "cpu" else 8
+
+
+def passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
   """The jobs in passes over the split: [(layer, job keys)]. layer None: one job, the whole
   forward (the baseline; every job when per_pass is 1, the reference path). Otherwise up to
   `per_pass` jobs whose lowest perturbed layer is `layer` and that all add noise or none (one
@@ -268,19 +273,25 @@ def _passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
 
 
 def _evaluator(config, setup, runner: Runner, prompt, params):
-  """(evaluate(edits, layer) -> [`summarize` of the verify split under each edit], number of
-  examples). layer None: one edit (or None) through the whole forward; else edits that leave
-  the layers below `layer` alone, run together from the residual entering it, which is
-  computed once per batch and kept while the passes of that layer run."""
+  """(`evaluator` of the verify split, its number of examples)."""
   vc = config.verify
   encoded = encoded_split(setup, config, vc.split)
   groups = group_keys(encoded.metadata, vc.group_by, len(encoded)) if vc.group_by else None
-  kw = dict(model=setup.model, kind=setup.task.kind, verbalizer=jnp.asarray(setup.verbalizer))
+  return evaluator(setup.model, setup.task.kind, setup.verbalizer, runner, encoded, prompt,
+                   params, groups), len(encoded)
+
+
+def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, params,
+              groups: np.ndarray | None = None):
+  """evaluate(edits, layer) -> [`summarize` of `encoded` under each edit] (with each example's
+  correctness). layer None: one edit (or None) through the whole forward; else edits that leave
+  the layers below `layer` alone, run together from the residual entering it, which is
+  computed once per batch and kept while the passes of that layer run (`passes`)."""
+  kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(verbalizer))
   metrics_fn = jax.jit(functools.partial(example_metrics, **kw), out_shardings=runner.replicated)
   batched_fn = jax.jit(functools.partial(edits_metrics, **kw), static_argnames="layer",
                        out_shardings=runner.replicated)
-  residual_fn = jax.jit(functools.partial(forward.residual_at, setup.model),
-                        static_argnames="layer")
+  residual_fn = jax.jit(functools.partial(forward.residual_at, model), static_argnames="layer")
   batches = list(runner.batches(encoded))  # placed once, run under every edit
   residuals: dict[int, list] = {}
 
@@ -303,7 +314,7 @@ def _evaluator(config, setup, runner: Runner, prompt, params):
     # Per example, for the bootstrap over examples (kept in verify_progress.jsonl only).
     return [{**summarize(rows, groups), PER_EXAMPLE: rows[:, 0].tolist()}
             for rows in rows_under(edits, layer)]
-  return evaluate, len(encoded)
+  return evaluate
 
 
 def _neuron_stats(config, setup, runner: Runner, prompt, params) -> dict:

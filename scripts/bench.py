@@ -5,6 +5,10 @@ Rows (Qwen1.5-0.5B-shaped model, random weights, float32):
   forward + capture   tokens/s; logits at the captured positions on both sides (same work)
   prompt training     steps/s of one soft-prompt step (jaxskill runs the input columns once
                       without gradients; PyTorch differentiates the whole sequence)
+  verify stage        s, `bench_verify.py shapes`: batched counterfactuals (and one whole
+                      forward per edit) against HF with down_proj pre-hooks, one per edit
+  generation run      s of a tiny skillmix-shaped run (vocabulary 151936) against an older
+                      commit, `bench_generation.py` (where the git history is there)
   statistics          forward + capture + correlation statistics per batch, s (jaxskill: the
                       real discovery loop, host merges every 4 batches); and the share the
                       statistics add on top of that side's forward
@@ -96,6 +100,21 @@ def main(argv=None):
                    ratio=t["forward_plus_stats_s"] / j_total,
                    jax_overhead=j["overhead"], torch_overhead=t["overhead"]))
 
+  # The verify stage (batched counterfactuals against one forward per edit and HF with hooks),
+  # and a tiny skillmix-shaped run against an older commit (needs the git history).
+  v = _child("bench_verify.py", "shapes", "--preset", args.preset, "--sample", "6")["sides"]
+  rows.append(dict(row=f"verify stage, {args.preset} shapes, 64 x 32 tokens, K 1,10,100 x 21 "
+                   "edits, zero + mean, s", jax=v["batched"]["stage_s"],
+                   torch=v["torch"]["stage_s"], ratio=v["torch"]["stage_s"] /
+                   v["batched"]["stage_s"], one_per_pass=v["one-per-pass"]["stage_s"],
+                   jax_peak_mib=v["batched"]["peak_rss_mib"],
+                   torch_peak_mib=v["torch"]["peak_rss_mib"]))
+  if (HERE.parent / ".git").exists():
+    g = _child("bench_generation.py")
+    rows.append(dict(row=f"tiny skillmix-shaped run (vocab 151936), s: this vs {g['baseline']}",
+                     jax=g["new"]["total_s"], old=g["old"]["total_s"], ratio=g["speedup"],
+                     max_loss_diff=g["max_loss_diff"]))
+
   mfu = None
   if _default_backend() != "cpu":  # the accelerator row: jaxskill only (bench_mfu.py)
     mfu = _child("bench_mfu.py", "--iters", str(max(args.iters, 10)), cpu=False)
@@ -107,7 +126,14 @@ def main(argv=None):
         "peak RSS MiB jax / torch |")
   print("|---|---|---|---|---|---|")
   for r in rows:
-    if "jax_overhead" in r:
+    if "one_per_pass" in r:
+      print(f"| {r['row']} | {r['jax']:.1f} (one edit per pass: {r['one_per_pass']:.1f}) | "
+            f"{r['torch']:.1f} | {r['ratio']:.2f}x | | "
+            f"{r['jax_peak_mib']:.0f} / {r['torch_peak_mib']:.0f} |")
+    elif "old" in r:
+      print(f"| {r['row']} | {r['jax']:.1f} | (older jaxskill: {r['old']:.1f}) | "
+            f"{r['ratio']:.2f}x | losses within {r['max_loss_diff']:.1e} | |")
+    elif "jax_overhead" in r:
       extra = (f"statistics add {100 * r['jax_overhead']:.1f}% (jax) / "
                f"{100 * r['torch_overhead']:.1f}% (torch) to the forward")
       print(f"| {r['row']} | {r['jax']:.3f} | {r['torch']:.3f} | {r['ratio']:.2f}x | "

@@ -1,10 +1,13 @@
 """Discovery statistics: (1) their time on top of the capture forward pass, (2) peak memory as
-the number of examples grows tenfold (it must not grow: the data is streamed).
+the number of examples grows tenfold (it must not grow: the data is streamed), (3) the time and
+memory of each permutation of the permutation null.
 
   python scripts/bench_stats.py overhead [--preset qwen1.5-0.5b] [--batch 8] [--seq 64]
                                         [--merge-every 16]
   python scripts/bench_stats.py overhead-torch [...]   # the PyTorch reference of the same
   python scripts/bench_stats.py memory [--preset ...] [--examples 64]   # runs n and 10n
+  python scripts/bench_stats.py permutations [--preset ...] [--permutations 0,5,20]
+                                            [--merge-every 16]   # one subprocess per P
 
 Random weights and random token ids (no download); infix layout with an 8-vector prompt; sites
 prompt + last_input + answer; the 7 built-in metrics of a 2-label classification task.
@@ -18,6 +21,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -30,7 +34,8 @@ from jaxskill import data as data_lib
 from jaxskill.model.config import PRESETS
 from jaxskill.runner import Runner
 from jaxskill.sharding import make_mesh
-from benchlib import random_params, run_info, time_calls
+from benchlib import (peak_rss_mib, random_params, reset_peak_rss, rss_mib, run_info,
+                      time_calls)
 
 PROMPT = 8
 SITES = ("prompt", "last_input", "answer")
@@ -132,6 +137,89 @@ def memory(args):
   return result
 
 
+def permutations_one(args):
+  """One P (`--permutations`, a single number), in a fresh persistent compilation cache (set
+  before the first compile: jax checks it once) that `permutation_run`'s later runs load from."""
+  with tempfile.TemporaryDirectory() as cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    permutation_run(args, int(args.permutations))
+
+
+def permutation_run(args, p):
+  """discover.correlate with p permutations over 2 batches (compiles), then over B and 2B
+  (B = merge_every; from the cache, so their difference over B is the time per batch with one
+  host merge per B). Peaks after the params are built: while streaming (read as
+  `stats.finalize` starts) and overall (finalize's float64 temporaries included)."""
+  config, model, params, prompt = setup(args.preset)
+  probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, PROMPT,
+                        capture.BUILTIN_METRICS)
+  runner, nb = Runner(make_mesh(1), args.batch), args.merge_every
+  base = rss_mib()
+  reset_peak_rss()
+  stream_peaks, finalize = [], discover.stats.finalize
+
+  def finalize_recorded(st):
+    stream_peaks.append(peak_rss_mib())
+    return finalize(st)
+
+  def run(n_batches):
+    part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
+    t0 = time.perf_counter()
+    r, st = discover.correlate(probe, params, prompt, part, runner=runner,
+                               merge_every=nb, permutations=p)
+    return time.perf_counter() - t0, r.shape, st["null_r"].shape
+
+  discover.stats.finalize = finalize_recorded
+  try:
+    t_warm, shape, null_shape = run(2)
+    (t_short, _, _), (t_long, _, _) = run(nb), run(2 * nb)
+  finally:
+    discover.stats.finalize = finalize
+  per_batch = (t_long - t_short) / nb
+  print(json.dumps(dict(
+      permutations=p, metrics=shape[0], features=int(np.prod(shape[1:])),
+      null_shape=list(null_shape), seconds_warm=t_warm, seconds_short=t_short,
+      seconds_long=t_long, seconds_per_batch=per_batch, fixed_s=t_warm - 2 * per_batch,
+      base_rss_mib=base, peak_stream_mib=max(stream_peaks), peak_rss_mib=peak_rss_mib())))
+
+
+def permutations(args):
+  """Each P of `--permutations` in its own subprocess (`permutations_one`), then the increments
+  per permutation from the previous P: time per batch (as % of the first P's), streaming and
+  overall peak (MiB), beside README's estimate of 5 x 8 bytes x m x f host per permutation."""
+  rows = []
+  for p in (int(x) for x in args.permutations.split(",")):
+    out = subprocess.run([sys.executable, __file__, "permutations-one", "--permutations", str(p),
+                          "--preset", args.preset, "--batch", str(args.batch), "--seq",
+                          str(args.seq), "--merge-every", str(args.merge_every)],
+                         capture_output=True, text=True, check=True)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  zero = rows[0]
+  m, f = zero["metrics"], zero["features"]
+  estimate = 5 * 8 * m * f / 2**20
+  print(f"m = {m} metrics, f = {f} features; README estimate 5 x 8 x m x f = {estimate:.1f} MiB "
+        f"host per permutation (+ 3 x 4 x m x f = {12 * m * f / 2**20:.1f} MiB device)")
+  print("Per permutation: from the row above (time as % of the first row's s / batch).")
+  print("| P | s / batch | fixed (compile, state, finalize) | peak streaming | peak overall "
+        "| time / perm | MiB / perm streaming | MiB / perm overall |")
+  print("|---|---|---|---|---|---|---|---|")
+  for prev, row in zip([None, *rows], rows):
+    p = row["permutations"] - prev["permutations"] if prev else 0
+    inc = lambda key: (row[key] - prev[key]) / p if p else float("nan")  # noqa: E731
+    row.update(time_pct_per_perm=100 * inc("seconds_per_batch") / zero["seconds_per_batch"],
+               mib_per_perm_stream=inc("peak_stream_mib"), mib_per_perm=inc("peak_rss_mib"))
+    print(f"| {row['permutations']} | {row['seconds_per_batch']:.3f} s | "
+          f"{row['fixed_s']:.1f} s | {row['peak_stream_mib']:.0f} MiB | "
+          f"{row['peak_rss_mib']:.0f} MiB | {row['time_pct_per_perm']:+.2f}% | "
+          f"{row['mib_per_perm_stream']:.1f} | {row['mib_per_perm']:.1f} |")
+  result = dict(mode="permutations", preset=args.preset, batch=args.batch, seq=args.seq,
+                merge_every=args.merge_every, metrics=m, features=f,
+                estimate_host_mib_per_perm=estimate, runs=rows, **run_info())
+  print(json.dumps(result))
+  return result
+
+
 def overhead_torch(args):
   """The PyTorch reference of `overhead`: HF forward with down_proj hooks gathering the same
   number of positions, then the same sufficient statistics (sums, centred cross-products with
@@ -174,16 +262,21 @@ def overhead_torch(args):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("mode", choices=["overhead", "overhead-torch", "memory", "memory-one"])
+  ap.add_argument("mode", choices=["overhead", "overhead-torch", "memory", "memory-one",
+                                   "permutations", "permutations-one"])
   ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=64)
   ap.add_argument("--examples", type=int, default=64)
   ap.add_argument("--iters", type=int, default=3)
-  ap.add_argument("--merge-every", type=int, default=16, help="overhead: find.merge_every")
+  ap.add_argument("--merge-every", type=int, default=16,
+                  help="overhead, permutations: find.merge_every")
+  ap.add_argument("--permutations", default="0,5,20",
+                  help="permutations: the P to run, comma-separated (the first is the base)")
   args = ap.parse_args(argv)
   return {"overhead": overhead, "overhead-torch": overhead_torch, "memory": memory,
-          "memory-one": memory_one}[args.mode](args)
+          "memory-one": memory_one, "permutations": permutations,
+          "permutations-one": permutations_one}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -79,17 +79,31 @@ def reset_peak_rss() -> None:
     pass  # elsewhere the peak covers the whole process
 
 
-def peak_rss_mib() -> float:
-  """This process's peak resident memory since `reset_peak_rss` (or since it started)."""
+def _status_mib(field: str) -> float | None:
+  """A memory field of /proc/self/status (Linux) in MiB, or None where there is none."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) / 1024  # kB
   except OSError:
     pass
+  return None
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory since `reset_peak_rss` (or since it started)."""
+  peak = _status_mib("VmHWM")
+  if peak is not None:
+    return peak
   import resource
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+  """This process's resident memory now (Linux VmRSS; NaN elsewhere)."""
+  now = _status_mib("VmRSS")
+  return float("nan") if now is None else now
 
 
 def random_params(model, sample_ids, seed: int = 0):

@@ -82,9 +82,10 @@ def corpus(seed: int = 0) -> list[str]:
   return texts
 
 
-def build_tokenizer(vocab_size: int = 600, seed: int = 0):
-  """A `tokenizers.Tokenizer` with Qwen's byte-level BPE pipeline, trained on `corpus()`, with the
-  special tokens appended after the learned vocabulary (ids len(bpe) .. len(bpe) + 2)."""
+def build_tokenizer(vocab_size: int = 600, seed: int = 0, texts: tuple[str, ...] = ()):
+  """A `tokenizers.Tokenizer` with Qwen's byte-level BPE pipeline, trained on `corpus()` and
+  `texts`, with the special tokens appended after the learned vocabulary (ids len(bpe) ..
+  len(bpe) + 2)."""
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
   from tokenizers import processors, trainers
   from tokenizers.models import BPE
@@ -102,7 +103,7 @@ def build_tokenizer(vocab_size: int = 600, seed: int = 0):
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 special_tokens=[])
-  tok.train_from_iterator(corpus(seed), trainer)
+  tok.train_from_iterator(corpus(seed) + list(texts), trainer)
   # Special tokens go after training so they are not in vocab.json and take the last ids, as in
   # Qwen (151643..151645).
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=False,
@@ -210,20 +211,24 @@ def legacy_config(written: dict, *, eos_id: int, theta: float) -> dict:
 
 
 def make_qwen15_like_checkpoint(path, *, layers=2, hidden=48, intermediate=80, heads=6,
-                                kv_heads=2, tied=False, extra_rows=37, seed=0) -> Path:
-  """Writes a tiny random Qwen1.5-layout checkpoint into `path` (created if needed)."""
+                                kv_heads=2, tied=False, extra_rows=37, seed=0,
+                                bpe_vocab: int = 600, texts: tuple[str, ...] = (),
+                                vocab_size: int | None = None) -> Path:
+  """Writes a tiny random Qwen1.5-layout checkpoint into `path` (created if needed): a BPE of
+  `bpe_vocab` tokens trained on `corpus()` and `texts`, and an embedding of `vocab_size` rows
+  (default: the tokenizer's size + `extra_rows`; Qwen1.5's is 151936)."""
   import torch
   from tests.conftest import make_hf_model
 
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  tok = build_tokenizer(seed=seed)
+  tok = build_tokenizer(bpe_vocab, seed=seed, texts=texts)
   ids = _save_tokenizer(tok, path)
   n_tokens = tok.get_vocab_size(with_added_tokens=True)
   eos_id = ids[ENDOFTEXT]
   theta = 1e6
 
-  model = make_hf_model(vocab=n_tokens + extra_rows, hidden=hidden, intermediate=intermediate,
+  model = make_hf_model(vocab=vocab_size or n_tokens + extra_rows, hidden=hidden, intermediate=intermediate,
                         layers=layers, heads=heads, kv_heads=kv_heads, theta=theta, tied=tied,
                         seed=seed, max_position_embeddings=32768, rms_norm_eps=1e-6,
                         initializer_range=0.02, bos_token_id=eos_id, eos_token_id=eos_id)

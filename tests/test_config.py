@@ -112,8 +112,14 @@ def test_yaml_booleans_for_strings_are_refused(tmp_path):
 def test_base_yaml_lists_every_key_with_its_default():
   from pathlib import Path
   from jaxskill.config import RunConfig, to_dict
+  import yaml
   base = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
   assert to_dict(load_config(base)) == to_dict(RunConfig())
+  written = yaml.safe_load(base.read_text())  # every key is there, not left to the default
+  for section, keys in to_dict(RunConfig()).items():
+    assert section in written, section
+    if isinstance(keys, dict):
+      assert set(keys) == set(written[section]), (section, set(keys) ^ set(written[section]))
 
 
 # base_config: a file starts from another (relative to itself) and sets only what differs.

@@ -22,9 +22,10 @@ DEMO_SMALL = ["task.n_train=64", "task.n_dev=16", "task.n_test=32", "train.steps
               "train.batch_size=8", "train.eval_every=3", "find.batch_size=16",
               "verify.k_list=1,4", "verify.k=4", "verify.random_draws=2", "verify.batch_size=16"]
 # The new code's settings for the protocol BASELINE ran (later defaults changed it on purpose:
-# the mean and noise scale of verification); keys BASELINE does not know are given to the new
-# run only, and outputs it adds are left out of the comparison.
-NEW_ONLY = ["verify.mean_over=all", "verify.noise_scale=absolute"]
+# the mean and noise scale of verification) and for its path (one whole forward per edit; the
+# batched path is checked against this one in test_verify_report.py); keys BASELINE does not
+# know are given to the new run only, and outputs it adds are left out of the comparison.
+NEW_ONLY = ["verify.mean_over=all", "verify.noise_scale=absolute", "verify.edits_per_pass=1"]
 CASES = {
     "demo": ["configs/demo.yaml", *DEMO_SMALL],
     "infix_generation": ["configs/base.yaml", "task.name=arithmetic_generation",
