@@ -34,7 +34,8 @@ from jaxskill.model import Qwen2LM, layer_range, neuron_activations
 #   max_prob    the largest probability (verbalizer / first answer token)
 #   margin      gold probability minus the best other one (same distribution as max_prob)
 #   loss        cross-entropy of the gold answer (mean over answer tokens for generation)
-#   correct     1 if the argmax is the gold answer (all answer tokens for generation)
+#   correct     1 if the gold answer has the largest logit (the argmax; generation: at every
+#               answer token, where a tie for the largest counts as right)
 #   entropy     of the same distribution as max_prob
 METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entropy")
 
@@ -131,12 +132,19 @@ def metrics(logits: jax.Array, batch: Batch, kind: str, verbalizer: jax.Array) -
     correct = jnp.argmax(logp, -1) == gold
     label = gold.astype(jnp.float32)
   else:
-    logp_all = jax.nn.log_softmax(logits, axis=-1)  # [b, q, v]
+    # log_softmax at the gold tokens alone, without the `[b, q, v]` array of every token's:
+    # (x_gold - max) - log sum exp(x - max), the terms jax.nn.log_softmax computes. A token is
+    # right when its logit is the largest (the argmax over the vocabulary, a slow variadic
+    # reduce on a CPU, is not needed; only an exact tie between floats can tell them apart).
+    top = jax.lax.stop_gradient(logits.max(-1))  # [b, q]
+    log_sum = jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
+    gold_x = jnp.take_along_axis(logits, batch.targets[..., None], axis=-1)[..., 0]
+    tok = (gold_x - top) - log_sum
     mask = batch.loss_mask.astype(jnp.float32)
-    tok = jnp.take_along_axis(logp_all, batch.targets[..., None], axis=-1)[..., 0]
     gold_logp = (tok * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-    correct = jnp.all((jnp.argmax(logp_all, -1) == batch.targets) | (mask == 0), axis=-1)
-    logp = jnp.take_along_axis(logp_all, batch.answer_pos[:, None, None], axis=1)[:, 0]
+    correct = jnp.all((gold_x >= top) | (mask == 0), axis=-1)
+    first = jnp.take_along_axis(logits, batch.answer_pos[:, None, None], axis=1)[:, 0]
+    logp = jax.nn.log_softmax(first, axis=-1)  # [b, v]: the first answer token's
     label = jnp.full(gold_logp.shape, jnp.nan)
   p = jnp.exp(logp)
   gold_p = jnp.exp(gold_logp)

@@ -225,9 +225,10 @@ def verify(config, *, progress: bool = True) -> dict:
 
   def make_edit(spec):
     mode, neurons, draw = spec
+    scale = neuron.get("std") if vc.noise_scale == "neuron_std" else None
     return interventions.neuron_edit(
         c.num_hidden_layers, c.intermediate_size, neurons, mode, sigma=vc.sigma,
-        mean=neuron.get("mean"), scale=neuron.get("std") if vc.noise_scale == "neuron_std" else None,
+        mean=neuron.get("mean"), scale=scale,
         key=jax.random.PRNGKey(vc.seed * 1000 + draw) if mode == "noise" else None)
 
   def run_pass(i: int, finished: dict, saving: bool) -> tuple[dict, None]:

@@ -65,7 +65,8 @@ class GenerationMetricsTest(chex.TestCase):
     want = {
         "confidence": np.exp(gold_logp), "loss": -gold_logp, "max_prob": p.max(-1),
         "margin": p[np.arange(b), gold_first] - others.max(-1),
-        "correct": np.all((logits.argmax(-1) == targets) | (loss_mask == 0), -1),
+        "correct": np.all((np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+                           == logits.max(-1)) | (loss_mask == 0), -1),
         "entropy": -(p * first).sum(-1)}
     assert want["correct"][1] and not want["correct"].all()  # both cases are exercised
     # Both in float64 from the same logits; a few dozen roundings each: 1e-13 is ~500 eps64.
