@@ -164,8 +164,9 @@ def test_encode_only_some_rows(tokenizer):
   whole = data_lib.encode(task, "train", tokenizer, **kw)
   part = data_lib.encode(task, "train", tokenizer, rows=np.array([1, 4]), **kw)
   assert whole.present is None and part.present.tolist() == [0, 1, 0, 0, 1, 0]
+  assert part.batch().answer_budget == whole.answer_budget > 0  # one layout for every row
   for name, arr in vars(part.batch()).items():
-    if name not in ("valid", "meta"):
+    if name not in ("valid", "meta", "answer_budget"):
       np.testing.assert_array_equal(arr[[1, 4]], getattr(whole, name)[[1, 4]], err_msg=name)
   assert not part.attention_mask[[0, 2, 3, 5]].any()  # never tokenized: all padding
   np.testing.assert_array_equal(part.metadata["i"], np.arange(6))  # no tokenizer needed

@@ -184,24 +184,6 @@ def test_verify_resumes_from_its_progress_log(demo_run):
   assert len(log.read_text().splitlines()) == 2 * len(lines)
 
 
-def _assert_same_results(batched, reference, path="verify.json"):
-  """Equal, but for the float32 metrics of the model's probabilities (confidence, loss, margin:
-  the batched program sums in another order, a few float32 ulps, far below 1e-6 at these
-  magnitudes); accuracies, drops and everything built on the correctness are exact."""
-  if isinstance(reference, dict):
-    assert batched.keys() == reference.keys(), path
-    for key in reference:
-      _assert_same_results(batched[key], reference[key], f"{path}/{key}")
-  elif isinstance(reference, list):
-    assert len(batched) == len(reference), path
-    for i, (x, y) in enumerate(zip(batched, reference)):
-      _assert_same_results(x, y, f"{path}[{i}]")
-  elif isinstance(reference, float) and any(m in path for m in ("confidence", "loss", "margin")):
-    assert batched == pytest.approx(reference, rel=1e-6, abs=1e-6), path
-  else:
-    assert batched == reference, path
-
-
 @pytest.fixture(scope="module")
 def qwen_run(tmp_path_factory):
   """The demo's experiment on a tiny random checkpoint laid out like Qwen1.5 (4 layers, GQA),
@@ -213,29 +195,35 @@ def qwen_run(tmp_path_factory):
   changes = (f"model.path={model}", "verify.k_list=1,4,12", "verify.modes=zero,mean,noise",
              "prompt.placement=infix", "data.max_length=48")
   config = _config(tmp_path_factory.mktemp("runs"), *changes)
-  run(config, until="verify", progress=False)
+  run(config, until="find", progress=False)  # the test verifies, on copies
   return config, changes
 
 
 @pytest.mark.parametrize("which", ["demo", "qwen"])
 def test_batched_verify_equals_one_edit_per_pass(which, demo_run, qwen_run, tmp_path):
   """verify.edits_per_pass=1 (every edit its own whole forward pass) gives the verify.json of
-  the default batched path (edits vmapped, run from their lowest perturbed layer)."""
+  the default batched path (edits vmapped, run from their lowest perturbed layer), each run on
+  its own copy of the trained run."""
   import shutil
   from jaxskill.verify import verify
+  from tests.compare import assert_same_verify
   config, changes = (demo_run[0], ()) if which == "demo" else qwen_run
-  batched = json.loads((config.run_dir / "verify.json").read_text())
   assert config.verify.edits_per_pass == 0 and verify_lib.auto_edits_per_pass() > 1
+  results = {}
+  for per_pass in (0, 1):
+    out = tmp_path / str(per_pass)
+    shutil.copytree(config.run_dir, out / config.name)
+    for name in ("verify.json", "verify_progress.jsonl"):
+      (out / config.name / name).unlink(missing_ok=True)
+    results[per_pass] = verify(_config(out, *changes, f"verify.edits_per_pass={per_pass}"),
+                               progress=False)
+  batched, reference = results[0], results[1]
   if which == "qwen":  # the edits start from more than one layer
     layers = {min(layer for layer, _ in row["random_neurons"][0])
               for sel in batched["selections"].values() for row in sel["modes"]["zero"].values()}
     assert len(layers) > 1, layers
-  shutil.copytree(config.run_dir, tmp_path / config.name)
-  for name in ("verify.json", "verify_progress.jsonl"):
-    (tmp_path / config.name / name).unlink()
-  reference = verify(_config(tmp_path, *changes, "verify.edits_per_pass=1"), progress=False)
-  assert reference.pop("prompt") != batched.pop("prompt")  # the copy's, the same file
-  _assert_same_results(batched, reference)
+  assert reference.pop("prompt") != batched.pop("prompt")  # each copy's own, the same file
+  assert_same_verify(batched, reference)
 
 
 def test_group_by_unknown_column_is_named(demo_run):
