@@ -308,7 +308,8 @@ def layer_range(model: Qwen2LM, params: dict, start: int, stop: int | None = Non
   """(model, params) of layers [start, stop) alone, with the embedding, final norm and LM head:
   fed the residual stream entering layer `start` as `inputs_embeds`, it computes what the whole
   model computes from there (`hidden` gives that stream from a model of layers [0, start)).
-  The layer params are sliced along their stacked `[l, ...]` axis (no copy outside jit)."""
+  The layer params are sliced along their stacked `[l, ...]` axis: inside a jitted call XLA
+  may copy the slice (stop - start layers' weights, against the layers' compute it saves)."""
   layers = model.config.num_hidden_layers
   stop = layers if stop is None else stop
   if not 0 <= start < stop <= layers:
