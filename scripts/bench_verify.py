@@ -263,7 +263,8 @@ def demo(args) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     for e in args.edits.split(","):
       target = Path(tmp) / e
-      shutil.copytree(args.run_dir, target / name)
+      for run in [args.run_dir, *args.run_dir.parent.glob(f"{name}-seed*")]:  # seeds' prompts
+        shutil.copytree(run, target / run.name)
       for f in ("verify.json", "verify_progress.jsonl", "neuron_stats.npz"):
         (target / name / f).unlink(missing_ok=True)
       r = _child(["demo-one", "--run-dir", str(args.run_dir), "--out", str(target),
