@@ -285,22 +285,17 @@ def demo(args) -> dict:
                               for e, r in out.items()}, **run_info())
 
 
-def _same(a, b, path="") -> str:
-  """"yes" when verify.json `a` equals `b` (confidence, loss, margin within 1e-6), else where
-  they first differ."""
-  if isinstance(b, dict):
-    for k in b:
-      if k != "prompt" and (d := _same(a.get(k), b[k], f"{path}/{k}")) != "yes":
-        return d
-    return "yes"
-  if isinstance(b, list):
-    for i, (x, y) in enumerate(zip(a, b)):
-      if (d := _same(x, y, f"{path}[{i}]")) != "yes":
-        return d
-    return "yes" if len(a) == len(b) else path
-  close = (isinstance(b, float) and any(m in path for m in ("confidence", "loss", "margin"))
-           and abs(a - b) <= 1e-6 * max(1.0, abs(b)))
-  return "yes" if a == b or close else f"no ({path}: {a} vs {b})"
+def _same(a: dict, b: dict) -> str:
+  """"yes" when verify.json `a` equals `b` as the tests compare them (tests/compare.py:
+  confidence, loss, margin within 1e-6, the rest exact), else where they first differ."""
+  sys.path.insert(0, str(HERE.parent))
+  from tests.compare import assert_same_verify
+  try:
+    assert_same_verify({k: v for k, v in a.items() if k != "prompt"},
+                       {k: v for k, v in b.items() if k != "prompt"})
+  except AssertionError as e:
+    return f"no ({e})"
+  return "yes"
 
 
 def main(argv=None):
