@@ -89,6 +89,18 @@ class Probe:
     return out.activations, jnp.stack(columns, axis=1)
 
 
+def token_activations(probe: Probe, prompt, params, batch: Batch, layers: jax.Array,
+                      neurons: jax.Array) -> jax.Array:
+  """float32 `[b, t, F]`: the activations of F neurons (neuron `neurons[j]` of layer
+  `layers[j]`) at every position of every row, under the prompt: the report's token-coloured
+  examples. All positions are captured (`[b, l, t, i]` in the model's dtype, for b rows), then
+  the F columns kept."""
+  positions = jnp.broadcast_to(jnp.arange(batch.input_ids.shape[1]), batch.input_ids.shape)
+  out = forward.prompted_apply(probe.model, params, prompt, batch, kind=probe.kind,
+                               capture=positions, logits=False)
+  return jnp.moveaxis(out.activations, 2, 1)[:, :, layers, neurons].astype(jnp.float32)
+
+
 def metadata_columns(metadata: Mapping[str, np.ndarray]) -> list[str]:
   """Numeric metadata columns usable as metrics, as "meta_<column>"."""
   return [f"meta_{k}" for k, v in sorted(metadata.items()) if v.dtype != object]

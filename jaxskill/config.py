@@ -116,6 +116,9 @@ class FindConfig:
   # ... and on this split too (activations_heldout.npz), for verdicts on examples the neurons were
   # not selected on, e.g. the last-digit shortcut; "" = none
   heldout_split: str = "test"
+  # For each report neuron, its top and bottom this many examples of find.split run
+  # again with every position captured: the report's token-coloured examples; 0 = none
+  browser_examples: int = 5
   merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
   # Significance (jaxskill.significance): P seeded within-batch shuffles of every metric, taken
   # as extra metric columns of the same pass (each costs m columns of the [m, f] statistics),
@@ -129,6 +132,7 @@ class FindConfig:
            batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
            top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
            checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0,
+           browser_examples=self.browser_examples >= 0,
            merge_every=self.merge_every >= 1)
 
 

@@ -73,6 +73,19 @@ class Encoded:
                          "(its row plan does not cover them)")
 
 
+def take(encoded: Encoded, idx: np.ndarray) -> Encoded:
+  """The rows `idx` of `encoded` (every one tokenized here, see `Encoded.check_rows`) as an
+  Encoded of their own, in that order."""
+  idx = np.asarray(idx, np.int64)
+  encoded.check_rows(idx, "take: ")
+  rows = {f.name: getattr(encoded, f.name)[idx] for f in dataclasses.fields(Encoded)
+          if isinstance(getattr(encoded, f.name), np.ndarray) and f.name != "present"}
+  truncated = rows.get("truncated")
+  return dataclasses.replace(
+      encoded, **rows, metadata={k: v[idx] for k, v in encoded.metadata.items()}, present=None,
+      n_truncated=0 if truncated is None else int(truncated.sum()))
+
+
 def verbalizer_ids(tokenizer, words: tuple[str, ...]) -> np.ndarray:
   """One token id per verbalizer word; a word that is not a single token is an error."""
   ids = []

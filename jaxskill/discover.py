@@ -8,6 +8,10 @@ Outputs in the run directory:
   summary.json      sites, metrics, counts (NaN metric values excluded), selections, seed overlap
   predictivity.npz  the 2022 baseline for binary classification: dev accuracy of
                     `activation > train mean` per (layer, position, neuron), and |acc - 0.5|
+  activations.npz   the top find.report_neurons of each metric on every example of the split
+                    (activations_heldout.npz: on find.heldout_split), for the report
+  token_activations.npz  those neurons at every token of their top and bottom
+                    find.browser_examples examples: the report's neuron browser
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from jaxskill import data as data_lib
 from jaxskill.config import seed_runs
 from jaxskill.runner import Checkpoints, Runner
 from jaxskill.selection import iou, neuron_scores, top_k, top_p_per_layer
-from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
+from jaxskill.setup import encode_rows, encoded_split, eval_plan, load_prompt, prepare
 
 log = logging.getLogger("jaxskill.discover")
 
@@ -265,6 +269,36 @@ def top_activations(probe: capture.Probe, params, prompt, encoded: data_lib.Enco
   return np.concatenate(out_a), np.concatenate(out_y)
 
 
+def token_examples(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded,
+                   features: list[tuple[int, int, int]], *, runner: Runner) -> np.ndarray:
+  """float32 `[n, t, F]`: the neurons of `features` (layer, position index, neuron; the
+  position index is not used) at every position of every row of `encoded`."""
+  layers, neurons = (jnp.asarray([f[j] for f in features], jnp.int32) for j in (0, 2))
+
+  @functools.partial(jax.jit, out_shardings=runner.replicated)
+  def gather(prompt, params, batch):
+    return capture.token_activations(probe, prompt, params, batch, layers, neurons)
+
+  prompt = runner.replicate(prompt)
+  params, _ = runner.place(params)
+  return np.concatenate([np.asarray(jax.device_get(gather(prompt, params, batch)))[valid]
+                         for batch, valid in runner.batches(encoded)])
+
+
+def token_texts(tokenizer, encoded: data_lib.Encoded) -> np.ndarray:
+  """str `[n, t]`: each token of each row decoded alone, "[P<j>]" for prompt slot j, "" where
+  the attention mask is 0 (padding)."""
+  ids = np.unique(encoded.input_ids[encoded.attention_mask > 0])
+  text = {int(i): tokenizer.decode([int(i)]) for i in ids}
+  out = np.full(encoded.input_ids.shape, "", dtype=object)
+  for (i, j), token in np.ndenumerate(encoded.input_ids):
+    if encoded.prompt_index[i, j] >= 0:
+      out[i, j] = f"[P{encoded.prompt_index[i, j]}]"
+    elif encoded.attention_mask[i, j]:
+      out[i, j] = text[int(token)]
+  return out.astype(str)
+
+
 # --- outputs ----------------------------------------------------------------------------------
 
 def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *,
@@ -398,6 +432,35 @@ class _Find:
           activations=acts, metrics=values, metric_names=np.asarray(self.names),
           position_names=np.asarray(position_names), texts=np.asarray(texts),
           split=np.asarray(split)))
+      if name == "activations.npz":
+        self.save_token_activations(features, acts, prompt)
+
+  def save_token_activations(self, features: list, acts: np.ndarray, prompt) -> None:
+    """token_activations.npz, the report's token-coloured examples: for each feature, its top
+    and bottom find.browser_examples examples of the find split (by `acts` `[n, F]`, its
+    activations there), run again with every position captured: examples `[r]` (the rows' indices
+    in the split), activations float32 `[r, t, F]` (every feature at every position of each row),
+    tokens str `[r, t]` (each id decoded alone; "[P<j>]" for prompt slot j; "" off the mask),
+    attention_mask and prompt_index `[r, t]`, sites int `[r, k]` (the column of each capture
+    site), top and bottom `[F, e]` (example indices, largest / smallest activation first)."""
+    e = min(self.config.find.browser_examples, acts.shape[0])
+    if not e:
+      return
+    top = np.argsort(-acts, axis=0, kind="stable")[:e].T
+    bottom = np.argsort(acts, axis=0, kind="stable")[:e].T
+    rows = np.unique(np.concatenate([top.ravel(), bottom.ravel()]))
+    split = self.config.find.split
+    encoded = encode_rows(seed_runs(self.config)[0], self.setup, split, rows)
+    values = token_examples(self.probe, self.params, prompt, encoded, features,
+                            runner=self.runner)
+    sites = np.asarray(capture.capture_index(encoded.batch(), self.probe.sites,
+                                             self.probe.prompt_length))
+    tokens = token_texts(self.setup.tokenizer, encoded)
+    Runner.write("find: token_activations.npz", lambda: files.save_npz(
+        self.config.run_dir / "token_activations.npz", features=np.asarray(features, np.int32),
+        examples=rows, activations=values, tokens=tokens,
+        attention_mask=encoded.attention_mask, prompt_index=encoded.prompt_index, sites=sites,
+        top=top, bottom=bottom, split=np.asarray(split)))
 
 
 def find(config, *, progress: bool = True) -> dict:

@@ -47,11 +47,11 @@ OUTPUTS = {
     "train": ("train_config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",
               "prompt_best.npy", "train_summary.json"),
     "find": ("correlations.npz", "pvalues.npz", "summary.json", "neurons.csv",
-             "activations.npz", "activations_heldout.npz", "predictivity.npz",
-             "find_checkpoints"),
+             "activations.npz", "activations_heldout.npz", "token_activations.npz",
+             "predictivity.npz", "find_checkpoints"),
     "verify": ("verify.json", "verify_progress.jsonl", "neuron_stats.npz",
                "neuron_mean.npy"),  # neuron_mean.npy: older versions' (removed with the rest)
-    "report": ("report.html",),
+    "report": ("report.html", "neurons.json"),
 }
 
 

@@ -25,30 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from jaxskill import files
+from jaxskill import browser
 from jaxskill.config import load_config
+from jaxskill.densities import kde, metric_groups  # noqa: F401 (kde: part of this module's API)
 from jaxskill.selection import neuron_scores
 
 
 # --- numbers ----------------------------------------------------------------------------------
-
-def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
-  """Gaussian kernel density of `samples` (any shape; non-finite values dropped) on the 1-D
-  `grid`: float64, `grid`'s shape. Silverman's bandwidth 0.9 * min(std, IQR / 1.34) * n^(-1/5)
-  (a point mass gets a small floor width)."""
-  x = np.asarray(samples, np.float64)
-  x = x[np.isfinite(x)]
-  if x.size == 0:
-    return np.zeros_like(grid, dtype=np.float64)
-  iqr = np.subtract(*np.percentile(x, [75, 25]))
-  spread = min(x.std(), iqr / 1.34) if iqr > 0 else x.std()
-  span = np.ptp(grid) if grid.size > 1 else 1.0
-  h = max(0.9 * spread * x.size ** -0.2, 1e-3 * span, 1e-12)
-  z = (grid[:, None] - x[None, :]) / h
-  return np.exp(-0.5 * z * z).sum(1) / (x.size * h * np.sqrt(2 * np.pi))
-
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
   """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney AUC of two 1-D
@@ -59,19 +46,6 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
   greater = (pos[:, None] > neg[None, :]).mean()
   ties = (pos[:, None] == neg[None, :]).mean()
   return float(greater + 0.5 * ties)
-
-
-def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
-  """(label, mask bool `[n]`) groups of examples for a metric's values `[n]` (non-finite ones in
-  no group): one per value when it takes at most 5 values (labels, 0/1 metadata), else tertiles."""
-  finite = np.isfinite(values)
-  distinct = np.unique(values[finite])
-  if distinct.size <= 5:
-    return [(f"{name}={v:g}", finite & (values == v)) for v in distinct]
-  lo, hi = np.quantile(values[finite], [1 / 3, 2 / 3])
-  return [(f"{name} low (< {lo:.3g})", finite & (values < lo)),
-          (f"{name} mid", finite & (values >= lo) & (values < hi)),
-          (f"{name} high (>= {hi:.3g})", finite & (values >= hi))]
 
 
 def _shortcut_groups(activations: dict):
@@ -566,7 +540,11 @@ def report_data(run_dir: str | Path) -> dict:
   activations, heldout = (files.load_npz(run_dir / name) if (run_dir / name).exists() else None
                           for name in ("activations.npz", "activations_heldout.npz"))
   config = run_dir / "config.yaml"
+  neurons = browser.browser_data(run_dir, correlations, summary, results, activations)
   return {"title": run_dir.name,
+          "browser": neurons,
+          "browser_json": None if neurons is None else markupsafe.Markup(
+              browser.script_json(neurons)),
           "training": _training_table(train_summaries(run_dir)),
           "neurons": _neuron_table(summary),
           "verification": _verification(results),
@@ -593,9 +571,14 @@ def render(data: dict) -> str:
 
 
 def report(run_dir: str | Path) -> Path:
-  """Writes the PNGs and report.html into `run_dir`; returns the HTML's path."""
+  """Writes the PNGs, neurons.json (the neuron browser's data) and report.html into `run_dir`;
+  returns the HTML's path."""
   run_dir = Path(run_dir)
   data = report_data(run_dir)
   for figure in data["figures"]:
     files.write_bytes(run_dir / figure.file, figure.png)
+  if data["browser"] is not None:
+    # Compact: half the size of indented JSON, for a file that tools rather than people read.
+    files.write_text(run_dir / "neurons.json", json.dumps(data["browser"], separators=(",", ":"),
+                                                         allow_nan=False) + "\n")
   return files.write_text(run_dir / "report.html", render(data))

@@ -52,15 +52,28 @@ def encode_split(config: RunConfig, task: Task, tokenizer, split: str, budget: i
   """One split in the run's layout; with a row plan, only this process's rows are tokenized."""
   n = len(task.splits.get(split, ()))
   chosen = rows(split, n) if rows is not None and n else None
-  encoded = data_lib.encode(
-      task, split, tokenizer, prompt_length=config.prompt.length,
-      placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos, budget=budget,
-      rows=chosen)
+  encoded = _encode(config, task, tokenizer, split, budget, chosen)
   if chosen is not None:
     log.info("process %d of %d tokenized %d of the %d %s rows (its share)",
              jax.process_index(), jax.process_count(), len(chosen), n, split)
   return encoded
+
+
+def encode_rows(config: RunConfig, setup: "Setup", split: str, rows: np.ndarray
+                ) -> data_lib.Encoded:
+  """The examples `rows` of a split alone, in that order, in the run's layout: every process
+  tokenizes all of them, whatever its share of the split."""
+  return data_lib.take(_encode(config, setup.task, setup.tokenizer, split, setup.budget, rows),
+                       rows)
+
+
+def _encode(config: RunConfig, task: Task, tokenizer, split: str, budget: int,
+            rows: np.ndarray | None) -> data_lib.Encoded:
+  return data_lib.encode(
+      task, split, tokenizer, prompt_length=config.prompt.length,
+      placement=config.prompt.placement, max_length=config.data.max_length,
+      truncation=config.data.truncation, append_eos=config.data.append_eos, budget=budget,
+      rows=rows)
 
 
 def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:

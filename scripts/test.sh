@@ -10,6 +10,30 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+# The browser test (tests/test_browser.py) drives Debian's chromium through its chromedriver; it
+# skips without them, except under CI=true, where it fails. Installed once, as root or by sudo.
+# The paths that the test starts (scripts/screenshot_report.py), not any chromium on PATH.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt=()
+  if [ "$(id -u)" = 0 ]; then
+    apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+  elif command -v sudo >/dev/null; then
+    apt=(sudo -n env DEBIAN_FRONTEND=noninteractive apt-get)  # -n: fail rather than ask
+  fi
+  if [ ${#apt[@]} -gt 0 ]; then
+    aptlog=$(mktemp)
+    install=("${apt[@]}" install -y -q --no-install-recommends chromium chromium-driver)
+    # A fresh image has no package lists (and old ones name removed versions): update only then.
+    if ! "${install[@]}" >"$aptlog" 2>&1 \
+        && ! { "${apt[@]}" update -q && "${install[@]}"; } >"$aptlog" 2>&1; then
+      echo "scripts/test.sh: could not install chromium and chromium-driver:" >&2
+      tail -n 20 "$aptlog" >&2
+    fi
+    rm -f "$aptlog"
+  else
+    echo "scripts/test.sh: no chromium/chromedriver and no root or sudo to install them" >&2
+  fi
+fi
 log=$(mktemp)
 set +e
 .venv/bin/python -m pytest -q "$@" 2>&1 | tee "$log"

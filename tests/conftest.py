@@ -49,3 +49,12 @@ def hf_checkpoint(tmp_path_factory):
     return cache[key]
 
   return build
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+  """(config, stages): the demo's pipeline run once, small (tests/demo_small.py), all stages."""
+  from jaxskill.pipeline import run
+  from tests.demo_small import small_demo_config
+  config = small_demo_config(tmp_path_factory.mktemp("runs"))
+  return config, run(config, progress=False)

@@ -14,28 +14,9 @@ import pytest
 from jaxskill import report as report_lib
 from jaxskill import selection
 from jaxskill import verify as verify_lib
-from jaxskill.config import load_config
 from jaxskill.pipeline import run
 
-OVERRIDES = ["task.n_train=64", "task.n_dev=16", "task.n_test=48", "train.steps=4",
-             "train.batch_size=8", "train.eval_every=2", "find.batch_size=16",
-             "verify.k_list=1,4", "verify.k=4", "verify.random_draws=3", "verify.batch_size=16",
-             "verify.group_by=correct,last_digit_only",
-             "find.metrics=label,confidence,meta_last_digit_only,meta_candidate_last_digit_correct"]
-
-
-def _config(out_dir, *changes):
-  """configs/demo.yaml made small, with `changes` ("key=value") replacing the same keys."""
-  keys = {c.split("=")[0] for c in changes}
-  kept = [o for o in OVERRIDES if o.split("=")[0] not in keys]
-  return load_config("configs/demo.yaml", kept + [f"out_dir={out_dir}", *changes])
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-  config = _config(tmp_path_factory.mktemp("runs"))
-  stages = run(config, progress=False)
-  return config, stages
+from tests.demo_small import small_demo_config as _config
 
 
 def test_random_draws_match_layer_counts_and_avoid_the_top_neurons():
