@@ -254,3 +254,25 @@ def test_neuron_in_the_url_opens_its_panel_at_load(driver, run_dir, data):
   assert "No token-level activations kept for this neuron" in panel.text
   assert driver.execute_script("return arguments[0].querySelectorAll('span.tok').length",
                                panel) == 0
+
+
+def test_text_from_the_run_stays_text(driver, run_dir, data, tmp_path):
+  """A token that holds markup (an input can hold any text) is shown as that text: it cannot end
+  the data's script element, nor become an element of the page."""
+  import markupsafe
+  from jaxskill import browser as browser_data
+  evil = "</script><img id=injected src=x onerror=\"document.title='owned'\">&amp;"
+  top = _top(data)
+  page_data = report_lib.report_data(run_dir)
+  panel = page_data["browser"]["panels"][top["id"]]
+  example = page_data["browser"]["examples"][panel["top"][0]["example"]]
+  example["tokens"][0] = evil
+  page_data["browser_json"] = markupsafe.Markup(browser_data.script_json(page_data["browser"]))
+  (tmp_path / "report.html").write_text(report_lib.render(page_data))
+  _load(driver, browser.report_url(tmp_path, top["id"]))
+  shown = browser.wait_panel(driver, top["id"])
+  assert driver.execute_script("return document.getElementById('injected')") is None
+  assert driver.title != "owned"
+  first = driver.execute_script(
+      "return arguments[0].querySelector('div.example span.tok').textContent", shown)
+  assert first == evil
