@@ -726,6 +726,27 @@ def test_rope_theta_spellings():
   assert "disagrees" in msg
 
 
+# Qwen2.5-0.5B's config.json as published on the hub (Qwen/Qwen2.5-0.5B): the same qwen2 block
+# as Qwen1.5, with GQA 14/2, a tied head, and fields Qwen1.5's files lack (use_mrope).
+QWEN25_05B = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24,
+    "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1", "use_cache": True, "use_mrope": False,
+    "use_sliding_window": False, "vocab_size": 151936}
+
+
+def test_qwen25_config_is_read_and_mrope_refused():
+  c = QwenConfig.from_hf_dict(QWEN25_05B)
+  assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (14, 2, 64)
+  assert c.tie_word_embeddings and c.intermediate_size == 4864
+  with pytest.raises(ConfigError, match="use_mrope"):
+    QwenConfig.from_hf_dict({**QWEN25_05B, "use_mrope": True}, source="vl/config.json")
+
+
 def test_from_hf_dict_defaults_match_transformers():
   """Optional fields left out read as transformers' Qwen2Config reads them (rope_theta, which
   transformers would default, is required here)."""

@@ -162,6 +162,7 @@ _HANDLED = set(_REQUIRED) | {
     "model_type", "num_key_value_heads", "rope_theta", "rope_parameters", "rope_scaling",
     "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "head_dim", "hidden_act",
     "use_sliding_window", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id",
+    "use_mrope",
 }
 # Present in real Qwen1.5 / transformers-written configs, and irrelevant to a frozen forward
 # pass: training-time settings, bookkeeping, and sliding-window sizes that only apply when
@@ -193,6 +194,9 @@ def _check_supported(d: dict[str, Any], source: str) -> None:
   if unknown:
     _fail(source, f"unsupported field(s) {unknown}; jaxskill refuses attributes it does not "
           "implement so that a checkpoint never converts into a silently different model")
+  if d.get("use_mrope"):  # Qwen2.5 text checkpoints write it, false
+    _fail(source, "field 'use_mrope' is true; multimodal rotary embeddings (Qwen2-VL) are not "
+          "supported")
   if d.get("use_sliding_window"):
     _fail(source, "field 'use_sliding_window' is true; sliding-window attention is not "
           "supported (no Qwen1.5 checkpoint uses it)")
