@@ -1,10 +1,12 @@
-"""jaxskill: find the skill neurons of Qwen1.5 language models in JAX/Flax."""
+"""jaxskill: find the skill neurons of Qwen1.5 (and Qwen2.5, Qwen3, Llama, Mistral) language
+models in JAX/Flax."""
 
-from jaxskill.model import (DEMO_MODEL, PRESETS, CheckpointError, ConfigError, QwenConfig, Qwen2LM,
-                            export_hf, greedy_generate, load_model, load_tokenizer,
-                            neuron_activations, save_converted)
+from jaxskill.model import (DEMO_MODEL, FAMILIES, PRESETS, CausalLM, CheckpointError,
+                            ConfigError, ModelConfig, Qwen2LM, QwenConfig, export_hf,
+                            greedy_generate, load_model, load_tokenizer, neuron_activations,
+                            save_converted)
 
 __version__ = "0.1.0"
-__all__ = ["DEMO_MODEL", "PRESETS", "CheckpointError", "ConfigError", "QwenConfig", "Qwen2LM",
-           "export_hf", "greedy_generate", "load_model", "load_tokenizer", "neuron_activations",
-           "save_converted"]
+__all__ = ["DEMO_MODEL", "FAMILIES", "PRESETS", "CausalLM", "CheckpointError", "ConfigError",
+           "ModelConfig", "Qwen2LM", "QwenConfig", "export_hf", "greedy_generate", "load_model",
+           "load_tokenizer", "neuron_activations", "save_converted"]

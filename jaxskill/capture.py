@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxskill import forward
 from jaxskill.batch import Batch
-from jaxskill.model import Qwen2LM
+from jaxskill.model import CausalLM
 
 SITES = ("prompt", "last_input", "answer")
 BUILTIN_METRICS = forward.METRICS
@@ -69,7 +69,7 @@ class Probe:
   verbalizer token ids `[c]`), the sites whose activations are read, and the metrics, in order
   (built-in names, "meta_<column>" of the batch's metadata, or names of `custom` functions).
   Calling it runs one batch (see `__call__`)."""
-  model: Qwen2LM
+  model: CausalLM
   kind: str
   verbalizer: jax.Array
   sites: tuple[str, ...]

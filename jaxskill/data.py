@@ -1,11 +1,15 @@
 """Examples -> fixed-shape token arrays with soft-prompt slots, and the batch stream.
 
 Every row has `max_length` tokens, so one compiled step serves every batch. Layout:
-  infix:  [pad][input][prompt x P][answer][pad]   (the prompt sees the input: METHOD.md section 3)
-  prefix: [prompt x P][input][answer][pad]
+  infix:  [pad][special][input][prompt x P][answer][pad]   (the prompt sees the input: METHOD.md
+          section 3)
+  prefix: [special][prompt x P][input][answer][pad]
+[special] is what the tokenizer puts before a text when it adds special tokens (`special_prefix`:
+the BOS of Llama and Mistral tokenizers, nothing for Qwen's). It is the first real token of every
+row, before the prompt too: those models were trained with it there and attend to it as a sink.
 Infix inputs are right-aligned to column W = max_length - P - answer_budget, so the prompt starts
-at column W in every row: the input columns [0, W) then do not depend on the prompt and can be
-run once without gradients (`jaxskill.train` does).
+at column W in every row: the columns [0, W) (special tokens and input) then do not depend on the
+prompt and can be run once without gradients (`jaxskill.train` does).
 Classification rows stop before the answer: the logits at `answer_pos` (the last token before the
 answer) are read at the verbalizer tokens. Generation rows hold the answer tokens, and the loss is
 the next-token loss on them only (`loss_mask`).
@@ -109,6 +113,21 @@ def pad_id(tokenizer) -> int:
   return 0
 
 
+def special_prefix(tokenizer) -> list[int]:
+  """The ids the tokenizer puts before a text when it adds special tokens: [bos] for Llama and
+  Mistral tokenizers, [] for Qwen's. Read off a probe text, encoded with and without them; what
+  follows the text (an eos some tokenizers append) is not part of it."""
+  probe = "0"
+  plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+  full = list(tokenizer(probe)["input_ids"])
+  for start in range(len(full) - len(plain) + 1):
+    if full[start:start + len(plain)] == plain:
+      return [int(tid) for tid in full[:start]]
+  raise TaskError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: {probe!r} encodes to "
+                  f"{plain} without special tokens but {full} with them, which does not contain "
+                  "it; cannot tell which special tokens go before a text")
+
+
 def _answer_ids(task: Task, tokenizer, answer: str, append_eos: bool) -> list[int]:
   if task.kind == "classification":
     return []  # the answer is read from the logits before it, not fed
@@ -142,10 +161,12 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
   out["label"] = np.full(n, -1, np.int32)
   if budget is None:
     budget = answer_budget(task, tokenizer, append_eos)
-  width = t - P - budget  # room for the input
+  special = special_prefix(tokenizer)
+  width = t - P - budget - len(special)  # room for the input
   if width < 1:
-    raise TaskError(f"task '{task.name}': prompt ({P}) + the longest answer ({budget} tokens) "
-                    f"leave no room for the input in data.max_length={t}")
+    extra = f" + {len(special)} special tokens {special}" if special else ""
+    raise TaskError(f"task '{task.name}': prompt ({P}) + the longest answer ({budget} tokens)"
+                    f"{extra} leave no room for the input in data.max_length={t}")
   if task.kind == "classification":
     out["label"][:] = [ex.label for ex in examples]
   present = None
@@ -165,7 +186,7 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
                         " raise max_length or set data.truncation=left|right")
       inp = inp[len(inp) - width:] if truncation == "left" else inp[:width]
       truncated[i] = True
-    _fill_row(out, i, inp, answer, placement=placement, width=width, P=P, pad=pad)
+    _fill_row(out, i, special, inp, answer, placement=placement, width=width, P=P, pad=pad)
   return Encoded(**out, metadata=_columns(examples), n_truncated=int(truncated.sum()),
                  present=present, truncated=truncated, answer_budget=budget)
 
@@ -182,20 +203,22 @@ def _split_examples(task: Task, split: str, placement: str) -> tuple:
   return task.splits[split]
 
 
-def _fill_row(out: dict, i: int, inp: list[int], answer: list[int], *, placement: str,
-              width: int, P: int, pad: int) -> None:
-  """Writes row i of `out` (the arrays of `Encoded`) in the layout of the module docstring."""
+def _fill_row(out: dict, i: int, special: list[int], inp: list[int], answer: list[int], *,
+              placement: str, width: int, P: int, pad: int) -> None:
+  """Writes row i of `out` (the arrays of `Encoded`) in the layout of the module docstring.
+  `width`: the room for the input (the special tokens not counted)."""
+  S = len(special)
   if placement == "infix":
-    lead = width - len(inp)  # left padding: the prompt starts at column `width` in every row
-    tokens = [pad] * lead + inp + [pad] * P + answer
-    index = [-1] * width + list(range(P)) + [-1] * len(answer)
+    lead = width - len(inp)  # left padding: the prompt starts at column S + width in every row
+    tokens = [pad] * lead + special + inp + [pad] * P + answer
+    index = [-1] * (S + width) + list(range(P)) + [-1] * len(answer)
     mask = [0] * lead + [1] * (len(tokens) - lead)
-    out["prompt_start"][i], out["input_end"][i] = width, width
+    out["prompt_start"][i], out["input_end"][i] = S + width, S + width
   else:
-    tokens = [pad] * P + inp + answer
-    index = list(range(P)) + [-1] * (len(inp) + len(answer))
+    tokens = special + [pad] * P + inp + answer
+    index = [-1] * S + list(range(P)) + [-1] * (len(inp) + len(answer))
     mask = [1] * len(tokens)
-    out["prompt_start"][i], out["input_end"][i] = 0, P + len(inp)
+    out["prompt_start"][i], out["input_end"][i] = S, S + P + len(inp)
   L = len(tokens)
   before_answer = L - len(answer) - 1
   out["answer_pos"][i] = before_answer

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxskill import prompt as prompt_lib
 from jaxskill.batch import Batch
-from jaxskill.model import Qwen2LM, layer_range, neuron_activations
+from jaxskill.model import CausalLM, layer_range, neuron_activations
 
 # The built-in per-example metrics of `metrics` (NaN where undefined), which discovery offers:
 #   label       the external label (classification)
@@ -48,14 +48,14 @@ class Output(NamedTuple):
   # `[b, q]` (or the columns from `input_cols` on, `[b, t - input_cols]`, when q is unknown)
 
 
-def prompted_embeds(model: Qwen2LM, params, prompt, batch: Batch) -> jax.Array:
+def prompted_embeds(model: CausalLM, params, prompt, batch: Batch) -> jax.Array:
   """The model's input `[b, t, h]`: the batch's token embeddings with the prompt vectors in
   their slots (`prompt_index`)."""
   embeds = model.apply({"params": params}, batch.input_ids, method=model.embed)
   return prompt_lib.insert_prompt(embeds, prompt, batch.prompt_index)
 
 
-def residual_at(model: Qwen2LM, params, prompt, batch: Batch, layer: int) -> jax.Array:
+def residual_at(model: CausalLM, params, prompt, batch: Batch, layer: int) -> jax.Array:
   """The residual stream `[b, t, h]` entering `layer` (0: the prompted embeddings), with no
   intervention: what every edit that leaves layers [0, layer) alone shares, and
   `prompted_apply(..., resume=(layer, it))` continues from."""
@@ -66,7 +66,7 @@ def residual_at(model: Qwen2LM, params, prompt, batch: Batch, layer: int) -> jax
   return sub.apply({"params": sub_params}, embeds, batch.attention_mask, method=sub.hidden)
 
 
-def prompted_apply(model: Qwen2LM, params, prompt, batch: Batch, *, kind: str,
+def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str,
                    capture: jax.Array | None = None, edit: Callable | None = None,
                    input_cols: int = 0, logits: bool = True,
                    resume: tuple[int, jax.Array] | None = None) -> Output:

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from jaxskill import data as data_lib
 from jaxskill import files, sharding
 from jaxskill.config import RunConfig
-from jaxskill.model import Qwen2LM, load_model, load_tokenizer
+from jaxskill.model import CausalLM, load_model, load_tokenizer
 from jaxskill.tasks import Task, TaskError, build_task
 
 log = logging.getLogger("jaxskill.setup")
@@ -30,7 +30,7 @@ RowPlan = Callable[[str, int], np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What a run builds from its config before training: model, data and task."""
-  model: Qwen2LM
+  model: CausalLM
   params: Any
   tokenizer: Any
   task: Task

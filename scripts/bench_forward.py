@@ -27,7 +27,7 @@ from benchlib import (finish, parser, random_params, reset_peak_rss, run_info,
 
 def bench_jax(config, ids, capture, logits_mode, iters, dtype, unroll):
   dtype = jnp.dtype(dtype)
-  model = jaxskill.Qwen2LM(config, dtype=dtype, param_dtype=dtype, scan_unroll=unroll)
+  model = jaxskill.CausalLM(config, dtype=dtype, param_dtype=dtype, scan_unroll=unroll)
   params = random_params(model, ids[:, :8])
   reset_peak_rss()
   logits_pos = capture if logits_mode == "captured" else None

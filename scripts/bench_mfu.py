@@ -37,7 +37,7 @@ def main(argv=None):
   ap.add_argument("--json", help="append the result as one JSON line to this file")
   args = ap.parse_args(argv)
   config = PRESETS[args.preset]
-  model = jaxskill.Qwen2LM(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  model = jaxskill.CausalLM(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size,
                                                       (args.batch, args.seq)), jnp.int32)
   params = random_params(model, ids[:, :8])

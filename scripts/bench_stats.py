@@ -57,7 +57,7 @@ def synthetic(n, seq, vocab, seed=0) -> data_lib.Encoded:
 
 def setup(preset):
   config = PRESETS[preset]
-  model = jaxskill.Qwen2LM(config)
+  model = jaxskill.CausalLM(config)
   params = random_params(model, jnp.zeros((1, 8), jnp.int32))
   prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1),
                                                    (PROMPT, config.hidden_size))}

@@ -42,7 +42,7 @@ def make_batch(config, b, t, p, seed=0):
 
 
 def bench_jax(config, batch, p, iters, input_cols):
-  model = jaxskill.Qwen2LM(config)
+  model = jaxskill.CausalLM(config)
   params = random_params(model, batch.input_ids[:, :8])
   reset_peak_rss()
   optimizer = make_optimizer(TrainConfig())

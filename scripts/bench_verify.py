@@ -72,7 +72,7 @@ def _data(config, args):
   import jax.numpy as jnp
   import jaxskill
   from benchlib import random_params
-  model = jaxskill.Qwen2LM(config)
+  model = jaxskill.CausalLM(config)
   params = random_params(model, jnp.zeros((1, 8), jnp.int32))
   prompt, enc = _inputs(config, args)
   return model, params, {"embeddings": jnp.asarray(prompt)}, enc

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import jaxskill
-from jaxskill.model.config import QwenConfig
+from jaxskill.model.config import ModelConfig
 from jaxskill.tasks import arithmetic as arith
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,12 +171,12 @@ def main(argv=None):
   print(f"{len(train_problems)} training problems ({len(corpus)} texts), "
         f"{len(test_problems)} held out ({len(test_texts['plus2'])} 2-digit additions)")
 
-  config = QwenConfig(vocab_size=len(tokenizer), hidden_size=args.hidden,
+  config = ModelConfig(vocab_size=len(tokenizer), hidden_size=args.hidden,
                       intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                       num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,
                       tie_word_embeddings=True, max_position_embeddings=256,
                       bos_token_id=None, eos_token_id=eos, pad_token_id=eos)
-  model = jaxskill.Qwen2LM(config)
+  model = jaxskill.CausalLM(config)
   key = jax.random.PRNGKey(args.seed)
   params = model.init(key, jnp.zeros((1, 8), jnp.int32))["params"]
   schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10),

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random HF Qwen2 checkpoints written with `save_pretrained`."""
+"""Shared fixtures: tiny random HF checkpoints (Qwen2, Qwen3, Llama, Mistral) written with
+`save_pretrained`."""
 
 import jax
 
@@ -14,19 +15,27 @@ import pytest
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-def make_hf_model(*, vocab=97, hidden=48, intermediate=80, layers=2, heads=6, kv_heads=6,
-                  theta=1e6, tied=False, seed=0, **config):
-  """A seeded tiny random `Qwen2ForCausalLM` with eager attention, float32; `config`: more
-  `Qwen2Config` fields."""
+# model_type -> the transformers config and model classes (the families of jaxskill.FAMILIES).
+HF_CLASSES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+              "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+              "llama": ("LlamaConfig", "LlamaForCausalLM"),
+              "mistral": ("MistralConfig", "MistralForCausalLM")}
+
+
+def make_hf_model(*, family="qwen2", vocab=97, hidden=48, intermediate=80, layers=2, heads=6,
+                  kv_heads=6, theta=1e6, tied=False, seed=0, **config):
+  """A seeded tiny random transformers CausalLM of `family` with eager attention, float32;
+  `config`: more fields of the family's config class (head_dim, rope_scaling, ...)."""
   import torch
-  from transformers import Qwen2Config, Qwen2ForCausalLM
+  import transformers
+  config_cls, model_cls = (getattr(transformers, name) for name in HF_CLASSES[family])
   torch.manual_seed(seed)
-  config = Qwen2Config(
+  config = config_cls(
       vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
       rope_theta=theta, tie_word_embeddings=tied, attn_implementation="eager",
       **{"max_position_embeddings": 512, **config})
-  model = Qwen2ForCausalLM(config).eval()
+  model = model_cls(config).eval()
   with torch.no_grad():  # HF inits biases to zero and norms to one; make every tensor matter
     for name, p in model.named_parameters():
       if name.endswith("bias") or "norm" in name:
@@ -36,15 +45,26 @@ def make_hf_model(*, vocab=97, hidden=48, intermediate=80, layers=2, heads=6, kv
 
 @pytest.fixture(scope="session")
 def hf_checkpoint(tmp_path_factory):
-  """Factory: (kwargs) -> (hf_model, directory), cached per configuration."""
+  """Factory: (kwargs) -> (hf_model, directory), cached per configuration. `file_dtype=
+  "bfloat16"` saves the weights in bfloat16; the returned model then holds those rounded
+  weights, in float32."""
   cache = {}
 
-  def build(**kwargs):
-    key = tuple(sorted(kwargs.items()))
+  def build(file_dtype="float32", **kwargs):
+    import torch
+    import transformers
+    key = (file_dtype, repr(sorted(kwargs.items())))
     if key not in cache:
       model = make_hf_model(**kwargs)
       path = tmp_path_factory.mktemp("hf")
-      model.save_pretrained(path)
+      if file_dtype != "float32":
+        # Read back by transformers in float32 (as a user loads it): the rounded weights, and
+        # buffers such as RoPE's inv_freq recomputed in float32 rather than cast back.
+        model.to(getattr(torch, file_dtype)).save_pretrained(path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="eager").eval()
+      else:
+        model.save_pretrained(path)
       cache[key] = (model, path)
     return cache[key]
 

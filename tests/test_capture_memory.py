@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import pytest
 
 import jaxskill
-from jaxskill.model.config import QwenConfig
+from jaxskill.model.config import ModelConfig
 
-CONFIG = QwenConfig(128, 64, 512, 4, 4, 2, 1e4)
+CONFIG = ModelConfig(128, 64, 512, 4, 4, 2, 1e4)
 B, K = 2, 4
 
 
 def _extra_bytes(t):
-  model = jaxskill.Qwen2LM(CONFIG)
+  model = jaxskill.CausalLM(CONFIG)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
   ids = jax.ShapeDtypeStruct((B, t), jnp.int32)
   pos = jax.ShapeDtypeStruct((B, K), jnp.int32)

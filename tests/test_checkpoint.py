@@ -18,9 +18,9 @@ from safetensors.numpy import save_file as st_save_numpy
 from safetensors.torch import load_file as st_load_torch
 
 import jaxskill
-from jaxskill import CheckpointError, ConfigError, QwenConfig
+from jaxskill import CheckpointError, ConfigError, ModelConfig
 from jaxskill.cli import DEMO_MODEL, main
-from jaxskill.model.checkpoint import (_LAYER_TABLE, _TOP_TABLE, abstract_params,
+from jaxskill.model.checkpoint import (abstract_params, name_table,
                                        read_safetensors, resolve_model_dir, write_safetensors)
 
 UNTIED = dict(heads=6, kv_heads=2, tied=False, theta=1e6)  # GQA, 3 query heads per kv head
@@ -89,10 +89,20 @@ _DELETE = object()
 
 CONFIG_CASES = {
     "sliding_window": (dict(use_sliding_window=True), ["'use_sliding_window'", "sliding-window"]),
-    "rope_scaling": (dict(rope_scaling={"type": "linear", "factor": 2.0}),
-                     ["'rope_scaling'", "'linear'", "2.0"]),
-    "moe": (dict(model_type="qwen2_moe"), ["'qwen2_moe'", "mixture of experts"]),
-    "llama": (dict(model_type="llama"), ["'model_type'", "'llama'", "'qwen2'"]),
+    "rope_scaling": (dict(rope_parameters=_DELETE, rope_theta=1e6,
+                          rope_scaling={"type": "dynamic", "factor": 2.0}),
+                     ["RoPE type 'dynamic'", "not supported", "'llama3'"]),
+    "rope_scaling_keys": (dict(rope_parameters=_DELETE, rope_theta=1e6,
+                               rope_scaling={"type": "linear", "factor": 2.0, "beta": 1}),
+                          ["'linear'", "['factor']", "'beta'"]),
+    "rope_scaling_disagrees": (dict(rope_scaling={"type": "linear", "factor": 2.0}),
+                               ["'rope_scaling.rope_type'='linear'", "disagrees",
+                                "'rope_parameters.rope_type'='default'"]),
+    "moe": (dict(model_type="qwen2_moe"), ["'qwen2_moe'", "mixture-of-experts"]),
+    "gemma": (dict(model_type="gemma2"), ["'gemma2'", "GeGLU", "soft-capping", "not supported"]),
+    "phi3": (dict(model_type="phi3"), ["'model_type'", "'phi3'", "'qwen2'", "'llama'"]),
+    "qwen_field_on_llama": (dict(model_type="llama"),
+                            ["unsupported field", "'layer_types'", "for model_type 'llama'"]),
     "unknown_field": (dict(foo_bar=1), ["unsupported field", "'foo_bar'"]),
     "missing_hidden_size": (dict(hidden_size=_DELETE), ["required field 'hidden_size'", "missing"]),
     "gelu": (dict(hidden_act="gelu"), ["'hidden_act'", "'gelu'", "'silu'"]),
@@ -100,7 +110,7 @@ CONFIG_CASES = {
                             ["'layer_types'", "sliding_attention"]),
     "rope_type_yarn": (
         dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}),
-        ["'rope_parameters.rope_type'", "'yarn'"]),
+        ["RoPE type 'yarn'", "not supported"]),
     "no_rope_theta": (dict(rope_parameters=_DELETE, rope_theta=_DELETE), ["no 'rope_theta'"]),
     "kv_heads_not_divisor": (dict(num_key_value_heads=4),
                              ["num_attention_heads=6", "num_key_value_heads=4"]),
@@ -193,7 +203,10 @@ TENSOR_CASES = {
     "q_bias": (_reshape("model.layers.1.self_attn.q_proj.bias", (47,)),
                ["'model.layers.1.self_attn.q_proj.bias'", "[47]", "[48]"]),
     "o_proj_bias": (_add("model.layers.0.self_attn.o_proj.bias", (48,)),
-                    ["'model.layers.0.self_attn.o_proj.bias'", "unknown name"]),
+                    ["'model.layers.0.self_attn.o_proj.bias'", "qwen2 layer",
+                     "config.json turns off"]),
+    "unknown_layer_tensor": (_add("model.layers.0.mlp.gate_proj.bias", (80,)),
+                             ["'model.layers.0.mlp.gate_proj.bias'", "unknown name"]),
     "layer_2": (_add("model.layers.2.mlp.up_proj.weight", (80, 48)),
                 ["'model.layers.2.mlp.up_proj.weight'", "layer 2", "num_hidden_layers=2"]),
     "stray_top_level": (_add("model.extra_scale", (48,)),
@@ -643,7 +656,7 @@ def test_zero_kv_heads_is_refused():
        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 0,
        "rope_theta": 1e4}
   with pytest.raises(jaxskill.ConfigError, match="num_key_value_heads"):
-    jaxskill.QwenConfig.from_hf_dict(d)
+    jaxskill.ModelConfig.from_hf_dict(d)
 
 
 # --- 5. the CLI -------------------------------------------------------------------------------
@@ -709,15 +722,15 @@ _BASE = dict(model_type="qwen2", vocab_size=97, hidden_size=48, intermediate_siz
 
 
 def test_rope_theta_spellings():
-  top = QwenConfig.from_hf_dict({**_BASE, "rope_theta": 5e5})
-  nested = QwenConfig.from_hf_dict(
+  top = ModelConfig.from_hf_dict({**_BASE, "rope_theta": 5e5})
+  nested = ModelConfig.from_hf_dict(
       {**_BASE, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}})
-  both = QwenConfig.from_hf_dict(
+  both = ModelConfig.from_hf_dict(
       {**_BASE, "rope_theta": 5e5, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}})
   assert top == nested == both
   assert top.rope_theta == 5e5 and isinstance(top.rope_theta, float)
   with pytest.raises(ConfigError) as info:
-    QwenConfig.from_hf_dict(
+    ModelConfig.from_hf_dict(
         {**_BASE, "rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e4,
                                                          "rope_type": "default"}},
         source="some/config.json")
@@ -740,17 +753,17 @@ QWEN25_05B = {
 
 
 def test_qwen25_config_is_read_and_mrope_refused():
-  c = QwenConfig.from_hf_dict(QWEN25_05B)
+  c = ModelConfig.from_hf_dict(QWEN25_05B)
   assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (14, 2, 64)
   assert c.tie_word_embeddings and c.intermediate_size == 4864
   with pytest.raises(ConfigError, match="use_mrope"):
-    QwenConfig.from_hf_dict({**QWEN25_05B, "use_mrope": True}, source="vl/config.json")
+    ModelConfig.from_hf_dict({**QWEN25_05B, "use_mrope": True}, source="vl/config.json")
 
 
 def test_from_hf_dict_defaults_match_transformers():
   """Optional fields left out read as transformers' Qwen2Config reads them (rope_theta, which
   transformers would default, is required here)."""
-  c = QwenConfig.from_hf_dict({**_BASE, "rope_theta": 1e6})
+  c = ModelConfig.from_hf_dict({**_BASE, "rope_theta": 1e6})
   hf = transformers.Qwen2Config(**{k: v for k, v in _BASE.items() if k != "model_type"})
   assert c.rms_norm_eps == hf.rms_norm_eps
   assert c.tie_word_embeddings == hf.tie_word_embeddings
@@ -760,20 +773,21 @@ def test_from_hf_dict_defaults_match_transformers():
 
 def test_config_round_trips_through_hf_dict(hf_checkpoint):
   hf, src = hf_checkpoint(**UNTIED)
-  c = QwenConfig.from_json_file(src / "config.json")
+  c = ModelConfig.from_json_file(src / "config.json")
   assert (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
           c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (97, 48, 80, 2, 6, 2, 8)
   assert c.rope_theta == 1e6 and c.tie_word_embeddings is False
-  assert QwenConfig.from_hf_dict(c.to_hf_dict()) == c
+  assert ModelConfig.from_hf_dict(c.to_hf_dict()) == c
 
 
 def _count_by_hand(c):
   h, i, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
   q = c.num_attention_heads * c.head_dim
   kv = c.num_key_value_heads * c.head_dim
-  attn = (h * q + q) + 2 * (h * kv + kv) + q * h  # q, k, v with bias; o without
+  attn = h * q + 2 * h * kv + q * h
+  attn += (q + 2 * kv) * c.qkv_bias + h * c.o_bias  # Qwen2: q, k, v biases; o without
   mlp = 3 * h * i
-  norms = 2 * h
+  norms = 2 * h + 2 * c.head_dim * c.qk_norm  # Qwen3: a q and a k norm over head_dim
   head = 0 if c.tie_word_embeddings else h * V
   return V * h + L * (attn + mlp + norms) + h + head
 
@@ -799,26 +813,27 @@ def test_preset_72b_shapes():
 
 @pytest.mark.parametrize("name", sorted(jaxskill.PRESETS))
 def test_preset_shapes_match_transformers(name):
-  """Every HF tensor of the preset, built on torch's meta device (no memory), has the shape the
-  name table maps it to; the param counts agree with the hand count."""
+  """Every HF tensor of the preset (any family), built by transformers on torch's meta device (no
+  memory) from `to_hf_dict`, has the shape the name table maps it to; the param counts agree
+  with the hand count."""
   c = jaxskill.PRESETS[name]
   shapes = abstract_params(c)
-  hf_config = transformers.Qwen2Config(**{k: v for k, v in c.to_hf_dict().items()
-                                          if k not in ("architectures", "model_type")})
+  hf_config = transformers.AutoConfig.for_model(
+      c.model_type, **{k: v for k, v in c.to_hf_dict().items() if k != "model_type"})
   with torch.device("meta"):
-    hf = transformers.Qwen2ForCausalLM(hf_config)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config)
+  assert type(hf).__name__ == jaxskill.FAMILIES[c.model_type]
   hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
   if c.tie_word_embeddings:
     hf_shapes.pop("lm_head.weight", None)
+  top, layer = name_table(c)
   mapped = {}
-  for hf_name, (path, transpose) in _TOP_TABLE.items():
-    if hf_name == "lm_head.weight" and c.tie_word_embeddings:
-      continue
+  for hf_name, (path, transpose) in top.items():
     leaf = shapes
     for key in path.split("/"):
       leaf = leaf[key]
     mapped[hf_name] = leaf.shape[::-1] if transpose else leaf.shape
-  for template, (path, transpose) in _LAYER_TABLE.items():
+  for template, (path, transpose) in layer.items():
     leaf = shapes["layers"]
     for key in path.split("/"):
       leaf = leaf[key]
@@ -840,7 +855,7 @@ def test_published_qwen15_config_parses_to_preset():
        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
        "torch_dtype": "bfloat16", "transformers_version": "4.37.0", "use_cache": True,
        "use_sliding_window": False, "vocab_size": 151936}
-  config = jaxskill.QwenConfig.from_hf_dict(d)
+  config = jaxskill.ModelConfig.from_hf_dict(d)
   preset = jaxskill.PRESETS["qwen1.5-0.5b"]
   for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",

@@ -86,7 +86,7 @@ def _float64(planted):
   plus norm and lm_head), 6e-4 of |x|: too coarse for r or for counts against a threshold. In
   float64 that is 5e3 * 2.2e-16 = 1.1e-12 of |x|."""
   model, params, encoded, verbalizer = planted
-  model = jaxskill.Qwen2LM(model.config, dtype=jnp.float64, param_dtype=jnp.float64)
+  model = jaxskill.CausalLM(model.config, dtype=jnp.float64, param_dtype=jnp.float64)
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
   return model, params, encoded, verbalizer
 

@@ -179,7 +179,7 @@ def test_scan_unroll_does_not_change_results(hf_checkpoint):
   with jax.enable_x64(True):  # another loop structure may fuse, so sum, in another order
     model, params = jaxskill.load_model(path, dtype=jnp.float64)
     ids = jnp.asarray(_batch(8))
-    unrolled = jaxskill.Qwen2LM(model.config, dtype=jnp.float64, param_dtype=jnp.float64,
+    unrolled = jaxskill.CausalLM(model.config, dtype=jnp.float64, param_dtype=jnp.float64,
                                 scan_unroll=2)
     a = np.asarray(unrolled.apply({"params": params}, ids))
     b = np.asarray(model.apply({"params": params}, ids))

@@ -11,7 +11,7 @@ import pytest
 
 from jaxskill.config import load_config
 from jaxskill import capture
-from jaxskill.model import QwenConfig
+from jaxskill.model import ModelConfig
 from jaxskill.model.checkpoint import resolve_model_dir
 from jaxskill.tasks import build_task
 
@@ -159,7 +159,7 @@ def _check_outputs(config, own) -> None:
     if own.find.metrics:
       assert sorted(corr.files) == sorted(own.find.metrics)
     positions = len(capture.site_positions(config.find.sites, PROMPT, config.prompt.placement))
-    model = QwenConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json")
+    model = ModelConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json")
     for name in corr.files:
       assert corr[name].shape == (model.num_hidden_layers, positions,
                                   model.intermediate_size), name

@@ -330,7 +330,7 @@ def test_shortcut_verdict_is_never_yes_on_random_weights():
   batches = {s: jax.tree.map(jnp.asarray, data_lib.encode(
       task, s, tok, prompt_length=4, placement="infix", max_length=40).batch(names))
       for s in ("train", "test")}
-  model = jaxskill.Qwen2LM(demo.config)
+  model = jaxskill.CausalLM(demo.config)
   probe = capture.Probe(model, "classification",
                         jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),
                         ("last_input",), 4, names)

@@ -1,4 +1,4 @@
-"""HF Qwen1.5 checkpoints <-> jaxskill params, without torch.
+"""HF checkpoints (Qwen1.5/2/2.5, Qwen3, Llama, Mistral) <-> jaxskill params, without torch.
 
 One explicit table maps HF tensor names to param paths; every tensor is checked against the shape
 the model expects (from `jax.eval_shape`), every expected tensor must be found, and every tensor
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxskill.model.config import QwenConfig
-from jaxskill.model.modules import Qwen2LM
+from jaxskill.model.config import ModelConfig
+from jaxskill.model.modules import CausalLM
 
 
 class CheckpointError(ValueError):
@@ -165,7 +165,8 @@ def _hf_tensors(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
 # --- the name table -------------------------------------------------------------------------
 
 # HF name (with {i} for the layer) -> (param path, transpose). Dense kernels are `[in, out]`,
-# torch Linear weights `[out, in]`.
+# torch Linear weights `[out, in]`. The table of every family; a config's own tensors are the
+# entries whose param it has (`name_table`).
 _LAYER_TABLE = {
     "model.layers.{i}.input_layernorm.weight": ("input_layernorm/weight", False),
     "model.layers.{i}.post_attention_layernorm.weight": ("post_attention_layernorm/weight", False),
@@ -176,6 +177,9 @@ _LAYER_TABLE = {
     "model.layers.{i}.self_attn.v_proj.weight": ("self_attn/v_proj/kernel", True),
     "model.layers.{i}.self_attn.v_proj.bias": ("self_attn/v_proj/bias", False),
     "model.layers.{i}.self_attn.o_proj.weight": ("self_attn/o_proj/kernel", True),
+    "model.layers.{i}.self_attn.o_proj.bias": ("self_attn/o_proj/bias", False),
+    "model.layers.{i}.self_attn.q_norm.weight": ("self_attn/q_norm/weight", False),
+    "model.layers.{i}.self_attn.k_norm.weight": ("self_attn/k_norm/weight", False),
     "model.layers.{i}.mlp.gate_proj.weight": ("mlp/gate_proj/kernel", True),
     "model.layers.{i}.mlp.up_proj.weight": ("mlp/up_proj/kernel", True),
     "model.layers.{i}.mlp.down_proj.weight": ("mlp/down_proj/kernel", True),
@@ -187,10 +191,27 @@ _TOP_TABLE = {
 }
 
 
-def abstract_params(config: QwenConfig, dtype=jnp.float32) -> dict:
+def name_table(config: ModelConfig) -> tuple[dict, dict]:
+  """(top-level, per-layer) HF name -> (param path, transpose) for the tensors `config`'s model
+  has: the q/k/v and o_proj biases, q/k norms and LM head only where its family has them."""
+  expected = abstract_params(config)
+  top = {k: v for k, v in _TOP_TABLE.items() if _has(expected, v[0])}
+  layer = {k: v for k, v in _LAYER_TABLE.items() if _has(expected["layers"], v[0])}
+  return top, layer
+
+
+def _has(tree: dict, path: str) -> bool:
+  for key in path.split("/"):
+    if key not in tree:
+      return False
+    tree = tree[key]
+  return True
+
+
+def abstract_params(config: ModelConfig, dtype=jnp.float32) -> dict:
   """The param tree as ShapeDtypeStructs of `dtype` (layer params stacked `[l, ...]`); no memory
   is allocated."""
-  model = Qwen2LM(config, dtype=dtype, param_dtype=dtype)
+  model = CausalLM(config, dtype=dtype, param_dtype=dtype)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
   return shapes["params"]
 
@@ -224,7 +245,7 @@ class LazyParam:
     return self._read(index)
 
 
-def lazy_params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
+def lazy_params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float32) -> dict:
   """Validates the HF tensors of `hf_dir` (names, shapes) and returns the jaxskill param tree
   with `LazyParam` leaves; nothing but the headers is read yet.
 
@@ -236,14 +257,13 @@ def lazy_params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float3
   expected = abstract_params(config, dtype)
   np_dtype = np.dtype(dtype)
   L = config.num_hidden_layers
-  _check_names(tensors, files, L)
+  top, layer = name_table(config)
+  _check_names(tensors, files, config, layer)
   params: dict = {}
-  for hf_name, (path, transpose) in _TOP_TABLE.items():
-    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-      continue  # tied: the head is the embedding; an lm_head copy in the file is not used
+  for hf_name, (path, transpose) in top.items():
     view = _view(hf_dir, tensors, files, hf_name, transpose, _get(expected, path).shape)
     _set(params, path, _lazy(view, np_dtype))
-  for template, (path, transpose) in _LAYER_TABLE.items():
+  for template, (path, transpose) in layer.items():
     want = _get(expected, "layers/" + path).shape[1:]
     views = [_view(hf_dir, tensors, files, template.format(i=i), transpose, want)
              for i in range(L)]
@@ -256,23 +276,29 @@ def _where(files: dict[str, Path], name: str) -> str:
   return f"{files[name]}: tensor '{name}'"
 
 
-def _check_names(tensors: dict[str, np.ndarray], files: dict[str, Path],
-                 num_layers: int) -> None:
-  """Raises for a tensor that is not in the name table or is for a layer past `num_layers`."""
+def _check_names(tensors: dict[str, np.ndarray], files: dict[str, Path], config: ModelConfig,
+                 layer: dict) -> None:
+  """Raises for a tensor that is not in the config's `layer` table (or the top-level one), or
+  is for a layer past num_hidden_layers."""
   layer_re = re.compile(r"model\.layers\.(\d+)\.(.+)")
+  family, num_layers = config.model_type, config.num_hidden_layers
   for name in tensors:
     if name.endswith(".rotary_emb.inv_freq"):  # a buffer that old exports persisted
       continue
     m = layer_re.fullmatch(name)
     if m:
       key = f"model.layers.{{i}}.{m.group(2)}"
-      if key not in _LAYER_TABLE:
-        raise CheckpointError(f"{_where(files, name)} is not part of a Qwen2 layer (unknown name)")
+      if key in _LAYER_TABLE and key not in layer:
+        raise CheckpointError(f"{_where(files, name)} is not part of this config's {family} "
+                              "layer (a bias or norm its config.json turns off)")
+      if key not in layer:
+        raise CheckpointError(f"{_where(files, name)} is not part of a {family} layer "
+                              "(unknown name)")
       if int(m.group(1)) >= num_layers:
         raise CheckpointError(f"{_where(files, name)} is for layer {m.group(1)} but config "
                               f"num_hidden_layers={num_layers}")
     elif name not in _TOP_TABLE:
-      raise CheckpointError(f"{_where(files, name)} is unexpected for a Qwen2 model")
+      raise CheckpointError(f"{_where(files, name)} is unexpected for a {family} model")
 
 
 def _view(hf_dir: Path, tensors: dict[str, np.ndarray], files: dict[str, Path], name: str,
@@ -311,13 +337,13 @@ def _sliced_shape(shape, idx) -> tuple[int, ...]:
   return tuple(len(range(*s.indices(n))) for s, n in zip(idx, shape))
 
 
-def params_from_hf(hf_dir: str | Path, config: QwenConfig, dtype=jnp.float32) -> dict:
+def params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float32) -> dict:
   """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy arrays
   of `dtype`, shaped as in `lazy_params_from_hf`)."""
   return jax.tree.map(lambda p: p.read(), lazy_params_from_hf(hf_dir, config, dtype))
 
 
-def sharded_params_from_hf(hf_dir: str | Path, config: QwenConfig, shardings,
+def sharded_params_from_hf(hf_dir: str | Path, config: ModelConfig, shardings,
                            dtype=jnp.float32) -> dict:
   """The params straight into `shardings` (a tree of `jax.sharding.Sharding`): each device's
   shard is read from disk on its own, and a process reads only the shards of its devices; the
@@ -328,7 +354,7 @@ def sharded_params_from_hf(hf_dir: str | Path, config: QwenConfig, shardings,
                       shardings)
 
 
-def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[str, np.ndarray]:
+def params_to_hf_tensors(params: dict, config: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
   """The inverse of `params_from_hf`: HF tensor names -> numpy arrays (torch layout).
 
   Stacked layer params `[l, ...]` become one tensor per layer; Dense kernels `[in, out]` become
@@ -336,12 +362,11 @@ def params_to_hf_tensors(params: dict, config: QwenConfig, dtype=None) -> dict[s
   """
   out = {}
   cast = (lambda a: np.asarray(a).astype(np.dtype(dtype))) if dtype else np.asarray
-  for hf_name, (path, transpose) in _TOP_TABLE.items():
-    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-      continue
+  top, layer = name_table(config)
+  for hf_name, (path, transpose) in top.items():
     array = cast(_get(params, path))
     out[hf_name] = array.T if transpose else array
-  for template, (path, transpose) in _LAYER_TABLE.items():
+  for template, (path, transpose) in layer.items():
     stacked = cast(_get(params, "layers/" + path))
     for i in range(config.num_hidden_layers):
       out[template.format(i=i)] = stacked[i].T if transpose else stacked[i]
@@ -378,7 +403,7 @@ def is_converted(model_dir: Path) -> bool:
   return (model_dir / "jaxskill.json").exists()
 
 
-def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
+def save_converted(out_dir: str | Path, params: dict, config: ModelConfig,
                    tokenizer_dir: str | Path | None = None) -> Path:
   """Writes params with orbax plus config and tokenizer files, for a fast reload."""
   import orbax.checkpoint as ocp
@@ -398,7 +423,7 @@ def save_converted(out_dir: str | Path, params: dict, config: QwenConfig,
   return out_dir
 
 
-def load_converted(model_dir: Path, config: QwenConfig, dtype, shardings=None) -> dict:
+def load_converted(model_dir: Path, config: ModelConfig, dtype, shardings=None) -> dict:
   """The orbax params of a converted dir; with `shardings`, restored straight into them (orbax
   reads each shard's chunks only)."""
   import orbax.checkpoint as ocp
@@ -457,7 +482,7 @@ def _damaged(path: Path, error: BaseException | None) -> CheckpointError:
                          "convert the model again")
 
 
-def export_hf(out_dir: str | Path, params: dict, config: QwenConfig,
+def export_hf(out_dir: str | Path, params: dict, config: ModelConfig,
               tokenizer_dir: str | Path | None = None, dtype=None) -> Path:
   """Writes an HF directory (`config.json`, `model.safetensors`) that transformers loads."""
   out_dir = Path(out_dir)
@@ -481,7 +506,8 @@ def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
 
 def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = False,
                mesh=None, layout: str = "tensor"):
-  """`(model, params)` from an HF Qwen1.5 directory, a converted one, or a cached hub id.
+  """`(model, params)` from an HF directory (any of `FAMILIES`), a converted one, or a cached
+  hub id.
 
   `dtype` is both the param and the compute dtype (float32 or bfloat16). With a `mesh`, the
   params are read straight into their `layout` on it (see `jaxskill.sharding`): each device
@@ -490,7 +516,7 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   model_dir = resolve_model_dir(path)
   if not (model_dir / "config.json").exists():
     raise CheckpointError(f"{model_dir}: no config.json")
-  config = QwenConfig.from_json_file(model_dir / "config.json")
+  config = ModelConfig.from_json_file(model_dir / "config.json")
   shardings = None
   if mesh is not None:
     from jaxskill.sharding import param_shardings
@@ -501,7 +527,7 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
     params = sharded_params_from_hf(model_dir, config, shardings, dtype)
   else:
     params = jax.tree.map(jnp.asarray, params_from_hf(model_dir, config, dtype))
-  return Qwen2LM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
+  return CausalLM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
 
 
 def load_tokenizer(path: str | os.PathLike):

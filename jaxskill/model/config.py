@@ -1,4 +1,10 @@
-"""Qwen1.5 architecture config: a frozen dataclass read from (and written to) HF `config.json`.
+"""Architecture config: a frozen dataclass read from (and written to) HF `config.json`.
+
+Four families share one decoder block (pre-norm RMSNorm, RoPE attention with grouped key/value
+heads, a SwiGLU MLP whose `silu(gate) * up` are the neurons) and differ only in what the fields
+below switch: Qwen1.5 / Qwen2 / Qwen2.5 (`qwen2`: q/k/v biases), Qwen3 (`qwen3`: RMSNorm on each
+query and key head, no biases, an explicit `head_dim`), Llama 2 / 3 / 3.1 / 3.2 (`llama`: no
+biases, `llama3` or linear RoPE scaling) and Mistral (`mistral`: sliding-window attention).
 
 Only the fields that change the computation live here; run settings (dtype, remat) are module
 attributes. Parsing is strict: every HF attribute is either handled, known to be irrelevant for
@@ -17,9 +23,38 @@ class ConfigError(ValueError):
   """A checkpoint config that jaxskill cannot represent faithfully."""
 
 
+# model_type -> the transformers class that `to_hf_dict` names.
+FAMILIES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+            "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
 @dataclasses.dataclass(frozen=True)
-class QwenConfig:
-  """The architecture of a dense Qwen1.5 / Qwen2 checkpoint (HF field names)."""
+class RopeScaling:
+  """RoPE frequency scaling (HF `rope_scaling` / `rope_parameters`): `linear` divides every
+  frequency by `factor`; `llama3` divides the low frequencies (wavelength above
+  original_max_position_embeddings / low_freq_factor) by `factor`, keeps the high ones (below
+  .. / high_freq_factor) and interpolates in between (Llama 3.1, "The Llama 3 Herd of Models")."""
+  rope_type: str
+  factor: float
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def __post_init__(self):
+    for name in ("factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"field 'rope_scaling.{name}' must be a positive number, got {value!r}")
+    if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+      raise ConfigError(f"rope_scaling: high_freq_factor={self.high_freq_factor} must exceed "
+                        f"low_freq_factor={self.low_freq_factor}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture of a dense checkpoint of one of `FAMILIES` (HF field names, plus the
+  family's switches: `qkv_bias`, `o_bias`, `qk_norm`, `rope_scaling`, `sliding_window`)."""
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -34,13 +69,20 @@ class QwenConfig:
   bos_token_id: int | None = None
   eos_token_id: int | list[int] | None = None
   pad_token_id: int | None = None
+  model_type: str = "qwen2"
+  qkv_bias: bool = True  # biases on q_proj, k_proj, v_proj
+  o_bias: bool = False  # a bias on o_proj
+  qk_norm: bool = False  # RMSNorm over head_dim on each query and key head, before RoPE
+  rope_scaling: RopeScaling | None = None
+  sliding_window: int | None = None  # a query attends to the last `sliding_window` positions
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "num_attention_heads", "num_key_value_heads"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"field '{name}' must be a positive integer, got {value!r}")
+      _positive_int(self, name)
+    if self.model_type not in FAMILIES:
+      raise ConfigError(f"field 'model_type' must be one of {sorted(FAMILIES)}, got "
+                        f"{self.model_type!r}")
     if self.num_attention_heads % self.num_key_value_heads:
       raise ConfigError(
           f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -48,12 +90,16 @@ class QwenConfig:
     if self.head_dim_override is None and self.hidden_size % self.num_attention_heads:
       raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
                         f"num_attention_heads={self.num_attention_heads}")
+    if self.head_dim_override is not None:
+      _positive_int(self, "head_dim_override", "head_dim")
     if self.head_dim % 2:
       raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if not self.rope_theta > 0:
       raise ConfigError(f"field 'rope_theta' must be positive, got {self.rope_theta!r}")
     if not self.rms_norm_eps > 0:
       raise ConfigError(f"field 'rms_norm_eps' must be positive, got {self.rms_norm_eps!r}")
+    if self.sliding_window is not None:
+      _positive_int(self, "sliding_window")
 
   @property
   def head_dim(self) -> int:
@@ -82,22 +128,23 @@ class QwenConfig:
   # --- HF config.json ----------------------------------------------------------------------
 
   @classmethod
-  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "QwenConfig":
-    """Validates an HF Qwen2 config dict; `source` names the file in error messages."""
-    _check_supported(d, source)
-    rope_theta = _rope_theta(d, source)
+  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    """Validates an HF config dict of one of `FAMILIES`; `source` names the file in errors."""
+    family = _check_supported(d, source)
+    rope_theta, scaling = _rope(d, source)
     act = d.get("hidden_act", "silu")
     if act != "silu":
-      _fail(source, f"field 'hidden_act' is {act!r}; Qwen2 MLPs use 'silu'")
+      _fail(source, f"field 'hidden_act' is {act!r}; the {family} MLP uses 'silu'")
     for name in _REQUIRED:
       if name not in d:
         _fail(source, f"required field '{name}' is missing")
-    kwargs = {name: d[name] for name in _REQUIRED}
+    d = {**_DEFAULTS.get(family, {}), **d}  # a missing field reads as transformers reads it
     kv_heads = d.get("num_key_value_heads")
-    kwargs["num_key_value_heads"] = d["num_attention_heads"] if kv_heads is None else kv_heads
+    bias = bool(d.get("attention_bias", family == "qwen2"))
     try:
       return cls(
-          **kwargs,
+          **{name: d[name] for name in _REQUIRED},
+          num_key_value_heads=d["num_attention_heads"] if kv_heads is None else kv_heads,
           rope_theta=float(rope_theta),
           rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
           tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
@@ -106,12 +153,15 @@ class QwenConfig:
           bos_token_id=d.get("bos_token_id"),
           eos_token_id=d.get("eos_token_id"),
           pad_token_id=d.get("pad_token_id"),
+          model_type=family, qkv_bias=bias, o_bias=bias and family != "qwen2",
+          qk_norm=family == "qwen3", rope_scaling=scaling,
+          sliding_window=d.get("sliding_window") if family == "mistral" else None,
       )
-    except ConfigError as e:
+    except (ConfigError, TypeError, ValueError) as e:
       _fail(source, str(e))
 
   @classmethod
-  def from_json_file(cls, path: str | Path) -> "QwenConfig":
+  def from_json_file(cls, path: str | Path) -> "ModelConfig":
     """Reads and validates an HF `config.json`; errors name the file."""
     path = Path(path)
     try:
@@ -130,10 +180,11 @@ class QwenConfig:
     return cls.from_hf_dict(d, source=str(path))
 
   def to_hf_dict(self) -> dict[str, Any]:
-    """An HF `config.json` dict that `transformers` loads as `Qwen2ForCausalLM`."""
+    """An HF `config.json` dict that `transformers` loads as the family's CausalLM (legacy
+    `rope_theta` / `rope_scaling` spellings, which transformers 4 and 5 both read)."""
     d = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": [FAMILIES[self.model_type]],
+        "model_type": self.model_type,
         "vocab_size": self.vocab_size,
         "hidden_size": self.hidden_size,
         "intermediate_size": self.intermediate_size,
@@ -145,35 +196,69 @@ class QwenConfig:
         "rms_norm_eps": self.rms_norm_eps,
         "tie_word_embeddings": self.tie_word_embeddings,
         "max_position_embeddings": self.max_position_embeddings,
-        "use_sliding_window": False,
         "attention_dropout": 0.0,
         "bos_token_id": self.bos_token_id,
         "eos_token_id": self.eos_token_id,
         "pad_token_id": self.pad_token_id,
     }
+    if self.model_type in ("qwen2", "qwen3"):
+      d["use_sliding_window"] = False
+    if self.model_type in ("qwen3", "llama"):
+      d["attention_bias"] = self.qkv_bias
+    if self.model_type == "mistral":
+      d["sliding_window"] = self.sliding_window
+    if self.rope_scaling is not None:
+      d["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
     if self.head_dim_override is not None:
       d["head_dim"] = self.head_dim_override
     return d
 
 
+QwenConfig = ModelConfig  # the name from when Qwen1.5 was the only family
+
+
+def _positive_int(config: ModelConfig, name: str, field: str | None = None) -> None:
+  value = getattr(config, name)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"field '{field or name}' must be a positive integer, got {value!r}")
+
+
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads")
-_HANDLED = set(_REQUIRED) | {
+_COMMON = set(_REQUIRED) | {
     "model_type", "num_key_value_heads", "rope_theta", "rope_parameters", "rope_scaling",
     "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "head_dim", "hidden_act",
-    "use_sliding_window", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id",
-    "use_mrope",
+    "bos_token_id", "eos_token_id", "pad_token_id",
 }
-# Present in real Qwen1.5 / transformers-written configs, and irrelevant to a frozen forward
-# pass: training-time settings, bookkeeping, and sliding-window sizes that only apply when
-# `use_sliding_window` is true (which is refused above).
+# The fields each family adds to _COMMON. Qwen's sliding-window sizes only apply with
+# `use_sliding_window` true (refused), so they are read and not used; Mistral's is honoured.
+_QWEN_WINDOW = {"use_sliding_window", "layer_types", "sliding_window", "max_window_layers"}
+_HANDLED = {
+    "qwen2": _COMMON | _QWEN_WINDOW | {"use_mrope"},
+    "qwen3": _COMMON | _QWEN_WINDOW | {"attention_bias"},
+    "llama": _COMMON | {"attention_bias", "mlp_bias"},
+    "mistral": _COMMON | {"sliding_window"},
+}
+# Where transformers' class defaults a missing field otherwise than _COMMON's.
+_DEFAULTS = {"qwen3": {"head_dim": 128}, "mistral": {"num_key_value_heads": 8}}
+# Present in real / transformers-written configs, and irrelevant to a frozen forward pass:
+# training-time settings and bookkeeping (pretraining_tp: transformers' Llama ignores it).
 _IGNORED = {
     "architectures", "attention_dropout", "initializer_range", "use_cache", "torch_dtype", "dtype",
-    "transformers_version", "sliding_window", "max_window_layers", "_name_or_path",
-    "output_attentions", "output_hidden_states", "return_dict", "tokenizer_class",
-    "generation_config", "use_return_dict", "chunk_size_feed_forward",
+    "transformers_version", "_name_or_path", "output_attentions", "output_hidden_states",
+    "return_dict", "tokenizer_class", "generation_config", "use_return_dict",
+    "chunk_size_feed_forward", "pretraining_tp",
 }
-
+_REFUSED = {
+    "qwen2_moe": "mixture-of-experts MLPs (Qwen1.5-MoE) are not supported",
+    "qwen3_moe": "mixture-of-experts MLPs (Qwen3-MoE) are not supported",
+    "mixtral": "mixture-of-experts MLPs (Mixtral) are not supported",
+    **dict.fromkeys(
+        ("gemma", "gemma2", "gemma3", "gemma3_text"),
+        "Gemma's block is not this one (GeGLU MLP, RMSNorm scaled by 1 + weight, scaled "
+        "embeddings, extra norms around the MLP, logit soft-capping, alternating sliding "
+        "windows) and is not supported"),
+}
 
 
 def _fail(source: str, msg: str) -> NoReturn:
@@ -181,64 +266,96 @@ def _fail(source: str, msg: str) -> NoReturn:
   raise ConfigError(f"{source}: {msg}")
 
 
-def _check_supported(d: dict[str, Any], source: str) -> None:
-  """Raises for a model type, an unknown field or an attention variant jaxskill does not run."""
-  model_type = d.get("model_type")
-  if model_type == "qwen2_moe":
-    _fail(source, "model_type 'qwen2_moe' (mixture of experts) is not supported yet; "
-          "jaxskill handles dense Qwen1.5/Qwen2 checkpoints (model_type 'qwen2')")
-  if model_type != "qwen2":
-    _fail(source, f"field 'model_type' is {model_type!r}; only 'qwen2' (Qwen1.5 / Qwen2) is "
-          "supported")
-  unknown = sorted(set(d) - _HANDLED - _IGNORED)
+def _check_supported(d: dict[str, Any], source: str) -> str:
+  """The family of `d`; raises for a model type, an unknown field or a variant that jaxskill
+  does not run."""
+  family = d.get("model_type")
+  if family in _REFUSED:
+    _fail(source, f"model_type {family!r}: {_REFUSED[family]}; supported: {sorted(FAMILIES)}")
+  if family not in FAMILIES:
+    _fail(source, f"field 'model_type' is {family!r}; supported: {sorted(FAMILIES)} (Qwen1.5 / "
+          "Qwen2 / Qwen2.5, Qwen3, Llama 2 / 3.x, Mistral)")
+  unknown = sorted(set(d) - _HANDLED[family] - _IGNORED)
   if unknown:
-    _fail(source, f"unsupported field(s) {unknown}; jaxskill refuses attributes it does not "
-          "implement so that a checkpoint never converts into a silently different model")
+    _fail(source, f"unsupported field(s) {unknown} for model_type {family!r}; jaxskill refuses "
+          "attributes it does not implement so that a checkpoint never converts into a "
+          "silently different model")
   if d.get("use_mrope"):  # Qwen2.5 text checkpoints write it, false
     _fail(source, "field 'use_mrope' is true; multimodal rotary embeddings (Qwen2-VL) are not "
           "supported")
   if d.get("use_sliding_window"):
-    _fail(source, "field 'use_sliding_window' is true; sliding-window attention is not "
-          "supported (no Qwen1.5 checkpoint uses it)")
+    _fail(source, "field 'use_sliding_window' is true; Qwen's per-layer sliding-window "
+          "attention is not supported (no released Qwen checkpoint turns it on)")
+  if d.get("mlp_bias"):
+    _fail(source, "field 'mlp_bias' is true; MLP biases are not supported (no released Llama "
+          "checkpoint has them)")
   layer_types = d.get("layer_types")
   if layer_types is not None and any(t != "full_attention" for t in layer_types):
     _fail(source, f"field 'layer_types' contains {sorted(set(layer_types) - {'full_attention'})}; "
           "only 'full_attention' layers are supported")
-  if d.get("rope_scaling") is not None:
-    _fail(source, f"field 'rope_scaling' is {d['rope_scaling']!r}; scaled RoPE is not supported "
-          "yet")
+  return family
 
 
-def _rope_theta(d: dict[str, Any], source: str) -> Any:
-  """The RoPE base from the legacy 'rope_theta' and/or the newer 'rope_parameters' (which must
-  agree), as given in the file."""
-  rope_theta = d.get("rope_theta")
-  params = d.get("rope_parameters")
-  if params is not None:
-    rope_type = params.get("rope_type", "default")
-    if rope_type != "default":
-      _fail(source, f"field 'rope_parameters.rope_type' is {rope_type!r}; only 'default' RoPE "
-            "is supported")
-    extra = sorted(set(params) - {"rope_type", "rope_theta"})
-    if extra:
-      _fail(source, f"field 'rope_parameters' has unsupported key(s) {extra}")
-    if rope_theta is not None and params.get("rope_theta", rope_theta) != rope_theta:
-      _fail(source, f"'rope_theta'={rope_theta} disagrees with 'rope_parameters.rope_theta'="
-            f"{params['rope_theta']}")
-    rope_theta = params.get("rope_theta", rope_theta)
-  if rope_theta is None:
+_SCALING_KEYS = {"linear": {"factor"},
+                 "llama3": {"factor", "low_freq_factor", "high_freq_factor",
+                            "original_max_position_embeddings"}}
+
+
+def _rope(d: dict[str, Any], source: str) -> tuple[Any, RopeScaling | None]:
+  """The RoPE base and scaling, from the legacy 'rope_theta' and 'rope_scaling' and/or the newer
+  'rope_parameters' (which must agree where both speak)."""
+  spec: dict[str, Any] = {}
+  for field in ("rope_scaling", "rope_parameters"):
+    part = d.get(field)
+    if part is None:
+      continue
+    if not isinstance(part, dict):
+      _fail(source, f"field '{field}' must be an object, got {part!r}")
+    part = {("rope_type" if k == "type" else k): v for k, v in part.items()}
+    for key, value in part.items():
+      if key in spec and spec[key] != value:
+        _fail(source, f"'rope_scaling.{key}'={spec[key]!r} disagrees with "
+              f"'{field}.{key}'={value!r}")
+      spec[key] = value
+  theta = d.get("rope_theta")
+  if theta is not None and spec.get("rope_theta", theta) != theta:
+    _fail(source, f"'rope_theta'={theta} disagrees with 'rope_parameters.rope_theta'="
+          f"{spec['rope_theta']}")
+  theta = spec.pop("rope_theta", theta)
+  if theta is None:
     _fail(source, "no 'rope_theta' (nor 'rope_parameters.rope_theta'); refusing to guess the "
           "RoPE base")
-  return rope_theta
+  rope_type = spec.pop("rope_type", "default")
+  if rope_type == "default" and not spec:
+    return theta, None
+  if rope_type not in _SCALING_KEYS:
+    _fail(source, f"RoPE type {rope_type!r} is not supported; jaxskill runs 'default', "
+          f"{sorted(_SCALING_KEYS)}")
+  if rope_type == "llama3":
+    spec.setdefault("original_max_position_embeddings", d.get("max_position_embeddings"))
+  if set(spec) != _SCALING_KEYS[rope_type]:
+    _fail(source, f"RoPE type {rope_type!r} takes the keys {sorted(_SCALING_KEYS[rope_type])}, "
+          f"got {sorted(spec)}")
+  return theta, RopeScaling(rope_type, **spec)
+
 
 # Named presets of the published Qwen1.5 sizes (from their config.json files on the hub), used for
 # shape checks with `jax.eval_shape` and for benchmarks with random weights.
-PRESETS: dict[str, QwenConfig] = {
-    "qwen1.5-0.5b": QwenConfig(151936, 1024, 2816, 24, 16, 16, 1e6, tie_word_embeddings=True),
-    "qwen1.5-1.8b": QwenConfig(151936, 2048, 5504, 24, 16, 16, 1e6),
-    "qwen1.5-4b": QwenConfig(151936, 2560, 6912, 40, 20, 20, 5e6),
-    "qwen1.5-7b": QwenConfig(151936, 4096, 11008, 32, 32, 32, 1e6),
-    "qwen1.5-14b": QwenConfig(152064, 5120, 13696, 40, 40, 40, 1e6),
-    "qwen1.5-32b": QwenConfig(152064, 5120, 27392, 64, 40, 8, 1e6),
-    "qwen1.5-72b": QwenConfig(152064, 8192, 24576, 80, 64, 64, 1e6),
+PRESETS: dict[str, ModelConfig] = {
+    "qwen1.5-0.5b": ModelConfig(151936, 1024, 2816, 24, 16, 16, 1e6, tie_word_embeddings=True),
+    "qwen1.5-1.8b": ModelConfig(151936, 2048, 5504, 24, 16, 16, 1e6),
+    "qwen1.5-4b": ModelConfig(151936, 2560, 6912, 40, 20, 20, 5e6),
+    "qwen1.5-7b": ModelConfig(151936, 4096, 11008, 32, 32, 32, 1e6),
+    "qwen1.5-14b": ModelConfig(152064, 5120, 13696, 40, 40, 40, 1e6),
+    "qwen1.5-32b": ModelConfig(152064, 5120, 27392, 64, 40, 8, 1e6),
+    "qwen1.5-72b": ModelConfig(152064, 8192, 24576, 80, 64, 64, 1e6),
+    # The other families' small sizes, from the same published files.
+    "qwen2.5-0.5b": ModelConfig(151936, 896, 4864, 24, 14, 2, 1e6, tie_word_embeddings=True),
+    "qwen3-0.6b": ModelConfig(151936, 1024, 3072, 28, 16, 8, 1e6, tie_word_embeddings=True,
+                              head_dim_override=128, model_type="qwen3", qkv_bias=False,
+                              qk_norm=True),
+    "llama-3.2-1b": ModelConfig(128256, 2048, 8192, 16, 32, 8, 5e5, 1e-5,
+                                tie_word_embeddings=True, max_position_embeddings=131072,
+                                head_dim_override=64, model_type="llama", qkv_bias=False,
+                                rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)),
 }

@@ -11,11 +11,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxskill.model.modules import Qwen2LM
+from jaxskill.model.modules import CausalLM
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def greedy_generate(model: Qwen2LM, params, input_ids: jax.Array, attention_mask: jax.Array,
+def greedy_generate(model: CausalLM, params, input_ids: jax.Array, attention_mask: jax.Array,
                     max_new_tokens: int, eos_token_id: int = -1, pad_token_id: int = 0):
   """Appends `max_new_tokens` greedy tokens to padded prompts.
 

@@ -1,4 +1,6 @@
-"""Qwen1.5 (HF `Qwen2ForCausalLM`) as a pure-functional Flax linen model.
+"""The decoder LMs of `jaxskill.model.config.FAMILIES` (HF `Qwen2ForCausalLM`,
+`Qwen3ForCausalLM`, `LlamaForCausalLM`, `MistralForCausalLM`) as one pure-functional Flax linen
+model; the config's switches pick each family's variant of the block.
 
 Letters in einsum strings and shape comments: b batch, t query position, s key position,
 n query heads, r key/value heads, g query heads per key/value head (n = r * g), d head dim,
@@ -6,7 +8,8 @@ h hidden, i intermediate (neurons), v vocab, k captured positions, l layers (the
 whole package, docs/ARCHITECTURE.md, plus the attention letters s, n, r, g, d).
 
 The block, as in METHOD.md section 1:
-  x   = x + o_proj(attn(rmsnorm1(x)))
+  x   = x + o_proj(attn(rmsnorm1(x)))     (Qwen3: q and k RMS-normed per head before RoPE;
+                                           Mistral: attention within a sliding window)
   a   = silu(gate_proj(u)) * up_proj(u),   u = rmsnorm2(x)     <- the "neurons", sown
   out = x + down_proj(a)
 """
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxskill.model.config import QwenConfig
+from jaxskill.model.config import ModelConfig
 
 Array = jax.Array
 Dtype = Any
@@ -50,11 +54,29 @@ class RMSNorm(nn.Module):
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def rope_cos_sin(position_ids: Array, head_dim: int, theta: float, dtype: Dtype):
+def rope_inv_freq(config: ModelConfig) -> Array:
+  """The `[d/2]` RoPE frequencies theta^(-2j/d) in float32 (as HF computes them), after the
+  config's `rope_scaling` (see `RopeScaling`)."""
+  d, scaling = config.head_dim, config.rope_scaling
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  if scaling is None:
+    return inv_freq
+  if scaling.rope_type == "linear":
+    return inv_freq / scaling.factor
+  old = scaling.original_max_position_embeddings
+  wavelen = 2 * math.pi / inv_freq
+  low = jnp.where(wavelen > old / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
+  smooth = ((old / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - smooth) * low / scaling.factor + smooth * low
+  medium = (wavelen >= old / scaling.high_freq_factor) & (wavelen <= old / scaling.low_freq_factor)
+  return jnp.where(medium, smoothed, low)
+
+
+def rope_cos_sin(position_ids: Array, config: ModelConfig, dtype: Dtype):
   """position_ids int `[b, t]` -> cos, sin `[b, t, d]` in `dtype` for half-split RoPE;
   frequencies in float32 as in HF."""
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  freqs = position_ids[..., None].astype(jnp.float32) * inv_freq  # [b, t, d/2]
+  freqs = position_ids[..., None].astype(jnp.float32) * rope_inv_freq(config)  # [b, t, d/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -92,9 +114,10 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
-  """Causal self-attention with RoPE and grouped key/value heads (HF Qwen2 `self_attn`): q, k, v
-  projections with bias, o_proj without; scores and softmax in `wide(dtype)`."""
-  config: QwenConfig
+  """Causal self-attention with RoPE and grouped key/value heads (HF `self_attn`): projection
+  biases as the config says (Qwen2: q, k, v), per-head q/k RMSNorm with `qk_norm` (Qwen3);
+  scores and softmax in `wide(dtype)`."""
+  config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -108,11 +131,15 @@ class Attention(nn.Module):
     c = self.config
     b, t, _ = x.shape
     dense = functools.partial(Linear, dtype=self.dtype, param_dtype=self.param_dtype)
-    q = dense(c.num_attention_heads * c.head_dim, use_bias=True, name="q_proj")(x)
-    k = dense(c.num_key_value_heads * c.head_dim, use_bias=True, name="k_proj")(x)
-    v = dense(c.num_key_value_heads * c.head_dim, use_bias=True, name="v_proj")(x)
-    q = apply_rope(q.reshape(b, t, c.num_attention_heads, c.head_dim), cos, sin)
-    k = apply_rope(k.reshape(b, t, c.num_key_value_heads, c.head_dim), cos, sin)
+    q = dense(c.num_attention_heads * c.head_dim, use_bias=c.qkv_bias, name="q_proj")(x)
+    k = dense(c.num_key_value_heads * c.head_dim, use_bias=c.qkv_bias, name="k_proj")(x)
+    v = dense(c.num_key_value_heads * c.head_dim, use_bias=c.qkv_bias, name="v_proj")(x)
+    q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    if c.qk_norm:
+      q = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(c.rms_norm_eps, param_dtype=self.param_dtype, name="k_norm")(k)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     new_kv = (k, v)
     if past is not None:
@@ -126,13 +153,13 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("brgts,bsrd->btrgd", probs, v, preferred_element_type=acc)
     out = out.astype(self.dtype).reshape(b, t, -1)
-    return dense(c.hidden_size, use_bias=False, name="o_proj")(out), new_kv
+    return dense(c.hidden_size, use_bias=c.o_bias, name="o_proj")(out), new_kv
 
 
 class MLP(nn.Module):
   """The SwiGLU MLP, `down_proj(silu(gate_proj(x)) * up_proj(x))`, whose intermediate activations
   are the neurons (i = intermediate_size) that interventions edit and captures sow."""
-  config: QwenConfig
+  config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -163,8 +190,8 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
   """One pre-norm block (module docstring): x `[b, t, h]` -> (`[b, t, h]`, this layer's own
-  keys and values `[b, t, r, d]`), scanned over the layers by `Qwen2LM`."""
-  config: QwenConfig
+  keys and values `[b, t, r, d]`), scanned over the layers by `CausalLM`."""
+  config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -180,8 +207,9 @@ class DecoderLayer(nn.Module):
     return x, kv
 
 
-class Qwen2LM(nn.Module):
-  """Qwen1.5 causal LM. Params follow HF names; layer params are stacked `[l, ...]` by nn.scan.
+class CausalLM(nn.Module):
+  """The causal LM of `config` (any family). Params follow HF names; layer params are stacked
+  `[l, ...]` by nn.scan.
 
   Attributes:
     config: the architecture.
@@ -191,7 +219,7 @@ class Qwen2LM(nn.Module):
     scan_unroll: layers per scan iteration (1 keeps compile time flat in depth; more removes
       the per-layer loop overhead at the price of compile time).
   """
-  config: QwenConfig
+  config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
@@ -291,10 +319,8 @@ class Qwen2LM(nn.Module):
     if position_ids is None:
       offset = jnp.sum(past_mask, axis=-1, keepdims=True)
       position_ids = offset + jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-    cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, self.dtype)
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    mask = jnp.concatenate([jnp.broadcast_to(past_mask[:, None, :], (b, t, past_mask.shape[1])),
-                            causal[None] & attention_mask[:, None, :]], axis=-1)  # [b, t, s]
+    cos, sin = rope_cos_sin(position_ids, self.config, self.dtype)
+    mask = _attention_mask(attention_mask, past_mask, position_ids, self.config.sliding_window)
     past_kv = None if past is None else (past["k"], past["v"])
     x, (k, v) = self.layers(x, cos, sin, mask, capture_positions, past_kv, neuron_edit)
     if past is not None:
@@ -303,8 +329,28 @@ class Qwen2LM(nn.Module):
     return x, {"k": k, "v": v, "mask": jnp.concatenate([past_mask, attention_mask], axis=1)}
 
 
-def layer_range(model: Qwen2LM, params: dict, start: int, stop: int | None = None
-                ) -> tuple[Qwen2LM, dict]:
+Qwen2LM = CausalLM  # the name from when Qwen1.5 was the only family
+
+
+def _attention_mask(attention_mask: Array, past_mask: Array, position_ids: Array,
+                    window: int | None) -> Array:
+  """bool `[b, t, s]`, s = s0 + t: query column j may attend to key column c. A past key
+  (attention_mask `[b, t]`, past_mask `[b, s0]`) is always before the queries; among the
+  queries' own columns, the causal lower triangle. With a sliding `window`, also
+  position(query) - position(key) < window, positions counting real tokens as position_ids
+  do, so that padding between tokens never narrows the window (past keys: their count)."""
+  b, t = attention_mask.shape
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  mask = jnp.concatenate([jnp.broadcast_to(past_mask[:, None, :], (b, t, past_mask.shape[1])),
+                          causal[None] & attention_mask[:, None, :]], axis=-1)
+  if window is None:
+    return mask
+  key_pos = jnp.concatenate([jnp.cumsum(past_mask, axis=-1) - 1, position_ids], axis=-1)
+  return mask & (position_ids[:, :, None] - key_pos[:, None, :] < window)
+
+
+def layer_range(model: CausalLM, params: dict, start: int, stop: int | None = None
+                ) -> tuple[CausalLM, dict]:
   """(model, params) of layers [start, stop) alone, with the embedding, final norm and LM head:
   fed the residual stream entering layer `start` as `inputs_embeds`, it computes what the whole
   model computes from there (`hidden` gives that stream from a model of layers [0, start)).

@@ -1,0 +1,141 @@
+"""Every model family against transformers' PyTorch model of that family (eager attention, float32
+compute), on tiny random checkpoints written by `save_pretrained` in float32 and in bfloat16:
+logits and the captured neurons (the input of each layer's down_proj), with left padding; RoPE
+scaling at positions beyond `original_max_position_embeddings`; Mistral's sliding window on
+inputs longer than it, in one pass and in greedy decoding; the config each family's files give."""
+
+import numpy as np
+import pytest
+import torch
+import jax.numpy as jnp
+
+import jaxskill
+from tests.test_parity import _hf_forward
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}
+# theta 100 and head_dim 8 give wavelengths 2 pi * (1, 3.2, 10, 32) = 6.3, 20, 63, 200: with
+# original_max_position_embeddings 32 (low_freq_factor 1, high 4: bounds 32 and 8), one
+# frequency kept, one interpolated and two divided by `factor`; inputs of 40 tokens go past 32.
+CASES = {
+    "qwen2_gqa_tied": dict(family="qwen2", heads=6, kv_heads=2, tied=True),  # Qwen2.5-0.5B's shape
+    "qwen3_gqa_untied": dict(family="qwen3", heads=6, kv_heads=2, head_dim=16),
+    "qwen3_mha_tied": dict(family="qwen3", heads=6, kv_heads=6, tied=True, head_dim=8, theta=1e4),
+    "qwen3_attention_bias": dict(family="qwen3", heads=6, kv_heads=3, head_dim=8,
+                                 attention_bias=True),
+    "llama2_mha": dict(family="llama", heads=6, kv_heads=6, theta=1e4),
+    "llama3_gqa_tied": dict(family="llama", heads=6, kv_heads=2, tied=True, theta=100.0,
+                            rope_scaling=LLAMA3, max_position_embeddings=256),
+    "llama_linear_bias": dict(family="llama", heads=6, kv_heads=3, theta=1e4, attention_bias=True,
+                              rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "mistral_window4": dict(family="mistral", heads=6, kv_heads=2, theta=1e4, sliding_window=4),
+}
+
+
+def _forward(model, params, ids, mask, capture):
+  logits, variables = model.apply({"params": params}, jnp.asarray(ids),
+                                  attention_mask=jnp.asarray(mask),
+                                  capture_positions=jnp.asarray(capture),
+                                  mutable=["intermediates"])
+  return np.asarray(logits), np.asarray(jaxskill.neuron_activations(variables))
+
+
+@pytest.mark.parametrize("file_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_family_matches_hf(hf_checkpoint, case, file_dtype):
+  hf, path = hf_checkpoint(file_dtype=file_dtype, **CASES[case])
+  model, params = jaxskill.load_model(path)  # float32 params, whatever the file's dtype
+  assert model.config.model_type == CASES[case]["family"]
+  rng = np.random.default_rng(len(case))
+  t = 40  # past the llama3 case's original_max_position_embeddings and the mistral window
+  ids = rng.integers(0, 97, size=(3, t))
+  mask = np.ones_like(ids)
+  mask[1, :5] = 0  # left padding
+  mask[2, :17] = 0
+  position_ids = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  want_logits, want_acts = _hf_forward(hf, ids, mask, position_ids)
+  capture = np.array([[39, 0, 20], [5, 39, 31], [17, 30, 39]])
+  logits, acts = _forward(model, params, ids, mask, capture)
+  valid = mask.astype(bool)
+  # Float32 rounding over these models (test_parity.py's bound, K ~ 600 reductions, with softmax
+  # and mix over 40 keys instead of 12: K ~ 660): 660 * 1.2e-7 = 8e-5 of the logits' scale.
+  scale = max(1.0, np.abs(want_logits[valid]).max())
+  np.testing.assert_allclose(logits[valid], want_logits[valid], atol=1e-4 * scale, rtol=0)
+  want_at = np.take_along_axis(want_acts, capture[:, None, :, None], axis=2)  # [b, l, k, i]
+  assert acts.shape == want_at.shape
+  cap_valid = np.take_along_axis(valid, capture, axis=1)
+  # ~430 of those reductions lead to the last down_proj input, over products below 0.1:
+  # 5e-6 worst case (test_parity.py).
+  np.testing.assert_allclose(acts.transpose(0, 2, 1, 3)[cap_valid],
+                             want_at.transpose(0, 2, 1, 3)[cap_valid], atol=1e-5, rtol=0)
+
+
+def test_llama3_scaling_matters_beyond_original_length(hf_checkpoint):
+  """The scaled case differs from the same weights without scaling (so the parity above tests
+  the scaling), and a model that drops it is caught by the tolerance used there."""
+  import dataclasses
+  hf, path = hf_checkpoint(**CASES["llama3_gqa_tied"])
+  model, params = jaxskill.load_model(path)
+  assert model.config.rope_scaling.rope_type == "llama3"
+  unscaled = model.clone(config=dataclasses.replace(model.config, rope_scaling=None))
+  ids = np.random.default_rng(0).integers(0, 97, size=(1, 40))
+  mask = np.ones_like(ids)
+  want, _ = _hf_forward(hf, ids, mask, np.arange(40)[None])
+  got, _ = _forward(unscaled, params, ids, mask, np.zeros((1, 1), int))
+  assert np.abs(got - want).max() > 1e-3  # 10x the parity tolerance (logits of scale < 1)
+
+
+@pytest.mark.parametrize("case", ["llama3_gqa_tied", "llama_linear_bias"])
+def test_rope_frequencies_equal_transformers(hf_checkpoint, case):
+  """The scaled RoPE frequencies against transformers' own function for the type, bit for bit
+  (both float32, the same operations), and all of llama3's three bands are exercised."""
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  from jaxskill.model.modules import rope_inv_freq
+  hf, path = hf_checkpoint(**CASES[case])
+  model, _ = jaxskill.load_model(path)
+  want, _ = ROPE_INIT_FUNCTIONS[model.config.rope_scaling.rope_type](hf.config, None)
+  got = np.asarray(rope_inv_freq(model.config))
+  np.testing.assert_array_equal(got, want.numpy())
+  plain = 1.0 / (model.config.rope_theta ** (np.arange(0, 8, 2, dtype=np.float32) / 8))
+  ratio = plain / got
+  if case.startswith("llama3"):  # kept, interpolated, divided, divided
+    assert ratio[0] == 1 and 1 < ratio[1] < 8 and np.allclose(ratio[2:], 8, rtol=1e-6)
+  else:
+    np.testing.assert_allclose(ratio, 4, rtol=1e-6)
+
+
+def test_mistral_window_matters_and_decodes_like_hf(hf_checkpoint):
+  """The window changes the logits of inputs longer than it (so the parity above tests it), and
+  greedy decoding with the cache, 20 tokens past a 7-token prompt with a window of 4, gives
+  transformers' tokens."""
+  import dataclasses
+  hf, path = hf_checkpoint(**CASES["mistral_window4"])
+  model, params = jaxskill.load_model(path)
+  assert model.config.sliding_window == 4
+  full = model.clone(config=dataclasses.replace(model.config, sliding_window=None))
+  ids = np.random.default_rng(1).integers(0, 97, size=(2, 7))
+  mask = np.ones_like(ids)
+  mask[1, :3] = 0
+  a = np.asarray(model.apply({"params": params}, jnp.asarray(ids), attention_mask=mask))
+  b = np.asarray(full.apply({"params": params}, jnp.asarray(ids), attention_mask=mask))
+  assert np.abs(a[0, 5:] - b[0, 5:]).max() > 1e-3  # positions 5, 6 see past the window
+  np.testing.assert_array_equal(a[0, :4], b[0, :4])  # the first 4 see the same keys
+  with torch.no_grad():
+    want = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=20,
+                       min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+  got = jaxskill.greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), 20)
+  np.testing.assert_array_equal(np.asarray(got), want[:, 7:].numpy())
+
+
+@pytest.mark.parametrize("case", ["qwen3_gqa_untied", "llama3_gqa_tied"])
+def test_family_greedy_generate_matches_hf(hf_checkpoint, case):
+  hf, path = hf_checkpoint(**CASES[case])
+  model, params = jaxskill.load_model(path)
+  ids = np.random.default_rng(2).integers(0, 97, size=(2, 30))
+  mask = np.ones_like(ids)
+  mask[1, :9] = 0
+  with torch.no_grad():  # 30 + 10 tokens: decoding crosses the llama3 case's 32
+    want = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=10,
+                       min_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+  got = jaxskill.greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), 10)
+  np.testing.assert_array_equal(np.asarray(got), want[:, 30:].numpy())
