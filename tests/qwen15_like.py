@@ -82,10 +82,11 @@ def corpus(seed: int = 0) -> list[str]:
   return texts
 
 
-def build_tokenizer(vocab_size: int = 600, seed: int = 0, texts: tuple[str, ...] = ()):
+def build_tokenizer(vocab_size: int = 600, seed: int = 0, texts: tuple[str, ...] = (),
+                    specials: tuple[str, ...] = SPECIAL_TOKENS):
   """A `tokenizers.Tokenizer` with Qwen's byte-level BPE pipeline, trained on `corpus()` and
-  `texts`, with the special tokens appended after the learned vocabulary (ids len(bpe) ..
-  len(bpe) + 2)."""
+  `texts`, with the `specials` appended after the learned vocabulary (ids len(bpe) ..
+  len(bpe) + len(specials) - 1)."""
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
   from tokenizers import processors, trainers
   from tokenizers.models import BPE
@@ -107,7 +108,7 @@ def build_tokenizer(vocab_size: int = 600, seed: int = 0, texts: tuple[str, ...]
   # Special tokens go after training so they are not in vocab.json and take the last ids, as in
   # Qwen (151643..151645).
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=False,
-                                     rstrip=False, single_word=False) for t in SPECIAL_TOKENS])
+                                     rstrip=False, single_word=False) for t in specials])
   return tok
 
 

@@ -1,6 +1,7 @@
 """The shipped configs: every config loads, and `jaxskill run` runs each file in configs/ (train ->
 find -> verify -> report) through the command line, in its own dtype and with its own seeds, for a
-few steps on a tiny random checkpoint laid out like a real Qwen1.5 one (the demo configs on the
+few steps on a tiny random checkpoint laid out like the real one of its model's family (Qwen1.5:
+tests/qwen15_like.py; Qwen2.5, Qwen3, Llama 3.2: tests/family_like.py; the demo configs on the
 shipped organism), keeping its own task, metrics, selections and groups."""
 
 import json
@@ -19,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 QWEN = sorted((ROOT / "configs" / "qwen1.5").glob("*.yaml"))
 ALL = sorted((ROOT / "configs").rglob("*.yaml"))
 HUB = {"0.5b": "Qwen/Qwen1.5-0.5B", "1.8b": "Qwen/Qwen1.5-1.8B", "7b": "Qwen/Qwen1.5-7B"}
+# The other families' configs: the arithmetic experiment of configs/qwen1.5 on their model.
+FAMILY_CONFIGS = {"qwen2.5/arithmetic_0.5b.yaml": ("Qwen/Qwen2.5-0.5B", "qwen2"),
+                  "qwen3/arithmetic_0.6b.yaml": ("Qwen/Qwen3-0.6B-Base", "qwen3"),
+                  "llama3.2/arithmetic_1b.yaml": ("meta-llama/Llama-3.2-1B", "llama")}
 LAYERS, INTERMEDIATE, PROMPT = 2, 80, 2
 
 # A few steps on a few examples; dtype, seeds and everything else are the config's own.
@@ -35,7 +40,7 @@ PER_TASK = {
 
 def test_every_config_loads():
   paths = sorted((ROOT / "configs").rglob("*.yaml"))
-  assert len(paths) >= 3 + 9 + 5  # qwen1.5: 3 experiment files, 9 size files; 5 others
+  assert len(paths) >= 3 + 9 + 3 + 5  # qwen1.5: 3 experiment, 9 size files; 3 families; 5 more
   for path in paths:
     load_config(path)
 
@@ -77,6 +82,31 @@ def test_the_nine_qwen_configs_are_there_and_fit_their_names():
           config.task.n_train, config.task.n_dev, config.task.n_test]
 
 
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_family_configs_run_the_arithmetic_experiment(name):
+  """Each family's config is configs/qwen1.5/arithmetic.yaml with only the model and the name
+  changed, and its hub id's published config.json is of the family it says."""
+  import yaml
+  from jaxskill.config import to_dict
+  from jaxskill.model import ModelConfig
+  from tests.family_like import HUB_CONFIGS
+  path = ROOT / "configs" / name
+  hub, family = FAMILY_CONFIGS[name]
+  text = path.read_text()
+  assert text.startswith("#") and f"jaxskill run configs/{name}" in text
+  own = yaml.safe_load(text)
+  assert own.keys() == {"base_config", "name", "model"}
+  assert own["base_config"] == "../qwen1.5/arithmetic.yaml"
+  config = load_config(path)
+  base = to_dict(load_config(ROOT / "configs" / "qwen1.5" / "arithmetic.yaml"))
+  mine = to_dict(config)
+  assert {k: v for k, v in mine.items() if k not in ("name", "model")} == {
+      k: v for k, v in base.items() if k not in ("name", "model")}
+  size = path.stem.removeprefix("arithmetic_")
+  assert config.model.path == hub and config.name == f"{path.parent.name}-{size}-arithmetic"
+  assert ModelConfig.from_hf_dict(HUB_CONFIGS[hub]).model_type == family
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """A persistent compilation cache for this module only: the nine runs (and the seeds within a
@@ -105,6 +135,22 @@ def qwen15_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+  """Factory: hub id -> a tiny random checkpoint laid out like it (tests/family_like.py), built
+  once per module."""
+  from tests.family_like import make_family_checkpoint
+  cache = {}
+
+  def build(hub):
+    if hub not in cache:
+      cache[hub] = make_family_checkpoint(tmp_path_factory.mktemp("family"), hub, layers=LAYERS,
+                                          intermediate=INTERMEDIATE)
+    return cache[hub]
+
+  return build
+
+
+@pytest.fixture(scope="module")
 def hans_file(tmp_path_factory):
   from tests.test_tasks import HANS_HEADER, hans_rows, write_tsv
   return write_tsv(tmp_path_factory.mktemp("hans") / "heuristics_evaluation_set.txt",
@@ -123,11 +169,14 @@ def _overrides(path: Path, model_dir: Path, hans: Path, out_dir: Path) -> list[s
 
 
 @pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(ROOT / "configs")) for p in ALL])
-def test_the_command_line_runs_every_config(path, qwen15_dir, hans_file, tmp_path, capsys):
+def test_the_command_line_runs_every_config(path, qwen15_dir, family_dirs, hans_file, tmp_path,
+                                            capsys):
   """`jaxskill run CONFIG` exits 0 on every shipped config, in its own dtype and with its own
   seeds, and the report has every section."""
   from jaxskill import cli
-  overrides = _overrides(path, qwen15_dir, hans_file, tmp_path)
+  hub = load_config(path).model.path
+  model_dir = qwen15_dir if hub.startswith("Qwen/Qwen1.5") else family_dirs(hub)
+  overrides = _overrides(path, model_dir, hans_file, tmp_path)
   assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
   out = capsys.readouterr().out
   config = load_config(path, overrides)
