@@ -20,7 +20,8 @@ class Batch:
   """Rows of an encoded split, in the layout `jaxskill.data` describes.
 
   input_ids, attention_mask: `[b, t]` (mask 1 on real tokens, prompt slots included).
-  prompt_index: `[b, t]`, the prompt vector at each position, -1 where the token stays.
+  prompt_index: `[b, t]`, the prompt vector at each position, -1 where the token stays (-2 on
+    the tokenizer's special prefix, e.g. a BOS).
   answer_pos: `[b]`, the position whose next-token logits give the answer's first token.
   label: `[b]`, the class (classification; -1 for generation).
   targets, loss_mask: `[b, t]`, the token each position should predict, and whether it counts.

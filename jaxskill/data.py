@@ -26,11 +26,17 @@ from jaxskill.batch import Batch
 from jaxskill.tasks.base import Task, TaskError
 
 
+# prompt_index on the special prefix: neither a prompt slot nor an input token (verify's input
+# means leave it out: a BOS is an attention sink whose activations are far from the input's).
+SPECIAL = -2
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoded:
   """One split, encoded. Arrays are numpy, one row per example (n rows, t = max_length).
 
-  input_ids, attention_mask, prompt_index: int32 `[n, t]` (prompt_index -1 off the prompt).
+  input_ids, attention_mask, prompt_index: int32 `[n, t]` (prompt_index -1 off the prompt,
+    SPECIAL on the tokenizer's special prefix, e.g. a BOS, which is not part of the input).
   answer_pos: int32 `[n]`, the position whose next-token logits give the answer's first token.
   label: int32 `[n]` (classification; -1 for generation).
   targets, loss_mask: int32 `[n, t]`: the token that position t should predict, and whether it
@@ -211,12 +217,12 @@ def _fill_row(out: dict, i: int, special: list[int], inp: list[int], answer: lis
   if placement == "infix":
     lead = width - len(inp)  # left padding: the prompt starts at column S + width in every row
     tokens = [pad] * lead + special + inp + [pad] * P + answer
-    index = [-1] * (S + width) + list(range(P)) + [-1] * len(answer)
+    index = [-1] * lead + [SPECIAL] * S + [-1] * len(inp) + list(range(P)) + [-1] * len(answer)
     mask = [0] * lead + [1] * (len(tokens) - lead)
     out["prompt_start"][i], out["input_end"][i] = S + width, S + width
   else:
     tokens = special + [pad] * P + inp + answer
-    index = [-1] * S + list(range(P)) + [-1] * (len(inp) + len(answer))
+    index = [SPECIAL] * S + list(range(P)) + [-1] * (len(inp) + len(answer))
     mask = [1] * len(tokens)
     out["prompt_start"][i], out["input_end"][i] = S, S + P + len(inp)
   L = len(tokens)

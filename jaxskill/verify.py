@@ -63,15 +63,15 @@ MEAN_OVER = ("inputs", "site", "all")
 
 def position_weights(batch, mean_over: str, sites: tuple[str, ...], prompt_length: int):
   """float32 `[b, t]`: 1 at the positions of the valid rows a neuron's mean is taken over
-  (`verify.mean_over`): the input tokens (real, not prompt, before `input_end`), find's capture
-  sites, or every real position."""
+  (`verify.mean_over`): the input tokens (real, not prompt nor the tokenizer's special prefix,
+  before `input_end`), find's capture sites, or every real position."""
   b, t = batch.input_ids.shape
   real = batch.attention_mask.astype(jnp.float32) * batch.valid[:, None]
   if mean_over == "all":
     return real
   if mean_over == "inputs":
     cols = jnp.arange(t)[None]
-    return real * ((batch.prompt_index < 0) & (cols < batch.input_end[:, None]))
+    return real * ((batch.prompt_index == -1) & (cols < batch.input_end[:, None]))
   at = capture.capture_index(batch, sites, prompt_length)  # [b, k]
   hits = (at[:, :, None] == jnp.arange(t)[None, None]).any(1)  # [b, t]
   return hits.astype(jnp.float32) * batch.valid[:, None]

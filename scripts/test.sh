@@ -36,7 +36,12 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 log=$(mktemp)
 set +e
-.venv/bin/python -m pytest -q "$@" 2>&1 | tee "$log"
+# JAXSKILL_TEST_WORKERS=0 runs in this process (no pytest-xdist workers). A module runs whole on
+# one worker (--dist loadfile), so its module-scoped fixtures are built once.
+workers=${JAXSKILL_TEST_WORKERS:-2}
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
+.venv/bin/python -m pytest -q "${xdist[@]}" --durations=30 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # orbax's background threads can print after pytest's summary at interpreter exit; repeat the

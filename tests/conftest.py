@@ -15,6 +15,18 @@ import pytest
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+# The longest modules first (measured: tests/test_qwen_configs.py is about a third of the suite):
+# with pytest-xdist's --dist loadfile (scripts/test.sh) a worker takes one module at a time in
+# this order, so a long one never runs alone at the end while the other worker idles.
+_LONG_FIRST = ("test_qwen_configs.py", "test_multihost_run.py", "test_sharding.py",
+               "test_user_path.py", "test_train.py", "test_same_results.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-module order kept
+
+
 # model_type -> the transformers config and model classes (the families of jaxskill.FAMILIES).
 HF_CLASSES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
               "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),

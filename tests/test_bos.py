@@ -131,8 +131,11 @@ def test_infix_rows_put_bos_before_the_input(demo, llama):
     np.testing.assert_array_equal(enc.input_ids[i, other], plain.input_ids[i, other])
     np.testing.assert_array_equal(enc.attention_mask[i, other], plain.attention_mask[i, other])
     assert enc.prompt_index[i, W:W + P].tolist() == [0, 1, 2]
+    # The BOS is marked -2 (neither prompt nor input); everything else as in the plain row.
+    assert enc.prompt_index[i, b] == -2 and (np.delete(enc.prompt_index[i], b) != -2).all()
+    np.testing.assert_array_equal(enc.prompt_index[i, other], plain.prompt_index[i, other])
     assert enc.prompt_start[i] == enc.input_end[i] == W and enc.answer_pos[i] == W + P - 1
-  for name in ("prompt_index", "targets", "loss_mask", "answer_pos", "prompt_start", "input_end"):
+  for name in ("targets", "loss_mask", "answer_pos", "prompt_start", "input_end"):
     np.testing.assert_array_equal(getattr(enc, name), getattr(plain, name), err_msg=name)
 
 
@@ -147,7 +150,7 @@ def test_prefix_rows_start_with_bos_then_the_prompt(demo, llama):
   for i, ex in enumerate(task.splits["train"]):
     inp, ans = _ids(tok, ex.input), _ids(tok, ex.answer) + [tok.eos_token_id]
     row = enc.input_ids[i].tolist()
-    assert row[0] == bos and enc.prompt_index[i, :P + 2].tolist() == [-1, 0, 1, 2, -1]
+    assert row[0] == bos and enc.prompt_index[i, :P + 2].tolist() == [-2, 0, 1, 2, -1]
     assert row[1 + P:1 + P + len(inp)] == inp
     end = 1 + P + len(inp)
     assert row[end:end + len(ans)] == ans
@@ -207,3 +210,24 @@ def test_bos_counts_against_the_room_for_the_input(demo, llama):
   assert data_lib.encode(task, "train", demo, truncation="left", **kw).n_truncated == 1
   with pytest.raises(TaskError, match=rf"1 special tokens \[{bos}\] leave no room"):
     data_lib.encode(task, "train", tok, truncation="left", **kw)
+
+
+@pytest.mark.parametrize("placement", ["infix", "prefix"])
+def test_input_means_leave_the_bos_out(llama, placement):
+  """verify.mean_over=inputs averages over the input tokens: the BOS (an attention sink, with
+  activations unlike the input's) is not one of them; the input tokens all are."""
+  from jaxskill.verify import position_weights
+  tok, bos = llama
+  enc = data_lib.encode(_gen_task(), "train", tok, prompt_length=P, placement=placement,
+                        max_length=32)
+  batch = enc.batch().replace(valid=np.ones(len(enc), np.float32))
+  weights = np.asarray(position_weights(batch, "inputs", ("last_input",), P))
+  for i, ex in enumerate(_gen_task().splits["train"]):
+    row = enc.input_ids[i].tolist()
+    b = row.index(bos)
+    inp = _ids(tok, ex.input)
+    start = b + 1 + (P if placement == "prefix" else 0)  # the input's first column, by hand
+    want = np.zeros(32)
+    want[start:start + len(inp)] = 1
+    assert row[start:start + len(inp)] == inp
+    np.testing.assert_array_equal(weights[i], want)

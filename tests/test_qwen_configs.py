@@ -175,7 +175,7 @@ def test_the_command_line_runs_every_config(path, qwen15_dir, family_dirs, hans_
   seeds, and the report has every section."""
   from jaxskill import cli
   hub = load_config(path).model.path
-  model_dir = qwen15_dir if hub.startswith("Qwen/Qwen1.5") else family_dirs(hub)
+  model_dir = (family_dirs(hub) if hub in dict(FAMILY_CONFIGS.values()) else qwen15_dir)
   overrides = _overrides(path, model_dir, hans_file, tmp_path)
   assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
   out = capsys.readouterr().out
