@@ -62,7 +62,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_convert(args) -> int:
-  """`jaxskill convert HF_DIR OUT_DIR`: an HF Qwen1.5 directory (or cached hub id) to orbax
+  """`jaxskill convert HF_DIR OUT_DIR`: an HF checkpoint directory (or cached hub id) to orbax
   params in --dtype, with its config and tokenizer files."""
   import jaxskill
   from jaxskill.model.checkpoint import resolve_model_dir
@@ -241,14 +241,15 @@ def _print_shortcut(run_dir: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   """The `jaxskill` parser: one subcommand per command, each setting `func` to what runs it."""
-  ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5 LMs.")
+  ap = argparse.ArgumentParser(prog="jaxskill", description="Find skill neurons of Qwen1.5, "
+                               "Qwen2.5, Qwen3, Llama and Mistral LMs.")
   sub = ap.add_subparsers(dest="command", required=True)
   p = sub.add_parser("demo", help="the shipped model organism end to end (configs/demo.yaml): "
                      "train, find, verify, report")
   p.add_argument("overrides", nargs="*", help="section.key=value, e.g. out_dir=/tmp/runs")
   p.add_argument("--no-progress", action="store_true")
   p.set_defaults(func=cmd_demo)
-  p = sub.add_parser("convert", help="HF Qwen1.5 dir (or cached hub id) -> orbax params")
+  p = sub.add_parser("convert", help="HF checkpoint dir (or cached hub id) -> orbax params")
   p.add_argument("hf_dir")
   p.add_argument("out_dir")
   p.add_argument("--dtype", default="float32")

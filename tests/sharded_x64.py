@@ -27,19 +27,22 @@ from jaxskill import data as data_lib, sharding  # noqa: E402
 from jaxskill.tasks import arithmetic_verification  # noqa: E402
 
 
-def forward(model, params, ids, mesh, layout):
+def forward(model, params, ids, mesh, layout, mask=None):
+  """Logits and activations at every position of `ids` (and `mask`, default all ones), with the
+  params placed on `mesh` in `layout`."""
   placed, shardings = sharding.place_params(params, mesh, layout)
   rows = NamedSharding(mesh, P("data"))
   positions = jnp.tile(jnp.arange(ids.shape[1]), (ids.shape[0], 1))
+  mask = np.ones_like(ids) if mask is None else mask
 
-  @functools.partial(jax.jit, in_shardings=(shardings, rows, rows),
+  @functools.partial(jax.jit, in_shardings=(shardings, rows, rows, rows),
                      out_shardings=NamedSharding(mesh, P()))
-  def run(params, ids, positions):
-    logits, variables = model.apply({"params": params}, ids, capture_positions=positions,
-                                    mutable=["intermediates"])
+  def run(params, ids, mask, positions):
+    logits, variables = model.apply({"params": params}, ids, attention_mask=mask,
+                                    capture_positions=positions, mutable=["intermediates"])
     return logits, jaxskill.neuron_activations(variables)
 
-  logits, acts = run(placed, ids, positions)
+  logits, acts = run(placed, ids, mask, positions)
   return np.asarray(logits), np.asarray(acts)
 
 

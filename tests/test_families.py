@@ -139,3 +139,44 @@ def test_family_greedy_generate_matches_hf(hf_checkpoint, case):
                        min_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
   got = jaxskill.greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), 10)
   np.testing.assert_array_equal(np.asarray(got), want[:, 30:].numpy())
+
+
+@pytest.mark.parametrize("case", ["qwen3_attention_bias", "llama3_gqa_tied", "mistral_window4"])
+def test_mean_ablation_matches_hf_hooks(hf_checkpoint, case):
+  """An intervention is the same for every family: neurons set to given values at every position
+  in jaxskill (`neuron_edit`, mode mean) equal transformers with a forward pre-hook that writes
+  those values into each layer's down_proj input."""
+  from jaxskill import interventions
+  hf, path = hf_checkpoint(**CASES[case])
+  model, params = jaxskill.load_model(path)
+  L, I = model.config.num_hidden_layers, model.config.intermediate_size
+  chosen = [(0, 3), (0, 41), (1, 7), (1, 79)]
+  mean = np.random.default_rng(3).normal(size=(L, I)).astype(np.float32)
+  edit = interventions.neuron_edit(L, I, chosen, "mean", mean=mean)
+  ids = np.random.default_rng(4).integers(0, 97, size=(2, 20))
+  mask = np.ones_like(ids)
+  mask[1, :6] = 0
+
+  def hook(layer):
+    def pre(module, args):
+      a = args[0].clone()
+      for l, n in chosen:
+        if l == layer:
+          a[..., n] = float(mean[l, n])
+      return (a,)
+    return pre
+
+  hooks = [layer.mlp.down_proj.register_forward_pre_hook(hook(i))
+           for i, layer in enumerate(hf.model.layers)]
+  try:
+    want, _ = _hf_forward(hf, ids, mask, np.maximum(np.cumsum(mask, -1) - 1, 0))
+  finally:
+    for h in hooks:
+      h.remove()
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(ids), attention_mask=mask,
+                               neuron_edit=edit))
+  plain = np.asarray(model.apply({"params": params}, jnp.asarray(ids), attention_mask=mask))
+  valid = mask.astype(bool)
+  scale = max(1.0, np.abs(want[valid]).max())
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-4 * scale, rtol=0)  # as above
+  assert np.abs(plain[valid] - want[valid]).max() > 1e-3  # the edit changed the logits

@@ -1,17 +1,18 @@
 """The stage commands one by one (`jaxskill train`, `find`, `verify`, `report DIR`), in bfloat16,
 on a tiny checkpoint laid out like Mistral-7B-v0.1 (tests/family_like.py): the family that no
 shipped config names, with a sliding window shorter than the task's inputs and a BOS-adding
-tokenizer; then `export` of it as an HF directory that transformers loads as MistralForCausalLM
-with the same weights."""
+tokenizer; and `convert` then `export` of each family's checkpoint, which transformers loads back
+as the same model."""
 
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxskill import cli
 from jaxskill.config import load_config
-from tests.family_like import TINY_WINDOW, make_family_checkpoint
+from tests.family_like import HUB_CONFIGS, TINY_WINDOW, make_family_checkpoint
 from tests.test_qwen_configs import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,25 +44,27 @@ def test_stage_commands_on_a_mistral_checkpoint(tmp_path, capsys):
       assert real[0] == "<s>" and len(real) > TINY_WINDOW, real
 
 
-def test_export_of_a_llama_checkpoint_loads_in_transformers(tmp_path):
-  """`jaxskill convert` then `export` of a Llama-3.2-like checkpoint (llama3 RoPE scaling, tied
-  head, explicit head_dim): transformers reads the export as a LlamaForCausalLM with the same
-  tensors, RoPE scaling and tokenizer."""
+@pytest.mark.parametrize("hub", ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B-Base",
+                                 "meta-llama/Llama-3.2-1B", "mistralai/Mistral-7B-v0.1"])
+def test_convert_then_export_loads_in_transformers(tmp_path, hub):
+  """`jaxskill convert` then `export` of each family's checkpoint: transformers reads the export
+  as the family's CausalLM with the same tensors (Qwen3's q/k norms, a tied head), the same
+  architecture settings (llama3 RoPE scaling, Mistral's window, explicit head_dim) and the same
+  tokenizer."""
   import torch
   import transformers
-  src = make_family_checkpoint(tmp_path / "llama", "meta-llama/Llama-3.2-1B")
+  src = make_family_checkpoint(tmp_path / "src", hub)
   assert cli.main(["convert", str(src), str(tmp_path / "converted")]) == 0
   assert cli.main(["export", str(tmp_path / "converted"), str(tmp_path / "hf")]) == 0
   want = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
   got = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
-  assert type(got).__name__ == "LlamaForCausalLM"
-  assert got.config.rope_parameters["rope_type"] == "llama3"
-  assert got.config.rope_parameters["factor"] == want.config.rope_parameters["factor"] == 32.0
-  assert got.config.head_dim == want.config.head_dim == 8
-  assert got.config.tie_word_embeddings
+  assert type(got).__name__ == type(want).__name__ == HUB_CONFIGS[hub]["architectures"][0]
+  for field in ("head_dim", "tie_word_embeddings", "sliding_window", "num_key_value_heads",
+                "rope_parameters", "attention_bias"):
+    assert getattr(got.config, field, None) == getattr(want.config, field, None), field
   sd_want, sd_got = want.state_dict(), got.state_dict()
   assert sd_got.keys() == sd_want.keys()
   for name, tensor in sd_want.items():
     assert torch.equal(sd_got[name], tensor), name
-  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-  assert tok("7")["input_ids"][0] == tok.bos_token_id
+  tok, src_tok = (transformers.AutoTokenizer.from_pretrained(p) for p in (tmp_path / "hf", src))
+  assert tok("Q: What is 7 plus 5?")["input_ids"] == src_tok("Q: What is 7 plus 5?")["input_ids"]

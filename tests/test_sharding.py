@@ -116,3 +116,18 @@ def test_sharded_float64_logits_and_activations_equal_within_1e5_absolute(tmp_pa
   assert out["prompt_dtype"] == "float64"
   for layout in ("tensor", "fsdp"):
     assert out[f"{layout}_prompt"] < 1e-10, (layout, out)
+
+
+def test_every_family_sharded_equals_unsharded_in_float64(tmp_path):
+  """Qwen3 (q/k norms, o bias), Llama (llama3 RoPE, biases, tied) and Mistral (a window shorter
+  than the input) on a 2 x 4 mesh, tensor and fsdp layouts, left padding: in float64 the split
+  sums round at ~1e-13 of the scale, so 1e-10 absolute leaves room only for rounding (a wrong
+  layout of a norm or bias, or a mask that depends on the shard, is off by far more). The
+  params read straight into the tensor layout equal the unsharded ones."""
+  out = json.loads(_on_8_devices("sharded_families.py", tmp_path / "fam.json").read_text())
+  for family in ("qwen3", "llama", "mistral"):
+    assert out[f"{family}_logit_scale"] > 0.1, out
+    for layout in ("tensor", "fsdp"):
+      for key in ("logits", "acts"):
+        assert out[f"{family}_{layout}_{key}"] < 1e-10, (family, layout, key, out)
+    assert out[f"{family}_load_same"], (family, out)
