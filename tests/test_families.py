@@ -180,3 +180,114 @@ def test_mean_ablation_matches_hf_hooks(hf_checkpoint, case):
   scale = max(1.0, np.abs(want[valid]).max())
   np.testing.assert_allclose(got[valid], want[valid], atol=1e-4 * scale, rtol=0)  # as above
   assert np.abs(plain[valid] - want[valid]).max() > 1e-3  # the edit changed the logits
+
+
+# The smallest config.json of each family: what every file has; the rest is left to defaults.
+# 32 query heads: transformers' Qwen classes default a missing num_key_value_heads to 32.
+_MINIMAL = dict(vocab_size=97, hidden_size=128, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=32, rope_theta=1e4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama", "mistral"])
+def test_missing_fields_read_as_transformers_reads_them(family):
+  """A field a config.json leaves out means what transformers' class for the family makes of it
+  (Qwen2 and Qwen3: 32 key/value heads, Qwen3's head_dim 128; Mistral: 8 key/value heads and a
+  4096 window; Llama: key/value heads = query heads; no window, head_dim = hidden / heads but
+  for Qwen3)."""
+  import transformers
+  from tests.conftest import HF_CLASSES
+  ours = jaxskill.ModelConfig.from_hf_dict({"model_type": family, **_MINIMAL})
+  hf = getattr(transformers, HF_CLASSES[family][0])(**_MINIMAL)
+  assert ours.head_dim == (getattr(hf, "head_dim", None) or 128 // 32)
+  assert ours.num_key_value_heads == hf.num_key_value_heads
+  assert ours.sliding_window == getattr(hf, "sliding_window", None)
+  assert ours.rms_norm_eps == hf.rms_norm_eps
+  assert ours.tie_word_embeddings == hf.tie_word_embeddings
+  assert ours.qkv_bias == getattr(hf, "attention_bias", family == "qwen2")  # Qwen2: always
+  assert ours.rope_scaling is None
+
+
+@pytest.mark.parametrize("hub", ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B-Base",
+                                 "meta-llama/Llama-3.2-1B", "mistralai/Mistral-7B-v0.1"])
+def test_published_configs_parse(hub):
+  """The hub's config.json of each family parses field by field into what transformers reads
+  from it, and the presets of those sizes are the same configs."""
+  import transformers
+  from tests.family_like import HUB_CONFIGS
+  d = HUB_CONFIGS[hub]
+  ours = jaxskill.ModelConfig.from_hf_dict(d, source=hub)
+  hf = transformers.AutoConfig.for_model(d["model_type"], **{
+      k: v for k, v in d.items() if k not in ("model_type", "architectures")})
+  assert (ours.num_hidden_layers, ours.intermediate_size, ours.hidden_size) == (
+      hf.num_hidden_layers, hf.intermediate_size, hf.hidden_size)
+  assert ours.head_dim == (getattr(hf, "head_dim", None) or hf.hidden_size
+                           // hf.num_attention_heads)
+  assert ours.num_key_value_heads == hf.num_key_value_heads
+  assert ours.sliding_window == (hf.sliding_window if d["model_type"] == "mistral" else None)
+  assert ours.rope_theta == hf.rope_parameters["rope_theta"]
+  scaling = ours.rope_scaling
+  if hf.rope_parameters["rope_type"] == "default":
+    assert scaling is None
+  else:
+    assert {k: v for k, v in hf.rope_parameters.items() if k != "rope_theta"} == {
+        "rope_type": scaling.rope_type, "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_position_embeddings}
+  preset = {"Qwen/Qwen2.5-0.5B": "qwen2.5-0.5b", "Qwen/Qwen3-0.6B-Base": "qwen3-0.6b",
+            "meta-llama/Llama-3.2-1B": "llama-3.2-1b"}.get(hub)
+  if preset:
+    p = jaxskill.PRESETS[preset]
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+                  "rms_norm_eps", "tie_word_embeddings", "model_type", "qkv_bias", "o_bias",
+                  "qk_norm", "rope_scaling", "sliding_window"):
+      assert getattr(p, field) == getattr(ours, field), (preset, field)
+
+
+@pytest.mark.parametrize("change,fragments", [
+    (dict(model_type="llama", mlp_bias=True), ["'mlp_bias' is true", "not supported"]),
+    (dict(model_type="llama", sliding_window=4096), ["unsupported field", "'sliding_window'"]),
+    (dict(model_type="qwen3", use_sliding_window=True), ["'use_sliding_window' is true"]),
+    (dict(model_type="mistral", attention_bias=True), ["unsupported field", "'attention_bias'"]),
+    (dict(model_type="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                            "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+                                            "original_max_position_embeddings": 64}),
+     ["high_freq_factor=1.0 must exceed low_freq_factor=4.0"]),
+    (dict(model_type="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+     ["'llama3' takes the keys", "high_freq_factor"]),
+    (dict(model_type="mistral", sliding_window=0), ["'sliding_window'", "positive integer", "0"]),
+    (dict(model_type="qwen3", head_dim=7), ["head_dim=7", "even"]),
+    (dict(model_type="qwen2", num_attention_heads=6, hidden_size=48),
+     ["num_attention_heads=6", "num_key_value_heads=32"]),  # transformers' default, not 6
+])
+def test_family_fields_are_refused_by_name(change, fragments):
+  with pytest.raises(jaxskill.ConfigError) as info:
+    jaxskill.ModelConfig.from_hf_dict({**_MINIMAL, **change}, source="x/config.json")
+  msg = str(info.value)
+  assert msg.startswith("x/config.json: ")
+  for fragment in fragments:
+    assert fragment in msg, (fragment, msg)
+
+
+def test_window_with_a_cache_equals_one_pass(hf_checkpoint):
+  """Infix training runs the input columns once as a cache, then the rest with it: with a
+  sliding window (4) and padding on both sides, that gives the one-pass logits, in float64
+  (other matmul shapes: other summation orders; test_parity.py's X64_TOL)."""
+  from tests.test_parity import X64_TOL
+  import jax
+  _, path = hf_checkpoint(**CASES["mistral_window4"])
+  ids = np.random.default_rng(5).integers(0, 97, size=(3, 14))
+  mask = np.ones((3, 14), np.int32)
+  mask[0, :4] = 0  # left padding inside the cached part
+  mask[1, -3:] = 0  # right padding after it
+  with jax.enable_x64(True):
+    model, params = jaxskill.load_model(path, dtype=jnp.float64)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    full = np.asarray(model.apply({"params": params}, ids, attention_mask=mask))
+    for s0 in (2, 6, 11):
+      cache = model.apply({"params": params}, ids[:, :s0], attention_mask=mask[:, :s0],
+                          method=model.prefill)
+      rest = np.asarray(model.apply({"params": params}, ids[:, s0:], attention_mask=mask[:, s0:],
+                                    past=cache))
+      valid = np.asarray(mask[:, s0:]).astype(bool)
+      np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=X64_TOL, rtol=0)

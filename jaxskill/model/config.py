@@ -240,7 +240,9 @@ _HANDLED = {
     "mistral": _COMMON | {"sliding_window"},
 }
 # Where transformers' class defaults a missing field otherwise than _COMMON's.
-_DEFAULTS = {"qwen3": {"head_dim": 128}, "mistral": {"num_key_value_heads": 8}}
+_DEFAULTS = {"qwen2": {"num_key_value_heads": 32},
+             "qwen3": {"num_key_value_heads": 32, "head_dim": 128},
+             "mistral": {"num_key_value_heads": 8, "sliding_window": 4096}}
 # Present in real / transformers-written configs, and irrelevant to a frozen forward pass:
 # training-time settings and bookkeeping (pretraining_tp: transformers' Llama ignores it).
 _IGNORED = {
@@ -336,7 +338,10 @@ def _rope(d: dict[str, Any], source: str) -> tuple[Any, RopeScaling | None]:
   if set(spec) != _SCALING_KEYS[rope_type]:
     _fail(source, f"RoPE type {rope_type!r} takes the keys {sorted(_SCALING_KEYS[rope_type])}, "
           f"got {sorted(spec)}")
-  return theta, RopeScaling(rope_type, **spec)
+  try:
+    return theta, RopeScaling(rope_type, **spec)
+  except ConfigError as e:
+    _fail(source, str(e))
 
 
 # Named presets of the published Qwen1.5 sizes (from their config.json files on the hub), used for
