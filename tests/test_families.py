@@ -268,26 +268,3 @@ def test_family_fields_are_refused_by_name(change, fragments):
   for fragment in fragments:
     assert fragment in msg, (fragment, msg)
 
-
-def test_window_with_a_cache_equals_one_pass(hf_checkpoint):
-  """Infix training runs the input columns once as a cache, then the rest with it: with a
-  sliding window (4) and padding on both sides, that gives the one-pass logits, in float64
-  (other matmul shapes: other summation orders; test_parity.py's X64_TOL)."""
-  from tests.test_parity import X64_TOL
-  import jax
-  _, path = hf_checkpoint(**CASES["mistral_window4"])
-  ids = np.random.default_rng(5).integers(0, 97, size=(3, 14))
-  mask = np.ones((3, 14), np.int32)
-  mask[0, :4] = 0  # left padding inside the cached part
-  mask[1, -3:] = 0  # right padding after it
-  with jax.enable_x64(True):
-    model, params = jaxskill.load_model(path, dtype=jnp.float64)
-    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-    full = np.asarray(model.apply({"params": params}, ids, attention_mask=mask))
-    for s0 in (2, 6, 11):
-      cache = model.apply({"params": params}, ids[:, :s0], attention_mask=mask[:, :s0],
-                          method=model.prefill)
-      rest = np.asarray(model.apply({"params": params}, ids[:, s0:], attention_mask=mask[:, s0:],
-                                    past=cache))
-      valid = np.asarray(mask[:, s0:]).astype(bool)
-      np.testing.assert_allclose(rest[valid], full[:, s0:][valid], atol=X64_TOL, rtol=0)

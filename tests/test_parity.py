@@ -209,11 +209,17 @@ def test_remat_gives_same_values_and_gradients(hf_checkpoint):
   np.testing.assert_allclose(g1, g0, atol=X64_TOL * np.abs(g0).max(), rtol=0)
 
 
-@pytest.mark.parametrize("case", ["gqa3_untied", "mha_tied_theta1e4"])
+# Mistral with a window of 4 (tests/test_families.py's case): cached keys are then also limited
+# by their position, which the cache must carry over (from its mask) like the one pass does.
+PREFILL_CASES = {**CASES, "mistral_window4": dict(family="mistral", heads=6, kv_heads=2,
+                                                  theta=1e4, sliding_window=4)}
+
+
+@pytest.mark.parametrize("case", ["gqa3_untied", "mha_tied_theta1e4", "mistral_window4"])
 def test_prefill_then_rest_equals_one_pass(hf_checkpoint, case):
   """A cache of the first s0 columns plus a pass over the rest gives the one-pass logits, with
   padding on both sides (the infix training layout)."""
-  _, path = hf_checkpoint(**CASES[case])
+  _, path = hf_checkpoint(**PREFILL_CASES[case])
   ids = _batch(10, b=3, t=12)
   mask = np.ones((3, 12), np.int32)
   mask[0, :4] = 0  # left padding inside the cached part
