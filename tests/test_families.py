@@ -268,3 +268,19 @@ def test_family_fields_are_refused_by_name(change, fragments):
   for fragment in fragments:
     assert fragment in msg, (fragment, msg)
 
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_config_round_trips_and_transformers_reads_it(hf_checkpoint, case):
+  """`to_hf_dict` (what convert and export write) reads back as the same config, and
+  transformers reads it as the family's model with the same RoPE and window."""
+  import transformers
+  hf, path = hf_checkpoint(**CASES[case])
+  c = jaxskill.ModelConfig.from_json_file(path / "config.json")
+  d = c.to_hf_dict()
+  assert jaxskill.ModelConfig.from_hf_dict(d) == c
+  back = transformers.AutoConfig.for_model(d["model_type"], **{
+      k: v for k, v in d.items() if k not in ("model_type", "architectures")})
+  assert back.rope_parameters == hf.config.rope_parameters
+  assert getattr(back, "sliding_window", None) == getattr(hf.config, "sliding_window", None)
+  assert getattr(back, "head_dim", None) == getattr(hf.config, "head_dim", None)

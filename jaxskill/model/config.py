@@ -207,8 +207,10 @@ class ModelConfig:
       d["attention_bias"] = self.qkv_bias
     if self.model_type == "mistral":
       d["sliding_window"] = self.sliding_window
-    if self.rope_scaling is not None:
-      d["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
+    if self.rope_scaling is not None:  # only the type's own keys: others would be refused
+      s = self.rope_scaling
+      d["rope_scaling"] = {"rope_type": s.rope_type,
+                           **{k: getattr(s, k) for k in sorted(_SCALING_KEYS[s.rope_type])}}
     if self.head_dim_override is not None:
       d["head_dim"] = self.head_dim_override
     return d
