@@ -191,10 +191,11 @@ _TOP_TABLE = {
 }
 
 
-def name_table(config: ModelConfig) -> tuple[dict, dict]:
+def name_table(config: ModelConfig, expected: dict | None = None) -> tuple[dict, dict]:
   """(top-level, per-layer) HF name -> (param path, transpose) for the tensors `config`'s model
-  has: the q/k/v and o_proj biases, q/k norms and LM head only where its family has them."""
-  expected = abstract_params(config)
+  has: the q/k/v and o_proj biases, q/k norms and LM head only where its family has them.
+  `expected`: the config's `abstract_params`, when the caller has them already (a trace)."""
+  expected = abstract_params(config) if expected is None else expected
   top = {k: v for k, v in _TOP_TABLE.items() if _has(expected, v[0])}
   layer = {k: v for k, v in _LAYER_TABLE.items() if _has(expected["layers"], v[0])}
   return top, layer
@@ -257,7 +258,7 @@ def lazy_params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float
   expected = abstract_params(config, dtype)
   np_dtype = np.dtype(dtype)
   L = config.num_hidden_layers
-  top, layer = name_table(config)
+  top, layer = name_table(config, expected)
   _check_names(tensors, files, config, layer)
   params: dict = {}
   for hf_name, (path, transpose) in top.items():
