@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from jaxskill import files
+from jaxskill.model.checkpoint import check_checkpoint
 from jaxskill.config import (RunConfig, RunConfigError, config_diff, dump_config, load_config,
                              seed_runs, to_dict)
 from jaxskill.sharding import barrier, is_writer, raise_together, writer_decides
@@ -184,6 +185,8 @@ def run(config: RunConfig, *, until: str = "report", progress: bool = True,
   run's) is locked for the duration: a second process gets a RunLockError naming the first."""
   if until not in STAGES:
     raise ValueError(f"until={until!r}: expected one of {STAGES}")
+  # A checkpoint that cannot be read is refused before the locks create any run directory.
+  check_checkpoint(config.model.path)
   dirs = list(dict.fromkeys([config.run_dir] + [c.run_dir for c in seed_runs(config)]))
   with contextlib.ExitStack() as locks:
     def acquire():

@@ -246,9 +246,10 @@ def test_published_configs_parse(hub):
 
 @pytest.mark.parametrize("change,fragments", [
     (dict(model_type="llama", mlp_bias=True), ["'mlp_bias' is true", "not supported"]),
-    (dict(model_type="llama", sliding_window=4096), ["unsupported field", "'sliding_window'"]),
     (dict(model_type="qwen3", use_sliding_window=True), ["'use_sliding_window' is true"]),
-    (dict(model_type="mistral", attention_bias=True), ["unsupported field", "'attention_bias'"]),
+    (dict(model_type="mistral", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4,
+                                                 "factor": 4.0}), ["RoPE type 'yarn'"]),
+    (dict(model_type="qwen2", use_sliding_window=True), ["'use_sliding_window' is true"]),
     (dict(model_type="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                             "low_freq_factor": 4.0, "high_freq_factor": 1.0,
                                             "original_max_position_embeddings": 64}),

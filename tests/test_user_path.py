@@ -293,3 +293,20 @@ def test_an_out_dir_that_cannot_hold_runs_is_named(tmp_path, capsys):
   assert code == 2 and f"cannot lock {blocker / 'demo'}" in err
   code, _, err = jaxskill(capsys, "report", str(tmp_path / "missing"))
   assert code == 2 and "no such run directory" in err
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_refused_checkpoint_creates_no_run_directory(tmp_path, capsys, command):
+  """A config.json with a field that changes the computation is refused before the run
+  directory or its seed directories exist."""
+  import shutil
+  from jaxskill.model.checkpoint import DEMO_MODEL
+  model_dir = tmp_path / "model"
+  shutil.copytree(DEMO_MODEL, model_dir)
+  d = json.loads((model_dir / "config.json").read_text())
+  (model_dir / "config.json").write_text(json.dumps({**d, "use_sliding_window": True}))
+  out_dir = tmp_path / "runs"
+  code, _, err = jaxskill(capsys, command, *_args(out_dir, f"model.path={model_dir}",
+                                                  "find.seeds=0,1"))
+  assert code == 2 and str(model_dir / "config.json") in err and "use_sliding_window" in err
+  assert not out_dir.exists()

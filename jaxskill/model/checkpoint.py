@@ -531,13 +531,31 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   return CausalLM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
 
 
-def load_tokenizer(path: str | os.PathLike):
-  """The `transformers.AutoTokenizer` saved beside the weights."""
-  from transformers import AutoTokenizer
+def check_checkpoint(path: str | os.PathLike) -> ModelConfig:
+  """The config of the checkpoint at `path`, validated without reading weights: its directory,
+  config.json, tokenizer files and weight files; raises what `load_model` / `load_tokenizer`
+  would, so that a run refuses it before it creates anything."""
   model_dir = resolve_model_dir(path)
+  if not (model_dir / "config.json").exists():
+    raise CheckpointError(f"{model_dir}: no config.json")
+  config = ModelConfig.from_json_file(model_dir / "config.json")
+  if not (is_converted(model_dir) or any(model_dir.glob("*.safetensors"))):
+    raise CheckpointError(f"{model_dir}: no *.safetensors weights (nor converted params)")
+  _require_tokenizer(model_dir)
+  return config
+
+
+def _require_tokenizer(model_dir: Path) -> None:
   # transformers builds an empty tokenizer from config.json alone; refuse that instead.
   if not ((model_dir / "tokenizer.json").exists()
           or ((model_dir / "vocab.json").exists() and (model_dir / "merges.txt").exists())):
     raise CheckpointError(f"{model_dir}: no tokenizer files (tokenizer.json, or vocab.json and "
                           "merges.txt); copy them from the original checkpoint")
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """The `transformers.AutoTokenizer` saved beside the weights."""
+  from transformers import AutoTokenizer
+  model_dir = resolve_model_dir(path)
+  _require_tokenizer(model_dir)
   return AutoTokenizer.from_pretrained(str(model_dir))

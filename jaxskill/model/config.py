@@ -7,16 +7,25 @@ query and key head, no biases, an explicit `head_dim`), Llama 2 / 3 / 3.1 / 3.2 
 biases, `llama3` or linear RoPE scaling) and Mistral (`mistral`: sliding-window attention).
 
 Only the fields that change the computation live here; run settings (dtype, remat) are module
-attributes. Parsing is strict: every HF attribute is either handled, known to be irrelevant for
-inference, or an error, so an unsupported checkpoint never converts silently into a wrong model.
+attributes. Parsing follows transformers' own config class of the family: a field that class reads
+(so it can change transformers' computation) is handled here, inert for a frozen forward pass, at
+the class's default, or refused by name, so an unsupported checkpoint never converts silently into
+a wrong model; a field it does not read (what `save_pretrained` or a converter adds, tokenizer
+ids) changes nothing in transformers either, and is accepted and named in one info line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any, NoReturn
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -26,6 +35,29 @@ class ConfigError(ValueError):
 # model_type -> the transformers class that `to_hf_dict` names.
 FAMILIES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
             "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+# model_type -> transformers' config class, whose fields decide what a config.json may hold.
+HF_CONFIG_CLASSES = {"qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "llama": "LlamaConfig",
+                     "mistral": "MistralConfig"}
+
+
+@functools.cache
+def hf_fields(family: str) -> dict[str, Any]:
+  """{field: default} of what transformers' config class of `family` reads itself (its own
+  constructor arguments; `PretrainedConfig`'s are bookkeeping). Importing a config class needs no
+  torch."""
+  import transformers
+  own = inspect.signature(getattr(transformers, HF_CONFIG_CLASSES[family]).__init__).parameters
+  base = set(inspect.signature(transformers.PretrainedConfig.__init__).parameters)
+  return {name: p.default for name, p in own.items()
+          if name not in base and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+@functools.cache
+def _base_fields() -> frozenset[str]:
+  """What `PretrainedConfig` itself writes and reads: paths, versions, output switches, labels."""
+  import transformers
+  return frozenset(transformers.PretrainedConfig().to_dict()) | frozenset(
+      inspect.signature(transformers.PretrainedConfig.__init__).parameters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +172,9 @@ class ModelConfig:
         _fail(source, f"required field '{name}' is missing")
     d = {**_DEFAULTS.get(family, {}), **d}  # a missing field reads as transformers reads it
     kv_heads = d.get("num_key_value_heads")
-    bias = bool(d.get("attention_bias", family == "qwen2"))
+    # Qwen2's q/k/v always have biases; the others' only where their class reads the switch.
+    bias = family == "qwen2" or (
+        "attention_bias" in _HANDLED[family] and bool(d.get("attention_bias", False)))
     try:
       return cls(
           **{name: d[name] for name in _REQUIRED},
@@ -236,7 +270,7 @@ _COMMON = set(_REQUIRED) | {
 # `use_sliding_window` true (refused), so they are read and not used; Mistral's is honoured.
 _QWEN_WINDOW = {"use_sliding_window", "layer_types", "sliding_window", "max_window_layers"}
 _HANDLED = {
-    "qwen2": _COMMON | _QWEN_WINDOW | {"use_mrope"},
+    "qwen2": _COMMON | _QWEN_WINDOW,
     "qwen3": _COMMON | _QWEN_WINDOW | {"attention_bias"},
     "llama": _COMMON | {"attention_bias", "mlp_bias"},
     "mistral": _COMMON | {"sliding_window"},
@@ -245,13 +279,15 @@ _HANDLED = {
 _DEFAULTS = {"qwen2": {"num_key_value_heads": 32},
              "qwen3": {"num_key_value_heads": 32, "head_dim": 128},
              "mistral": {"num_key_value_heads": 8, "sliding_window": 4096}}
-# Present in real / transformers-written configs, and irrelevant to a frozen forward pass:
-# training-time settings and bookkeeping (pretraining_tp: transformers' Llama ignores it).
-_IGNORED = {
-    "architectures", "attention_dropout", "initializer_range", "use_cache", "torch_dtype", "dtype",
-    "transformers_version", "_name_or_path", "output_attentions", "output_hidden_states",
-    "return_dict", "tokenizer_class", "generation_config", "use_return_dict",
-    "chunk_size_feed_forward", "pretraining_tp",
+# Fields the family's config class reads that cannot change a frozen forward pass: dropout is
+# off in evaluation, the initializer only draws new weights, the cache only stores keys, and
+# transformers' Llama keeps pretraining_tp in its config without using it (test_config checks
+# each against transformers' model).
+_INERT = {"attention_dropout", "initializer_range", "use_cache", "pretraining_tp"}
+# Read by transformers' loader rather than by a config class, and it changes the weights.
+_LOADER_REFUSED = {
+    "quantization_config": "a quantized checkpoint; dequantize it first (transformers' "
+                           "from_pretrained, then save_pretrained without quantization_config)",
 }
 _REFUSED = {
     "qwen2_moe": "mixture-of-experts MLPs (Qwen1.5-MoE) are not supported",
@@ -279,25 +315,39 @@ def _check_supported(d: dict[str, Any], source: str) -> str:
   if family not in FAMILIES:
     _fail(source, f"field 'model_type' is {family!r}; supported: {sorted(FAMILIES)} (Qwen1.5 / "
           "Qwen2 / Qwen2.5, Qwen3, Llama 2 / 3.x, Mistral)")
-  unknown = sorted(set(d) - _HANDLED[family] - _IGNORED)
-  if unknown:
-    _fail(source, f"unsupported field(s) {unknown} for model_type {family!r}; jaxskill refuses "
-          "attributes it does not implement so that a checkpoint never converts into a "
-          "silently different model")
-  if d.get("use_mrope"):  # Qwen2.5 text checkpoints write it, false
-    _fail(source, "field 'use_mrope' is true; multimodal rotary embeddings (Qwen2-VL) are not "
-          "supported")
-  if d.get("use_sliding_window"):
+  _check_fields(d, family, source)
+  read = {k: v for k, v in d.items() if k in _HANDLED[family]}  # what the family's class reads
+  if read.get("use_sliding_window"):
     _fail(source, "field 'use_sliding_window' is true; Qwen's per-layer sliding-window "
           "attention is not supported (no released Qwen checkpoint turns it on)")
-  if d.get("mlp_bias"):
+  if read.get("mlp_bias"):
     _fail(source, "field 'mlp_bias' is true; MLP biases are not supported (no released Llama "
           "checkpoint has them)")
-  layer_types = d.get("layer_types")
+  layer_types = read.get("layer_types")
   if layer_types is not None and any(t != "full_attention" for t in layer_types):
     _fail(source, f"field 'layer_types' contains {sorted(set(layer_types) - {'full_attention'})}; "
           "only 'full_attention' layers are supported")
   return family
+
+
+def _check_fields(d: dict[str, Any], family: str, source: str) -> None:
+  """Refuses a field that transformers' class of `family` reads at a value jaxskill does not
+  implement (or that makes the loader change the weights); logs the fields the class does not
+  read, which can change nothing in transformers' model either."""
+  for name in sorted(set(d) & set(_LOADER_REFUSED)):
+    _fail(source, f"field {name!r}: {_LOADER_REFUSED[name]}")
+  read = hf_fields(family)
+  refused = sorted(name for name in set(d) - _HANDLED[family] - _INERT
+                   if name in read and d[name] != read[name])
+  if refused:
+    _fail(source, f"field(s) {refused} for model_type {family!r} are read by transformers' "
+          f"{HF_CONFIG_CLASSES[family]} and can change its computation, and jaxskill does not "
+          "implement " + ", ".join(f"{k}={d[k]!r}" for k in refused)
+          + "; refused so that a checkpoint never converts into a silently different model")
+  unread = sorted(set(d) - _HANDLED[family] - set(read) - _base_fields())
+  if unread:
+    log.info("%s: field(s) %s are not read by transformers' %s (bookkeeping, tokenizer ids): "
+             "ignored", source, unread, HF_CONFIG_CLASSES[family])
 
 
 _SCALING_KEYS = {"linear": {"factor"},
