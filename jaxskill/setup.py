@@ -94,7 +94,8 @@ def prepare(config: RunConfig, rows: RowPlan | None = None, mesh: Mesh | None = 
   if mesh is None:
     mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
   model, params = load_model(config.model.path, dtype=dtype, remat=config.model.remat,
-                             mesh=mesh, layout=config.train.param_sharding)
+                             mesh=mesh, layout=config.train.param_sharding,
+                             log_unread=False)  # the pipeline's check_checkpoint named them
   tokenizer = load_tokenizer(config.model.path)
   task = build_task(config.task)
   budget = data_lib.answer_budget(task, tokenizer, config.data.append_eos)  # one for all splits

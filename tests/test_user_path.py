@@ -310,3 +310,20 @@ def test_a_refused_checkpoint_creates_no_run_directory(tmp_path, capsys, command
                                                   "find.seeds=0,1"))
   assert code == 2 and str(model_dir / "config.json") in err and "use_sliding_window" in err
   assert not out_dir.exists()
+
+
+def test_unread_config_fields_are_named_once(tmp_path, capsys, caplog):
+  """A config.json with a key no family class reads (as transformers' GGUF loader writes) is
+  accepted, and the run names it in one info line."""
+  import logging
+  import shutil
+  from jaxskill.model.checkpoint import DEMO_MODEL
+  model_dir = tmp_path / "model"
+  shutil.copytree(DEMO_MODEL, model_dir)
+  d = json.loads((model_dir / "config.json").read_text())
+  (model_dir / "config.json").write_text(json.dumps({**d, "unk_token_id": 0}))
+  with caplog.at_level(logging.INFO, logger="jaxskill"):
+    code, _, _ = jaxskill(capsys, "train", *_args(tmp_path, f"model.path={model_dir}"))
+  assert code == 0
+  lines = [r.getMessage() for r in caplog.records if "not read by" in r.getMessage()]
+  assert len(lines) == 1 and "'unk_token_id'" in lines[0], lines

@@ -506,18 +506,19 @@ def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = False,
-               mesh=None, layout: str = "tensor"):
+               mesh=None, layout: str = "tensor", log_unread: bool = True):
   """`(model, params)` from an HF directory (any of `FAMILIES`), a converted one, or a cached
   hub id.
 
   `dtype` is both the param and the compute dtype (float32 or bfloat16). With a `mesh`, the
   params are read straight into their `layout` on it (see `jaxskill.sharding`): each device
-  reads its own shard, never the whole model on one host.
+  reads its own shard, never the whole model on one host. `log_unread`: see
+  `ModelConfig.from_hf_dict`.
   """
   model_dir = resolve_model_dir(path)
   if not (model_dir / "config.json").exists():
     raise CheckpointError(f"{model_dir}: no config.json")
-  config = ModelConfig.from_json_file(model_dir / "config.json")
+  config = ModelConfig.from_json_file(model_dir / "config.json", log_unread=log_unread)
   shardings = None
   if mesh is not None:
     from jaxskill.sharding import param_shardings

@@ -160,9 +160,12 @@ class ModelConfig:
   # --- HF config.json ----------------------------------------------------------------------
 
   @classmethod
-  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-    """Validates an HF config dict of one of `FAMILIES`; `source` names the file in errors."""
-    family = _check_supported(d, source)
+  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json", *,
+                   log_unread: bool = True) -> "ModelConfig":
+    """Validates an HF config dict of one of `FAMILIES`; `source` names the file in errors.
+    `log_unread`: name the fields transformers' class does not read in an info line (off where
+    the same file was checked and named already)."""
+    family = _check_supported(d, source, log_unread)
     rope_theta, scaling = _rope(d, source)
     act = d.get("hidden_act", "silu")
     if act != "silu":
@@ -195,7 +198,7 @@ class ModelConfig:
       _fail(source, str(e))
 
   @classmethod
-  def from_json_file(cls, path: str | Path) -> "ModelConfig":
+  def from_json_file(cls, path: str | Path, *, log_unread: bool = True) -> "ModelConfig":
     """Reads and validates an HF `config.json`; errors name the file."""
     path = Path(path)
     try:
@@ -211,7 +214,7 @@ class ModelConfig:
     if not isinstance(d, dict):
       raise ConfigError(f"{path}: expected a JSON object ({{...}}) at the top level, got "
                         f"{json.dumps(d)[:80]}")
-    return cls.from_hf_dict(d, source=str(path))
+    return cls.from_hf_dict(d, source=str(path), log_unread=log_unread)
 
   def to_hf_dict(self) -> dict[str, Any]:
     """An HF `config.json` dict that `transformers` loads as the family's CausalLM (legacy
@@ -306,7 +309,7 @@ def _fail(source: str, msg: str) -> NoReturn:
   raise ConfigError(f"{source}: {msg}")
 
 
-def _check_supported(d: dict[str, Any], source: str) -> str:
+def _check_supported(d: dict[str, Any], source: str, log_unread: bool = True) -> str:
   """The family of `d`; raises for a model type, an unknown field or a variant that jaxskill
   does not run."""
   family = d.get("model_type")
@@ -315,7 +318,7 @@ def _check_supported(d: dict[str, Any], source: str) -> str:
   if family not in FAMILIES:
     _fail(source, f"field 'model_type' is {family!r}; supported: {sorted(FAMILIES)} (Qwen1.5 / "
           "Qwen2 / Qwen2.5, Qwen3, Llama 2 / 3.x, Mistral)")
-  _check_fields(d, family, source)
+  _check_fields(d, family, source, log_unread)
   read = {k: v for k, v in d.items() if k in _HANDLED[family]}  # what the family's class reads
   if read.get("use_sliding_window"):
     _fail(source, "field 'use_sliding_window' is true; Qwen's per-layer sliding-window "
@@ -330,7 +333,7 @@ def _check_supported(d: dict[str, Any], source: str) -> str:
   return family
 
 
-def _check_fields(d: dict[str, Any], family: str, source: str) -> None:
+def _check_fields(d: dict[str, Any], family: str, source: str, log_unread: bool) -> None:
   """Refuses a field that transformers' class of `family` reads at a value jaxskill does not
   implement (or that makes the loader change the weights); logs the fields the class does not
   read, which can change nothing in transformers' model either."""
@@ -345,7 +348,7 @@ def _check_fields(d: dict[str, Any], family: str, source: str) -> None:
           "implement " + ", ".join(f"{k}={d[k]!r}" for k in refused)
           + "; refused so that a checkpoint never converts into a silently different model")
   unread = sorted(set(d) - _HANDLED[family] - set(read) - _base_fields())
-  if unread:
+  if unread and log_unread:
     log.info("%s: field(s) %s are not read by transformers' %s (bookkeeping, tokenizer ids): "
              "ignored", source, unread, HF_CONFIG_CLASSES[family])
 
