@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "real_models.py"
+# The hub ids that shipped configs name -> the real model the tests run them on, where the CI
+# run of a config runs it on the real model itself (tests/test_real_experiment.py).
+RUN_ON_REAL = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}
 
 
 def _module():
