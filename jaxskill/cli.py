@@ -58,6 +58,7 @@ def cmd_demo(args) -> int:
   run(config, progress=not args.no_progress, on_stage=_print_stage)
   _print_results(config.run_dir)
   print(f"demo finished in {time.perf_counter() - t0:.0f}s")
+  _warn_untrained(config.run_dir)
   return 0
 
 
@@ -115,6 +116,7 @@ def _stage_command(until: str):
     config = _run_config(args)
     run(config, until=until, progress=not args.no_progress, on_stage=_print_stage)
     _print_results(config.run_dir, until)
+    _warn_untrained(config.run_dir)  # last: the line a reader of the output sees
     return 0
   return command
 
@@ -125,6 +127,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def verify_lines(results: dict) -> list[str]:
   """The headline of verify.json: accuracy with the top-K perturbed against random-K."""
+  from jaxskill.report import verdict_text
   base = results["baseline"]["accuracy"]
   k = str(results["k"])
   lines = [f"{results['split']} accuracy without perturbation: {base:.4f} "
@@ -146,7 +149,7 @@ def verify_lines(results: dict) -> list[str]:
         lo, hi = row["difference_95"]
         lines.append(f"      p = {row['p_empirical']:.3f} against the random drops; top drop - "
                      f"mean random drop, 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}]: "
-                     f"{row['verdict']}")
+                     f"{verdict_text(row)}")
       groups = row["top"].get("group_accuracy")
       if groups:
         base_g, rand_g = results["baseline"]["group_accuracy"], row["random"]["group_accuracy"]
@@ -183,13 +186,18 @@ def _print_results(run_dir: Path, until: str = "report") -> None:
   from jaxskill import files
   from jaxskill.report import train_summaries
   print(f"run dir: {run_dir}")
+  from jaxskill import learning
   for name, t in train_summaries(run_dir):
     print(f"prompt training ({name}): dev accuracy {_fmt(t['dev_accuracy_at_init'])} at init -> "
           f"{_fmt(t['best_dev_accuracy'])} best ({t['steps']} steps, resumed from "
           f"{t['resumed_from']}, {t['seconds']:.0f}s, truncated inputs {t['truncated']})")
+    if "prompt_learned" in t:
+      answer = {True: "yes", False: "no", None: "not tested"}[t["prompt_learned"]]
+      print(f"  prompt learned? {answer}: {learning.describe(t)}")
   if until == "train":
     return
   summary = files.read_json(run_dir / "summary.json")
+  _print_degenerate(summary)
   for name, m in summary["metrics"].items():
     if m["max_abs_r"] is None:
       print(f"  {name:>34}: undefined (the metric is constant over the {m['n']} examples)")
@@ -203,7 +211,7 @@ def _print_results(run_dir: Path, until: str = "report") -> None:
     print(line)
   if until == "verify":
     return
-  _print_shortcut(run_dir)
+  _print_shortcut(summary)
   print(f"report: {run_dir / 'report.html'}")
 
 
@@ -219,24 +227,41 @@ def _significance_text(metric: dict) -> str:
   return text
 
 
-def _print_shortcut(run_dir: Path) -> None:
-  from jaxskill import files
-  from jaxskill.report import last_digit_shortcut, shortcut_heldout_text
-  if not (run_dir / "activations.npz").exists():
+def _print_degenerate(summary: dict) -> None:
+  """find's degenerate metrics (summary.json), one line each."""
+  from jaxskill.metric_checks import describe
+  for entry in summary.get("degenerate_metrics") or ():
+    print(f"  degenerate metric: {describe(entry)}")
+
+
+def _print_shortcut(summary: dict) -> None:
+  """summary.json's shortcut verdict (written by find), with its evidence."""
+  from jaxskill.shortcut import heldout_text
+  verdict = summary.get("shortcut")
+  if not verdict:
     return
-  heldout = run_dir / "activations_heldout.npz"
-  verdict = last_digit_shortcut(files.load_npz(run_dir / "activations.npz"),
-                                files.load_npz(heldout) if heldout.exists() else None)
-  if verdict is not None and verdict["neurons"]:
-    best = verdict["neurons"][0]
-    print(f"last-digit shortcut neuron? {verdict['answer']}: best candidate layer "
-          f"{best['layer']} neuron {best['neuron']} at {best['position']}: AUC correct vs "
-          f"last-digit-wrong {best['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
-          f"{best['auc_elsewhere_wrong']:.3f} on the selection split")
-    held = shortcut_heldout_text(verdict)
+  note = " (computed on an untrained prompt)" if verdict.get("untrained_prompt") else ""
+  print(f"last-digit shortcut neuron? {verdict['verdict']}{note}: {verdict['reason']}")
+  for kind in ("shortcut", "whole_answer"):
+    row, held = verdict["candidates"][kind], heldout_text(verdict["heldout"][kind])
+    if row is not None:
+      print(f"  {kind.replace('_', '-')} candidate layer {row['layer']} neuron {row['neuron']} at "
+            f"{row['position']}: AUC correct vs last-digit-wrong "
+            f"{row['auc_last_digit_wrong']:.3f}, correct vs elsewhere-wrong "
+            f"{row['auc_elsewhere_wrong']:.3f} on the selection split")
     if held:
-      print(f"  {held}")
-    print(f"  ({verdict['criterion']})")
+      print(f"    held out: {held}")
+  print(f"  ({verdict['criterion']})")
+
+
+def _warn_untrained(run_dir: Path) -> None:
+  """A "warning:" line on stderr for each prompt of the run that did not learn."""
+  from jaxskill import learning
+  from jaxskill.report import train_summaries
+  for name, t in train_summaries(run_dir):
+    line = learning.warning_line(name, t)
+    if line:
+      print(line, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxskill import capture, files, significance, stats
 from jaxskill import data as data_lib
+from jaxskill import metric_checks
 from jaxskill.config import seed_runs
 from jaxskill.runner import Checkpoints, Runner
 from jaxskill.selection import iou, neuron_scores, top_k, top_p_per_layer
@@ -489,7 +490,8 @@ def find(config, *, progress: bool = True) -> dict:
   ctx.save_activations(r_all, {"embeddings": jnp.asarray(load_prompt(runs[0]))}, position_names)
   # Every process holds the same statistics; one writes them.
   return Runner.write("find: outputs written", lambda: _write_find_outputs(
-      config, results, r_all, ctx.names, position_names, common, extra)) or {}
+      config, results, r_all, ctx.names, position_names, common,
+      {**extra, **metric_checks.find_checks(config, ctx.setup.task)})) or {}
 
 
 def _write_find_outputs(config, results, mean_r, names, position_names, common, extra) -> dict:

@@ -9,8 +9,11 @@ Figures:
   layers.png         neurons above the threshold per layer, per metric
   verify.png         accuracy with the top-K perturbed against random-K draws (mean, spread)
   dose.png           the same over the list of K
-Tables: top-activating examples of the top neurons, seed-stability overlap, and for arithmetic
-verification the last-digit shortcut question (see `last_digit_shortcut`).
+Tables: top-activating examples of the top neurons, seed-stability overlap, the degenerate
+metrics find flagged (`jaxskill.metric_checks`), and for arithmetic verification the last-digit
+shortcut verdict find wrote into summary.json (`jaxskill.shortcut`). A prompt that did not learn
+(train_summary.json's prompt_learned false, `jaxskill.learning`) gets a banner at the top, and
+every verdict below it says it was computed on an untrained prompt.
 The page is `report_data`'s plain dict rendered through templates/report.html.j2 with
 autoescape on, so text from the run's files (inputs, metric names, config) cannot inject HTML.
 """
@@ -28,118 +31,11 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from jaxskill import files
-from jaxskill import browser
+from jaxskill import browser, files, learning, metric_checks
 from jaxskill.config import load_config
 from jaxskill.densities import kde, metric_groups  # noqa: F401 (kde: part of this module's API)
+from jaxskill.shortcut import heldout_text
 from jaxskill.selection import neuron_scores
-
-
-# --- numbers ----------------------------------------------------------------------------------
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-  """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney AUC of two 1-D
-  arrays; NaN if either is empty."""
-  pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
-  if pos.size == 0 or neg.size == 0:
-    return float("nan")
-  greater = (pos[:, None] > neg[None, :]).mean()
-  ties = (pos[:, None] == neg[None, :]).mean()
-  return float(greater + 0.5 * ties)
-
-
-def _shortcut_groups(activations: dict):
-  """(correct, wrong in the last digit only, wrong elsewhere): bool `[n]` masks from the metrics
-  `label` and `meta_last_digit_only`, or None if either is missing."""
-  names = [str(n) for n in activations["metric_names"]]
-  if "label" not in names or "meta_last_digit_only" not in names:
-    return None
-  y = activations["metrics"]
-  label, last_only = y[:, names.index("label")], y[:, names.index("meta_last_digit_only")]
-  return label == 0, (label == 1) & (last_only == 1), (label == 1) & (last_only == 0)
-
-
-def _auc_interval(a: np.ndarray, pos: np.ndarray, neg: np.ndarray, rng, draws: int) -> list:
-  """95% percentile bootstrap interval of auc(a[pos], a[neg]), resampling within each group."""
-  x, y = a[pos], a[neg]
-  values = [auc(x[rng.integers(0, x.size, x.size)], y[rng.integers(0, y.size, y.size)])
-            for _ in range(draws)]
-  return [float(v) for v in np.quantile(values, [0.025, 0.975])]
-
-
-def last_digit_shortcut(activations: dict, heldout: dict | None = None, *,
-                        min_effect: float = 0.25, max_other: float = 0.1, min_group: int = 20,
-                        draws: int = 1000, seed: int = 0) -> dict | None:
-  """Is there a last-digit shortcut neuron? For arithmetic verification runs whose activations
-  include the metrics `label` and `meta_last_digit_only`. `activations`: activations.npz's arrays
-  (features int `[len(features), 3]`, activations `[n, len(features)]`, metrics `[n, m]`, ...) on
-  the split the neurons were selected on; `heldout`: the same features on a held-out split
-  (activations_heldout.npz).
-
-  Three groups of examples: correct candidates, wrong only in the last digit, wrong elsewhere
-  (last digit right). A neuron that checks the last digit alone separates the first two and not
-  the first and third: |AUC(correct vs last-digit-wrong) - 0.5| >= min_effect and
-  |AUC(correct vs elsewhere-wrong) - 0.5| <= max_other. The candidate is the kept neuron that
-  meets this best on the selection split; the verdict is made on the held-out split: "yes" when
-  the last-digit AUC's 95% bootstrap interval lies min_effect or more from 0.5 and the
-  elsewhere AUC's interval lies within max_other of 0.5 (an equivalence test: no separation
-  beyond max_other, shown rather than assumed); "insufficient evidence" without a held-out split
-  or with fewer than `min_group` examples in a group there.
-  """
-  groups = _shortcut_groups(activations)
-  if groups is None:
-    return None
-  correct, wrong_last, wrong_else = groups
-  rows = []
-  for j, (layer, pos, neuron) in enumerate(activations["features"]):
-    a = activations["activations"][:, j]
-    auc_last, auc_else = auc(a[wrong_last], a[correct]), auc(a[wrong_else], a[correct])
-    rows.append({"layer": int(layer), "position": str(activations["position_names"][pos]),
-                 "neuron": int(neuron), "feature": j, "auc_last_digit_wrong": auc_last,
-                 "auc_elsewhere_wrong": auc_else,
-                 "shortcut": bool(abs(auc_last - 0.5) >= min_effect
-                                  and abs(auc_else - 0.5) <= max_other),
-                 "score": abs(auc_last - 0.5) - abs(auc_else - 0.5)})
-  rows.sort(key=lambda r: (not r["shortcut"], -r["score"]))  # neurons meeting it first
-  out = {"criterion": f"selected on {int(correct.size)} examples: |AUC(correct vs "
-                      f"last-digit-wrong) - 0.5| >= {min_effect} and |AUC(correct vs "
-                      f"elsewhere-wrong) - 0.5| <= {max_other}; judged on a held-out split: the "
-                      f"first AUC's 95% bootstrap interval {min_effect} or more from 0.5, the "
-                      f"second's within {max_other} of 0.5, at least {min_group} examples per "
-                      "group",
-         "groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
-                    "wrong_elsewhere": int(wrong_else.sum())},
-         "neurons": rows, "heldout": None}
-  if not rows or not rows[0]["shortcut"]:
-    return {**out, "answer": "no"}
-  if heldout is None or _shortcut_groups(heldout) is None:
-    return {**out, "answer": "insufficient evidence (no held-out split)"}
-  out["heldout"] = _heldout_evidence(heldout, rows[0]["feature"], min_group, draws, seed)
-  h = out["heldout"]
-  if min(h["groups"].values()) < min_group:
-    return {**out, "answer": f"insufficient evidence (a held-out group has fewer than "
-                             f"{min_group} examples)"}
-  lo, hi = h["auc_last_digit_wrong_95"]
-  lo_e, hi_e = h["auc_elsewhere_wrong_95"]
-  yes = ((lo >= 0.5 + min_effect or hi <= 0.5 - min_effect)
-         and 0.5 - max_other <= lo_e and hi_e <= 0.5 + max_other)
-  return {**out, "answer": "yes" if yes else "no"}
-
-
-def _heldout_evidence(heldout: dict, j: int, min_group: int, draws: int, seed: int) -> dict:
-  """The candidate feature j on the held-out split: group sizes, both AUCs and their 95%
-  bootstrap intervals (none when a group is below `min_group`)."""
-  correct, wrong_last, wrong_else = _shortcut_groups(heldout)
-  a = heldout["activations"][:, j]
-  out = {"groups": {"correct": int(correct.sum()), "wrong_last_digit": int(wrong_last.sum()),
-                    "wrong_elsewhere": int(wrong_else.sum())},
-         "auc_last_digit_wrong": auc(a[wrong_last], a[correct]),
-         "auc_elsewhere_wrong": auc(a[wrong_else], a[correct])}
-  if min(out["groups"].values()) >= min_group:
-    rng = np.random.default_rng(seed)
-    out["auc_last_digit_wrong_95"] = _auc_interval(a, wrong_last, correct, rng, draws)
-    out["auc_elsewhere_wrong_95"] = _auc_interval(a, wrong_else, correct, rng, draws)
-  return out
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -385,9 +281,19 @@ def _training_table(trained: list[tuple[str, dict]]) -> dict | None:
   if not trained:
     return None
   return _table(
-      ["run", "steps", "dev accuracy at init", "best dev accuracy", "train examples", "seconds"],
+      ["run", "steps", "dev accuracy at init", "best dev accuracy", "prompt learned?",
+       "train examples", "seconds"],
       [[name, t["steps"], _num(t.get("dev_accuracy_at_init")), _num(t.get("best_dev_accuracy")),
-        t.get("n_train"), f"{t.get('seconds', 0):.1f}"] for name, t in trained])
+        _learned_cell(t), t.get("n_train"), f"{t.get('seconds', 0):.1f}"]
+       for name, t in trained])
+
+
+def _learned_cell(t: dict) -> str:
+  """"yes" / "no" / "not tested" with the test's numbers; "n/a" for a run without the test."""
+  if "prompt_learned" not in t:
+    return "n/a"
+  answer = {True: "yes", False: "no", None: "not tested"}[t["prompt_learned"]]
+  return f"{answer}: {learning.describe(t)}"
 
 
 def _neuron_table(summary: dict) -> dict:
@@ -445,7 +351,12 @@ def _verdict_cells(row: dict) -> list[str]:
   if "verdict" not in row:
     return ["n/a", "n/a", "n/a"]
   lo, hi = row["difference_95"]
-  return [f"{row['p_empirical']:.3f}", f"[{lo:+.4f}, {hi:+.4f}]", row["verdict"]]
+  return [f"{row['p_empirical']:.3f}", f"[{lo:+.4f}, {hi:+.4f}]", verdict_text(row)]
+
+
+def verdict_text(row: dict) -> str:
+  """A verify.json row's verdict, marked when it was computed on an untrained prompt."""
+  return f"{row['verdict']} ({UNTRAINED})" if row.get("untrained_prompt") else row["verdict"]
 
 
 def _protocol(results: dict) -> str:
@@ -468,37 +379,38 @@ def _group_table(results: dict) -> dict:
                  f"random-{k} mean"], rows)
 
 
-def _shortcut(activations: dict | None, heldout: dict | None) -> dict | None:
-  verdict = None if activations is None else last_digit_shortcut(activations, heldout)
-  if verdict is None:
+UNTRAINED = "computed on an untrained prompt"
+
+
+def _shortcut(summary: dict) -> dict | None:
+  """The shortcut section from summary.json's "shortcut" (written by find), None without one."""
+  verdict = summary.get("shortcut")
+  if not verdict:
     return None
+  rows = [[r["layer"], r["position"], r["neuron"], _num(r["auc_last_digit_wrong"], 3),
+           _num(r["auc_elsewhere_wrong"], 3), r["shortcut"], r["whole_answer"]]
+          for r in verdict["neurons"][:8]]
   table = _table(["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
-                  "AUC correct vs elsewhere-wrong", "meets it on the selection split"],
-                 [[r["layer"], r["position"], r["neuron"], f"{r['auc_last_digit_wrong']:.3f}",
-                   f"{r['auc_elsewhere_wrong']:.3f}", r["shortcut"]]
-                  for r in verdict["neurons"][:8]])
-  return {"answer": verdict["answer"], "criterion": verdict["criterion"],
-          "groups": json.dumps(verdict["groups"]), "table": table,
-          "heldout": shortcut_heldout_text(verdict)}
+                  "AUC correct vs elsewhere-wrong", "shortcut candidate (selection split)",
+                  "whole-answer candidate (selection split)"], rows)
+  held = [heldout_text(verdict["heldout"][kind]) for kind in ("shortcut", "whole_answer")]
+  return {"answer": verdict["verdict"], "reason": verdict["reason"],
+          "untrained": bool(verdict.get("untrained_prompt")),
+          "criterion": verdict["criterion"], "groups": json.dumps(verdict["groups"]),
+          "table": table, "heldout": [h for h in held if h]}
 
 
-def shortcut_heldout_text(verdict: dict) -> str:
-  """One line on the candidate's held-out evidence of `last_digit_shortcut` ("" without one)."""
-  h = verdict.get("heldout")
-  if not h:
-    return ""
-  best = verdict["neurons"][0]
-  text = (f"held out (layer {best['layer']} neuron {best['neuron']} at {best['position']}, "
-          f"groups {json.dumps(h['groups'])}): AUC correct vs last-digit-wrong "
-          f"{h['auc_last_digit_wrong']:.3f}")
-  if "auc_last_digit_wrong_95" in h:
-    lo, hi = h["auc_last_digit_wrong_95"]
-    text += f" [{lo:.3f}, {hi:.3f}]"
-  text += f", correct vs elsewhere-wrong {h['auc_elsewhere_wrong']:.3f}"
-  if "auc_elsewhere_wrong_95" in h:
-    lo, hi = h["auc_elsewhere_wrong_95"]
-    text += f" [{lo:.3f}, {hi:.3f}]"
-  return text
+def _untrained_banner(trained: list[tuple[str, dict]]) -> list[str]:
+  """One line per prompt that did not learn: its accuracies and p (`learning.describe`)."""
+  return [f"The prompt of {name} did not learn: {learning.describe(t)}. Every result below is "
+          f"{UNTRAINED}: the neurons, verdicts and shortcut answer say nothing about the skill."
+          for name, t in trained if t.get("prompt_learned") is False]
+
+
+def _degenerate(summary: dict) -> list[str] | None:
+  """summary.json's degenerate metrics in words (None for an older run without the check)."""
+  entries = summary.get("degenerate_metrics")
+  return None if entries is None else [metric_checks.describe(e) for e in entries]
 
 
 def _examples(activations: dict | None) -> list[dict] | None:
@@ -537,18 +449,21 @@ def report_data(run_dir: str | Path) -> dict:
   correlations = files.load_npz(run_dir / "correlations.npz")
   summary = _load_json(run_dir / "summary.json") or {}
   results = _load_json(run_dir / "verify.json")
-  activations, heldout = (files.load_npz(run_dir / name) if (run_dir / name).exists() else None
-                          for name in ("activations.npz", "activations_heldout.npz"))
+  activations = (files.load_npz(run_dir / "activations.npz")
+                 if (run_dir / "activations.npz").exists() else None)
   config = run_dir / "config.yaml"
   neurons = browser.browser_data(run_dir, correlations, summary, results, activations)
+  trained = train_summaries(run_dir)
   return {"title": run_dir.name,
+          "untrained": _untrained_banner(trained),
+          "degenerate": _degenerate(summary),
           "browser": neurons,
           "browser_json": None if neurons is None else markupsafe.Markup(
               browser.script_json(neurons)),
-          "training": _training_table(train_summaries(run_dir)),
+          "training": _training_table(trained),
           "neurons": _neuron_table(summary),
           "verification": _verification(results),
-          "shortcut": _shortcut(activations, heldout),
+          "shortcut": _shortcut(summary),
           "figures": _figures(correlations, summary, results, activations),
           "examples": _examples(activations),
           "seed_overlap": _seed_overlap(summary),

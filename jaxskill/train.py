@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxskill import files, forward, sharding
+from jaxskill import files, forward, learning, sharding
 from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.batch import Batch
@@ -83,6 +83,13 @@ def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
   return dict(state, prompt=optax.apply_updates(state["prompt"], updates), opt_state=opt_state,
               step=state["step"] + 1, rng=jax.random.split(state["rng"])[0]), metrics
+
+
+def correct_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
+  """float32 `[b]`: 1 where the prompted model answers row i of `batch` right (0 on padding)."""
+  values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
+                   input_cols=input_cols)
+  return values["correct"] * batch.valid
 
 
 def eval_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
@@ -212,7 +219,8 @@ def _check_finite(pending: list, cfg: TrainConfig) -> None:
 
 def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
   """prompt_final.npy, prompt_best.npy and train_summary.json (process 0, every process waiting
-  for them); the summary (without the dev accuracy at init, read from the log, elsewhere)."""
+  for them); the summary (without the dev accuracy at init, read from the log, elsewhere).
+  facts["learned"]: `learning.learning_test`'s (or `no_dev_split`'s) two keys."""
   final = np.asarray(state["prompt"]["embeddings"])
   has_best = float(state["best_dev"]) >= 0  # -1: no dev split, so no best to choose
   best = np.asarray(state["best_prompt"]["embeddings"]) if has_best else final
@@ -220,6 +228,7 @@ def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
       "steps": facts["steps"], "resumed_from": facts["resumed_from"],
       "best_dev_accuracy": float(state["best_dev"]) if has_best else None,
       "dev_accuracy_at_init": None,
+      **facts["learned"],
       "n_train": len(setup.train), "n_dev": len(setup.dev) if setup.dev is not None else 0,
       # Over the rows every process tokenized (in several processes: the rows the run fed).
       "truncated": {"train": _count_truncated(setup.train),
@@ -240,8 +249,10 @@ def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
-  `run_dir/train_summary.json`. Run dir: train_config.yaml, metrics.jsonl, checkpoints/,
-  prompt_final.npy, prompt_best.npy (the prompt with the best dev accuracy)."""
+  `run_dir/train_summary.json`, with "prompt_learned" and "learning_test" (`jaxskill.learning`:
+  the best prompt against the untrained one and chance on dev). Run dir: train_config.yaml,
+  metrics.jsonl, checkpoints/, prompt_final.npy, prompt_best.npy (the prompt with the best dev
+  accuracy)."""
   cfg, run_dir = config.train, config.run_dir
   check_resume_config(run_dir, config)
   runner = Runner.build(config, cfg.batch_size, "train.batch_size")
@@ -259,8 +270,10 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
       state, _ = loop.dev(state, 0)
     state = runner.loop(loop.step, state, total=cfg.steps, start=start, desc=f"train {config.name}",
                         progress=progress, checkpoints=ckpt)
+  learned = loop.learning_test(state)
   return _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
-                        devices=runner.mesh.shape["data"], seconds=time.perf_counter() - t0)
+                        devices=runner.mesh.shape["data"], seconds=time.perf_counter() - t0,
+                        learned=learned)
 
 
 def _row_plan(cfg: TrainConfig, runner: Runner):
@@ -294,6 +307,7 @@ class _Loop:
   optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, params, batch) -> (state, metrics)
   eval_fn: Callable  # (prompt, params, batch) -> sums
+  correct_fn: Callable  # (prompt, params, batch) -> correct `[b]`
   local: np.ndarray  # the rows of each batch this process feeds
   whole: Batch  # every train row, on the host
   pending: list  # (step, loss, gradient norm) of the steps not yet checked to be finite
@@ -309,22 +323,29 @@ class _Loop:
     step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
                       in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=(replicated, replicated))
-    eval_fn = jax.jit(functools.partial(eval_step, **statics),
-                      in_shardings=(replicated, param_shardings, sharded),
-                      out_shardings=replicated)
-    return cls(config, setup, runner, params, optimizer, step_fn, eval_fn, runner.local,
-               setup.train.batch(), [])
+    eval_fn, correct_fn = (jax.jit(functools.partial(fn, **statics),
+                                   in_shardings=(replicated, param_shardings, sharded),
+                                   out_shardings=replicated) for fn in (eval_step, correct_step))
+    return cls(config, setup, runner, params, optimizer, step_fn, eval_fn, correct_fn,
+               runner.local, setup.train.batch(), [])
 
   @property
   def log_path(self) -> Path:
     """metrics.jsonl: one line per logged train step and dev evaluation."""
     return self.config.run_dir / "metrics.jsonl"
 
+  def _keys(self) -> tuple:
+    """(the untrained prompt's key, the training rng) of train.seed."""
+    return tuple(jax.random.split(jax.random.PRNGKey(self.config.train.seed)))
+
+  def untrained_prompt(self) -> prompt_lib.Prompt:
+    """The step-0 prompt of train.seed (the same every time it is made)."""
+    return init_prompt(self.config.prompt, self._keys()[0],
+                       self.setup.params["embed_tokens"]["embedding"], self.setup.tokenizer)
+
   def initial_state(self) -> dict:
     """The untrained prompt, its optimizer state and the best-so-far record (none yet: -1)."""
-    init_key, rng = jax.random.split(jax.random.PRNGKey(self.config.train.seed))
-    prompt = init_prompt(self.config.prompt, init_key,
-                         self.setup.params["embed_tokens"]["embedding"], self.setup.tokenizer)
+    prompt, rng = self.untrained_prompt(), self._keys()[1]
     return self.runner.replicate({
         "prompt": prompt, "opt_state": self.optimizer.init(prompt), "step": jnp.int32(0),
         "rng": rng, "best_prompt": jax.tree.map(jnp.copy, prompt),
@@ -340,6 +361,25 @@ class _Loop:
       state = dict(state, best_prompt=jax.tree.map(jnp.copy, state["prompt"]),
                    best_dev=self.runner.replicate(jnp.float32(dev["accuracy"])))
     return state, dev
+
+  def dev_correct(self, prompt) -> np.ndarray:
+    """bool `[n_dev]`: which dev examples the prompted model answers right, in split order."""
+    prompt = self.runner.replicate(prompt)
+    return np.concatenate([np.asarray(self.correct_fn(prompt, self.params, batch))[valid] > 0
+                           for batch, valid in self.runner.batches(self.setup.dev)])
+
+  def learning_test(self, state: dict) -> dict:
+    """`learning.learning_test` of the best prompt against the untrained one and chance, both
+    evaluated anew here (so that a resumed run tests the same prompts as a straight one)."""
+    if self.setup.dev is None or float(state["best_dev"]) < 0:
+      return learning.no_dev_split()
+    task = self.setup.task
+    chance = 1.0 / len(task.verbalizer) if task.kind == "classification" else None
+    out = learning.learning_test(self.dev_correct(self.untrained_prompt()),
+                                 self.dev_correct(state["best_prompt"]), chance)
+    (log.info if out["prompt_learned"] else log.warning)(
+        "train: prompt learned: %s (%s)", out["prompt_learned"], learning.describe(out))
+    return out
 
   def step(self, i: int, state: dict, saving: bool) -> tuple[dict, dict | None]:
     """Training step i, with the log and dev evaluation at their cadence (the loop body)."""

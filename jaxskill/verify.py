@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxskill import capture, files, forward, interventions, significance
+from jaxskill import capture, files, forward, interventions, learning, significance
 from jaxskill.config import seed_runs
 from jaxskill.runner import JsonlLog, Runner
 from jaxskill.selection import neuron_scores, random_matched, top_k
@@ -243,7 +243,8 @@ def verify(config, *, progress: bool = True) -> dict:
   results_by_key = runner.loop(run_pass, job_log.restore(), total=len(plan), desc="verify",
                                progress=progress, checkpoints=job_log)
   results = _results(vc, results_by_key, ranked_by, random_sets, skipped, n=n,
-                     prompt=prompt_run.run_dir / "prompt_best.npy")
+                     prompt=prompt_run.run_dir / "prompt_best.npy",
+                     untrained=learning.untrained_prompt([prompt_run.run_dir]))
   Runner.write("verify: outputs written",
                lambda: files.write_json(config.run_dir / "verify.json", results))
   return results
@@ -362,8 +363,10 @@ def _jobs(vc, ranked_by: dict, num_neurons: int) -> tuple[list, dict]:
 
 
 def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipped: dict, *, n: int,
-             prompt: Path) -> dict:
-  """verify.json: the baseline, and per selection, mode and K the top-K against its controls."""
+             prompt: Path, untrained: bool | None = None) -> dict:
+  """verify.json: the baseline, and per selection, mode and K the top-K against its controls.
+  untrained: the prompt did not learn (True), did (False), was not tested (None); every row
+  carries it beside its verdict, which on an untrained prompt says nothing about the skill."""
   ks = sorted(set(vc.k_list) | {vc.k})
   baseline = _public(results_by_key["baseline"])
   results = {"split": vc.split, "n": n, "prompt": str(prompt),
@@ -372,7 +375,8 @@ def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipp
              "noise_scale": vc.noise_scale, "k": vc.k, "k_list": ks,
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),
              "verdict_rule": significance.VERDICT_RULE,
-             "baseline": baseline, "selections": {}, "skipped": skipped}
+             "baseline": baseline, "selections": {}, "skipped": skipped,
+             "untrained_prompt": untrained}
   for sel, ranked in ranked_by.items():
     per_sel = {"neurons": [list(x) for x in ranked[:max(ks)]], "modes": {}}
     for mode in vc.modes:
@@ -380,7 +384,7 @@ def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipp
           results_by_key[f"{sel}|{mode}|{k}|top"],
           [results_by_key[f"{sel}|{mode}|{k}|random{d}"] for d in range(vc.random_draws)],
           results_by_key["baseline"], layers=sorted({layer for layer, _ in ranked[:k]}),
-          draws=random_sets[sel, k], seed=vc.seed) for k in ks}
+          draws=random_sets[sel, k], seed=vc.seed, untrained=untrained) for k in ks}
     results["selections"][sel] = per_sel
   return results
 
@@ -390,7 +394,8 @@ def _public(result: dict) -> dict:
   return {k: v for k, v in result.items() if k != PER_EXAMPLE}
 
 
-def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws, seed: int) -> dict:
+def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws, seed: int,
+         untrained: bool | None = None) -> dict:
   """One (selection, mode, K) entry: the top-K's metrics, the random sets' spread, the drop,
   its empirical p-value against the random drops, bootstrap intervals and the verdict."""
   control = _control(randoms, baseline)
@@ -409,4 +414,5 @@ def _row(top: dict, randoms: list[dict], baseline: dict, *, layers, draws, seed:
         np.asarray(baseline[PER_EXAMPLE]), np.asarray(top[PER_EXAMPLE]),
         np.asarray([r[PER_EXAMPLE] for r in randoms]), seed=seed))
     row["verdict"] = significance.verdict(p, row["difference_95"], len(randoms))
+    row["untrained_prompt"] = untrained
   return row

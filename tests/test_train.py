@@ -56,6 +56,17 @@ def test_prompt_training_learns_a_task_the_frozen_model_fails(data_file, tmp_pat
   summary = train(config, progress=False)
   assert summary["dev_accuracy_at_init"] <= 0.7  # majority class is ~0.5
   assert summary["best_dev_accuracy"] >= 0.95
+  # The exact tests, on the step-0 and best prompts evaluated again after training: the same
+  # accuracies as the loop's, and P(X >= k) for X ~ Bin(n, 1/2) summed here by hand.
+  t = summary["learning_test"]
+  assert summary["prompt_learned"] is True and t["chance"] == 0.5
+  assert t["dev_accuracy_init"] == pytest.approx(summary["dev_accuracy_at_init"], abs=1e-6)
+  assert t["dev_accuracy_best"] == pytest.approx(summary["best_dev_accuracy"], abs=1e-6)
+  n, k = t["n_dev"], round(t["dev_accuracy_best"] * t["n_dev"])
+  from math import comb
+  assert t["p_vs_chance"] == pytest.approx(sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n,
+                                           rel=1e-9)
+  assert t["p_vs_init"] <= 0.01 and t["discordant"]["best_only"] > t["discordant"]["init_only"]
   log = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log if r["split"] == "dev"] == [0, 20, 40, 60, 80, 100, 120, 140, 150]
   assert np.load(config.run_dir / "prompt_best.npy").shape == (4, H)
@@ -280,6 +291,7 @@ def test_no_dev_split_and_too_few_steps(data_file, tmp_path):
   summary = train(load_config(None, _overrides(data_file, tmp_path, "nodev", **base)),
                   progress=False)
   assert summary["best_dev_accuracy"] is None and summary["n_dev"] == 0
+  assert summary["prompt_learned"] is None and "no dev split" in summary["learning_test"]["reason"]
   fewer = load_config(None, _overrides(data_file, tmp_path, "nodev", **{**base,
                                                                         "train.steps": 2}))
   with pytest.raises(RunConfigError, match="checkpoints reach step 4, beyond train.steps=2"):

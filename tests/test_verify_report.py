@@ -13,6 +13,7 @@ import pytest
 
 from jaxskill import report as report_lib
 from jaxskill import selection
+from jaxskill import shortcut as shortcut_lib
 from jaxskill import verify as verify_lib
 from jaxskill.pipeline import run
 
@@ -268,7 +269,7 @@ def test_kde_and_auc_by_hand():
   # The tails past +-20 are below exp(-200) and the trapezoid rule's Euler-Maclaurin terms are
   # odd derivatives at those ends, ~0: what is left is float64 rounding over 4001 points.
   assert np.trapezoid(got, grid) == pytest.approx(1.0, abs=1e-6)
-  assert report_lib.auc([3, 4], [1, 3]) == 0.875  # (1 + 0.5 + 1 + 1) / 4
+  assert shortcut_lib.auc([3, 4], [1, 3]) == 0.875  # (1 + 0.5 + 1 + 1) / 4
 
 
 def _shortcut_sample(n: int, seed: int) -> dict:
@@ -290,32 +291,39 @@ def test_last_digit_shortcut_tells_a_shortcut_from_a_checker():
   # 200 held-out examples a group: the elsewhere AUC's interval (+-0.06 around 0.5) fits within
   # 0.5 +- 0.1, as the verdict asks; with 50 a group it would not (+-0.11).
   acts, heldout = _shortcut_sample(300, 0), _shortcut_sample(600, 1)
-  verdict = report_lib.last_digit_shortcut(acts, heldout)
-  assert verdict["answer"] == "yes"
+  verdict = shortcut_lib.last_digit_shortcut(acts, heldout)
+  assert verdict["verdict"] == "yes"
   assert (verdict["neurons"][0]["layer"], verdict["neurons"][0]["neuron"]) == (2, 9)
   assert verdict["neurons"][1]["shortcut"] is False  # the checker separates both kinds
-  h = verdict["heldout"]
+  assert verdict["neurons"][1]["whole_answer"] is True
+  h = verdict["heldout"]["shortcut"]
   assert h["groups"] == {"correct": 200, "wrong_last_digit": 200, "wrong_elsewhere": 200}
   assert h["auc_last_digit_wrong_95"][0] > 0.75  # 2.0 apart at noise 0.3: AUC near 1
   assert 0.4 <= h["auc_elsewhere_wrong_95"][0] < 0.5 < h["auc_elsewhere_wrong_95"][1] <= 0.6
-  assert report_lib.last_digit_shortcut(acts, _shortcut_sample(150, 1))["answer"] == "no"
+  # 50 a group: the shortcut's elsewhere interval is too wide to show "no separation", but the
+  # checker separates both kinds of wrong there: positive evidence of whole-answer checking.
+  narrow = shortcut_lib.last_digit_shortcut(acts, _shortcut_sample(150, 1))
+  assert narrow["verdict"] == "no" and narrow["heldout"]["whole_answer"]["neuron"] == 7
   only_checker = dict(acts, features=acts["features"][:1],
                       activations=acts["activations"][:, :1])
-  assert report_lib.last_digit_shortcut(only_checker, heldout)["answer"] == "no"
+  assert shortcut_lib.last_digit_shortcut(only_checker, heldout)["verdict"] == "no"
   # Selected on these examples alone, or judged on groups of 10: not a finding either way.
-  assert report_lib.last_digit_shortcut(acts)["answer"].startswith("insufficient evidence")
-  small = report_lib.last_digit_shortcut(acts, _shortcut_sample(30, 2))
-  assert small["answer"].startswith("insufficient evidence")
-  # On the held-out split the neuron is no shortcut (its activations there are noise): "no".
+  alone = shortcut_lib.last_digit_shortcut(acts)
+  assert alone["verdict"] == "insufficient evidence" and "no held-out split" in alone["reason"]
+  small = shortcut_lib.last_digit_shortcut(acts, _shortcut_sample(30, 2))
+  assert small["verdict"] == "insufficient evidence" and "fewer than 20" in small["reason"]
+  # On the held-out split both candidates are noise: nothing holds up, so no answer (this said
+  # a confident "no" before the verdict needed positive evidence for it).
   noise = _shortcut_sample(150, 3)
   noise["activations"] = np.random.default_rng(4).normal(size=noise["activations"].shape)
-  assert report_lib.last_digit_shortcut(acts, noise)["answer"] == "no"
+  got = shortcut_lib.last_digit_shortcut(acts, noise)
+  assert got["verdict"] == "insufficient evidence" and "holds up" in got["reason"]
 
 
 def test_shortcut_verdict_is_never_yes_on_random_weights():
-  """A random-weight model (the demo architecture, 20 initializations) has no last-digit
-  shortcut: its best candidate, selected on 60 training examples, does not hold up on 240
-  held-out ones (or the groups are too small to tell). Candidates as find keeps them: the top 4
+  """A random-weight model (the demo architecture, 20 initializations) has no skill to check:
+  its candidates, selected on 60 training examples, do not hold up on 240 held-out ones, so the
+  verdict is neither "yes" nor a confident "no". Candidates as find keeps them: the top 4
   neurons by |r| with each metric at the last input token."""
   import jax
   import jax.numpy as jnp
@@ -356,8 +364,8 @@ def test_shortcut_verdict_is_never_yes_on_random_weights():
       flat = npz[split]["activations"].reshape(len(npz[split]["metrics"]), -1)
       npz[split]["activations"] = flat[:, features]
       npz[split]["features"] = np.stack([layers, np.zeros_like(layers), neurons], 1)
-    answers.append(report_lib.last_digit_shortcut(npz["train"], npz["test"])["answer"])
-  assert "yes" not in answers, answers
+    answers.append(shortcut_lib.last_digit_shortcut(npz["train"], npz["test"])["verdict"])
+  assert set(answers) == {"insufficient evidence"}, answers
 
 
 def test_report_from_find_outputs_alone_shows_seed_overlap(tmp_path):
