@@ -37,3 +37,30 @@ def test_real_model_config_runs_through_the_cli(path, tmp_path, capsys):
     assert f"<h2>{section}</h2>" in html, section
   assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
   assert "== verify: done already, skipped" in capsys.readouterr().out
+
+
+def test_an_untrained_prompt_on_a_real_model_is_said_everywhere(tmp_path, capsys):
+  """Arithmetic verification on the real SmolLM2 (which cannot add) with train.steps=2: the run
+  exits 0, its prompt is tested and found not to have learned, the warning closes the output
+  and heads the report, and the shortcut verdict is "insufficient evidence"."""
+  import json
+  path = ROOT / "configs" / "smollm2" / "arithmetic_generation.yaml"
+  model_dir = real_model_dir("smollm2-135m-instruct")
+  changes = ["task.name=arithmetic_verification", "task.n_train=16", "task.n_dev=16",
+             "task.n_test=16", "train.steps=2", "verify.selection=label",
+             "verify.group_by=correct,last_digit_only", "name=untrained"]
+  keys = {c.split("=")[0] for c in changes}
+  overrides = [o for o in _overrides(path, model_dir, tmp_path / "unused", tmp_path)
+               if o.split("=")[0] not in keys] + changes
+  assert cli.main(["run", str(path), *overrides, "--no-progress"]) == 0
+  captured = capsys.readouterr()
+  run_dir = tmp_path / "untrained"
+  summary = json.loads((run_dir / "train_summary.json").read_text())
+  assert summary["prompt_learned"] is False, summary
+  assert captured.err.strip().splitlines()[-1].startswith("warning:"), captured.err[-500:]
+  found = json.loads((run_dir / "summary.json").read_text())
+  assert found["shortcut"]["verdict"] == "insufficient evidence", found["shortcut"]
+  assert found["untrained_prompt"] is True
+  assert json.loads((run_dir / "verify.json").read_text())["untrained_prompt"] is True
+  html = (run_dir / "report.html").read_text()
+  assert html.index("Warning: the prompt did not learn.") < html.index("<h2>Prompt training</h2>")
