@@ -121,11 +121,16 @@ class FindConfig:
   browser_examples: int = 5
   merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
   # Significance (jaxskill.significance): P seeded within-batch shuffles of every metric, taken
-  # as extra metric columns of the same pass (each costs m columns of the [m, f] statistics),
-  # for the null of max |r| (FWER) and of the count above each threshold; BH at fdr_q.
+  # in the same pass (each costs one [m, f] co-moment: a shuffled copy shares the metric's
+  # means and M2), for the null of max |r| (FWER) and of the count above each threshold; BH at
+  # fdr_q. find estimates its peak memory first (jaxskill.find_memory; see fit_memory).
   permutations: int = 20
   permutation_seed: int = 0
   fdr_q: float = 0.05
+  # When find's estimated peak (jaxskill.find_memory) exceeds the memory available: refuse
+  # before anything is removed, naming the largest permutations that fit, or lower
+  # find.permutations to that with a warning (the summary records the number used).
+  fit_memory: str = "refuse"
 
   def __post_init__(self):
     _check(self, permutations=self.permutations >= 0, fdr_q=0 < self.fdr_q < 1,
@@ -248,6 +253,7 @@ _CHOICES = {
     ("data", "truncation"): ("left", "right", "error"),
     ("train", "decay"): ("constant", "linear", "cosine"),
     ("train", "param_sharding"): ("tensor", "fsdp"),
+    ("find", "fit_memory"): ("refuse", "lower"),
 }
 
 

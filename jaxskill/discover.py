@@ -76,10 +76,10 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
               merge_every: int = 16, progress: bool = False, permutations: int = 0,
               permutation_seed: int = 0) -> tuple[np.ndarray, dict]:
   """Streams `encoded` (n rows) in `runner`'s batches through `probe`; returns (r `[m, l, k, i]`,
-  host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m (1 + P)]`, f = l k i: the
-  mean activation is `mean_x + ref_x`; and "null_r" `[P, m, l, k, i]`, the r of P seeded
-  within-batch permutations of every metric (`significance.permuted_columns`), taken in the same
-  pass as extra metric columns). The statistics' first m rows are the metrics'.
+  host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m]`, f = l k i: the mean
+  activation is `mean_x + ref_x`; and "null_r" float32 `[P, m, l, k, i]`, the r of P seeded
+  within-batch permutations of every metric (`significance.permuted_metrics`), taken in the
+  same pass: each costs one co-moment row per metric).
 
   Each batch's statistics are merged into a float32 accumulator on the device; every
   `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
@@ -89,17 +89,19 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
   params, param_shardings = runner.place(params)
   whole = encoded.batch(probe.metric_names)
   shape = jax.eval_shape(probe, prompt, params, runner.batch(encoded, 0, whole))[0].shape[1:]
-  f, columns = int(np.prod(shape)), m * (1 + permutations)  # features [l, k, i] flattened
+  f = int(np.prod(shape))  # features [l, k, i] flattened
   key = jax.random.PRNGKey(permutation_seed)
 
   def step(prompt, params, batch, index):
     acts, y = probe(prompt, params, batch)
-    return acts, significance.permuted_columns(y, batch.valid, jax.random.fold_in(key, index),
-                                               permutations)
-  programs = _StatsPrograms.build(step, runner.mesh, param_shardings, columns, f)
+    # No permutations: no null at all (orbax cannot save an empty array).
+    return acts, y, (significance.permuted_metrics(y, batch.valid,
+                                                   jax.random.fold_in(key, index), permutations)
+                     if permutations else None)
+  programs = _StatsPrograms.build(step, runner.mesh, param_shardings, m, f, permutations)
   n_batches = runner.n_batches(encoded)
-  state = {"stats": stats.init(columns, f), "ref_x": np.zeros(f, np.float32),
-           "ref_y": np.zeros(columns, np.float32), "next_batch": np.int64(0)}
+  state = {"stats": stats.init(m, f, permutations or None), "ref_x": np.zeros(f, np.float32),
+           "ref_y": np.zeros(m, np.float32), "next_batch": np.int64(0)}
   ckpt = (Checkpoints(ckpt_dir, every=checkpoint_every) if ckpt_dir is not None
           else contextlib.nullcontext())
   with ckpt:
@@ -113,9 +115,11 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
       state = runner.loop(stream.step, state, total=n_batches, start=int(state["next_batch"]),
                           desc="correlate", progress=progress,
                           checkpoints=ckpt if ckpt_dir is not None else None)
-  r = stats.finalize(stream.merged).reshape(1 + permutations, m, *shape)
-  return r[0], {**stream.merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"],
-                "null_r": r[1:]}
+  merged = stream.merged
+  r = stats.finalize(merged).reshape(m, *shape)
+  null_r = stats.finalize_null(merged).reshape(permutations, m, *shape)
+  merged.pop("c_null", None)  # the largest array: not kept past its r
+  return r, {**merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"], "null_r": null_r}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,32 +133,37 @@ class _StatsPrograms:
   ref_shardings: tuple
 
   @classmethod
-  def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int) -> "_StatsPrograms":
+  def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int,
+            permutations: int) -> "_StatsPrograms":
     """The programs for `step` (prompt, params, batch, its index -> (activations `[b, l, k, i]`,
-    metrics `[b, m]`)) on `mesh`, f = l k i features."""
+    metrics `[b, m]`, their permuted copies `[b, P, m]`)) on `mesh`, f = l k i features."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     # The statistics are per feature: split them over the model axis like the params, so that
     # each device computes and keeps only its share of the [m, f] arrays.
     model_size = mesh.shape.get("model", 1)
     feat = "model" if model_size > 1 and f % model_size == 0 else None
     specs = {"n": P(), "mean_x": P(None, feat), "mean_y": P(), "m2_x": P(None, feat),
-             "m2_y": P(), "c_xy": P(None, feat)}
+             "m2_y": P(), "c_xy": P(None, feat)} | (
+                 {"c_null": P(None, None, feat)} if permutations else {})
     acc_shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
     ref_shardings = (NamedSharding(mesh, P(feat)), replicated)
-    batch_fn = jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
-                             in_specs=(P("data", feat), P("data"), P("data"), P(feat), P()),
-                             out_specs=specs)
+    def batch_fn(x, y, valid, ref_x, ref_y, y_null):
+      args = (x, y, valid, ref_x, ref_y) + (() if y_null is None else (y_null,))
+      in_specs = (P("data", feat), P("data"), P("data"), P(feat), P(), P("data"))
+      return jax.shard_map(functools.partial(stats.batch_stats, axis_name="data"), mesh=mesh,
+                           in_specs=in_specs[:len(args)], out_specs=specs)(*args)
 
     def fused(prompt, params, batch, index, ref_x, ref_y, acc):
-      acts, y = step(prompt, params, batch, index)
+      acts, y, y_null = step(prompt, params, batch, index)
       return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch.valid,
-                                            ref_x, ref_y))
+                                            ref_x, ref_y, y_null))
 
     def first(prompt, params, batch, index, acc):  # the shift comes from the first batch itself
-      acts, y = step(prompt, params, batch, index)
+      acts, y, y_null = step(prompt, params, batch, index)
       x = acts.reshape(acts.shape[0], -1)
       ref_x, ref_y = stats.reference(x, y, batch.valid)
-      return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch.valid, ref_x, ref_y))
+      return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch.valid, ref_x, ref_y,
+                                                          y_null))
 
     # To the host: directly where this process holds every shard; otherwise (a model axis across
     # hosts) replicated first, on the main thread, so that every process runs that collective in
@@ -167,7 +176,8 @@ class _StatsPrograms:
         fused=jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
                                            *ref_shardings, acc_shardings),
                       out_shardings=acc_shardings, donate_argnums=6),
-        fresh=jax.jit(functools.partial(stats.zeros, m, f), out_shardings=acc_shardings),
+        fresh=jax.jit(functools.partial(stats.zeros, m, f, permutations=permutations or None),
+                      out_shardings=acc_shardings),
         host_ready=lambda tree: tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree))
         else replicate(tree),
         ref_shardings=ref_shardings)
@@ -475,7 +485,7 @@ def find(config, *, progress: bool = True) -> dict:
   for run in runs:
     prompt = {"embeddings": jnp.asarray(load_prompt(run))}
     r, st = ctx.correlate(run, prompt, progress)
-    results.append((run, r, st["n"][:len(ctx.names)], st["null_r"]))
+    results.append((run, r, st["n"], st["null_r"]))
     baseline = ctx.predictivity(run, prompt, st)
     if baseline is not None:
       predictivity_summary[run.name] = baseline

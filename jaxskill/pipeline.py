@@ -201,6 +201,9 @@ def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_s
   run_dir = config.run_dir
   record = read_record(run_dir)
   out = {}
+  # find's memory is judged before training, which would remove find's outputs, starts.
+  early = ({"find": _check_find(config)} if "find" in stages and not all(
+      _is_fresh(config, s, record.get(s)) for s in ("train", "find")) else {})
   for stage in stages:
     if stage == "report":  # cheap, and reads only files: always written anew
       if on_stage is not None:
@@ -217,9 +220,11 @@ def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_s
     elif rec is not None and not fresh:
       log.info("%s: %s", stage, why)
     if not fresh:
-      _PRECHECKS.get(stage, lambda c: None)(config)  # bad input: refused before any removal
+      # Bad input is refused before any removal; a precheck may return the config to run
+      # (find.fit_memory=lower), which is recorded under the config asked for.
+      effective = early.get(stage) or _PRECHECKS.get(stage, lambda c: None)(config) or config
       _start(config, stage, record, resume=_matches(rec, config, stage))
-      _STAGE_FNS[stage](config, progress)
+      _STAGE_FNS[stage](effective, progress)
       record[stage] = dict(record[stage], state="done")
       _write_record(run_dir, record)
     out[stage] = "skipped" if fresh else "ran"
@@ -270,6 +275,11 @@ def _check_verify(config: RunConfig) -> None:
   check_inputs(config)
 
 
+def _check_find(config: RunConfig) -> RunConfig:
+  from jaxskill.find_memory import fit
+  return fit(config)
+
+
 def _train(config: RunConfig, progress: bool) -> None:
   from jaxskill.train import train
   for c in seed_runs(config):
@@ -293,7 +303,7 @@ def _report(config: RunConfig, progress: bool) -> None:
 
 
 _STAGE_FNS = {"train": _train, "find": _find, "verify": _verify}
-_PRECHECKS = {"train": _check_training_dirs, "verify": _check_verify}
+_PRECHECKS = {"train": _check_training_dirs, "find": _check_find, "verify": _check_verify}
 
 
 def checked_run_dir(run_dir: str | Path) -> RunConfig:

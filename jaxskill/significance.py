@@ -6,11 +6,11 @@
   precision for r near 1 (no 1 - cdf cancellation).
 - Benjamini-Hochberg at level q over all (layer, position, neuron) features of one metric.
 - A permutation null: discovery adds, for each of P seeded permutations, a shuffled copy of every
-  metric as extra metric columns (`permuted_columns`), so the null costs columns of the same
-  statistics pass, not forwards. The shuffle is within each batch, among its real rows: under
-  the null that a metric is exchangeable across the examples of a batch (batches are runs of
-  the split in its order), it breaks any link to the activations while keeping the metric's
-  values. Its r maps give the null distribution of max |r| over features (family-wise) and the
+  metric (`permuted_metrics`), so the null costs one co-moment row per copy in the same
+  statistics pass, not forwards. The shuffle is within each batch, among the rows that have the
+  metric: under the null that a metric is exchangeable across the examples of a batch that have
+  it (batches are runs of the split in its order), it breaks any link to the activations while
+  keeping the metric's values. Its r maps give the null distribution of max |r| over features (family-wise) and the
   count of |r| above any threshold to expect by chance.
 
 Shapes: b batch rows, m metrics, P permutations, f features.
@@ -27,22 +27,31 @@ from scipy import stats as sps
 THRESHOLDS = (0.3, 0.5, 0.7, 0.83, 0.9)  # |r| levels whose observed and null counts are reported
 
 
-def permuted_columns(y: jax.Array, valid: jax.Array, key: jax.Array, permutations: int
+def permuted_metrics(y: jax.Array, valid: jax.Array, key: jax.Array, permutations: int
                      ) -> jax.Array:
-  """y `[b, m]` -> `[b, m (1 + P)]`: y, then P copies of it with the real rows (valid > 0, a
-  prefix of the batch) shuffled among themselves, one seeded permutation per copy (the same for
-  every metric of a copy). Rows past the real ones keep padding values (they are not counted)."""
-  if not permutations:
-    return y
-  real = jnp.asarray(valid) > 0
+  """y `[b, m]` (NaN: no value) -> `[b, P, m]`: P copies of y, in each the values of every
+  metric shuffled among the rows that have one (real rows, valid > 0, a prefix of the batch,
+  whose value is not NaN), one seeded draw per copy (a metric without NaN gets the same
+  permutation as every other such metric). The rows a metric counts are therefore the same in
+  every copy as in y itself, so a copy shares y's count, mean and M2 in every batch
+  (`stats.batch_stats` keeps only its co-moment); the null is the conditional permutation test
+  of each metric among its own examples. Other rows keep their value (NaN or padding)."""
+  b, m = y.shape
+  counts = (jnp.asarray(valid)[:, None] > 0) & ~jnp.isnan(y)  # [b, m]
 
   def shuffle(k):
-    # Real rows sort first in random order; padding rows after them, so position j < n_real
-    # draws a real row.
-    order = jnp.argsort(jnp.where(real, jax.random.uniform(k, real.shape), 2.0))
-    return y[order]
-  copies = [shuffle(k) for k in jax.random.split(key, permutations)]
-  return jnp.concatenate([y, *copies], axis=1)
+    # Per metric: counted rows sort first in random order, the others after them in their own
+    # order, so the j-th counted row draws a counted row and the rest stay put.
+    u = jax.random.uniform(k, (b,))
+    keys = jnp.where(counts, u[:, None], 2.0 + jnp.arange(b)[:, None])  # [b, m]
+    order = jnp.argsort(keys, axis=0)  # [b, m]
+    rank = jnp.cumsum(counts, axis=0) - 1  # [b, m]: a counted row's index among counted rows
+    drawn = jnp.take_along_axis(y, order, axis=0)  # [b, m]
+    picked = jnp.take_along_axis(drawn, jnp.clip(rank, 0, b - 1), axis=0)
+    return jnp.where(counts, picked, y)
+  if not permutations:
+    return jnp.zeros((b, 0, m), y.dtype)
+  return jnp.stack([shuffle(k) for k in jax.random.split(key, permutations)], axis=1)
 
 
 def p_values(r: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -26,12 +26,15 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 
-def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict:
+def batch_stats(x, y, valid, ref_x, ref_y, y_null=None, axis_name: str | None = None) -> dict:
   """Centred statistics of one batch (summed over `axis_name` devices when given).
 
   x `[n, f]`, y `[n, m]` (NaN: no value), valid `[n]`, ref_x `[f]`, ref_y `[m]` (`reference`).
   Returns {"n": [m], "mean_x": [m, f], "mean_y": [m], "m2_x": [m, f], "m2_y": [m],
   "c_xy": [m, f]}, in shifted coordinates (x - ref_x, y - ref_y), float32.
+  With y_null `[n, P, m]` (copies of y whose values are permuted among the rows each metric
+  counts, `significance.permuted_metrics`) also "c_null" `[P, m, f]`, their co-moments: a copy
+  shares every other statistic with y, so it costs one `[m, f]` row, not three.
 
   Values are centred on the batch's own mean (over all valid rows, for x; over each metric's
   rows, for y), so the sums below are of small, well-conditioned numbers; each metric's own
@@ -57,10 +60,17 @@ def batch_stats(x, y, valid, ref_x, ref_y, axis_name: str | None = None) -> dict
                                 (dy * dy).sum(0)))
   mean_dx = s1 / safe[:, None]  # [m, f]
   mean_dy = sy1 / safe  # [m]
-  return {"n": n, "mean_x": centre_x + mean_dx, "mean_y": centre_y + mean_dy,
-          "m2_x": jnp.maximum(s2 - s1 * mean_dx, 0.0),
-          "m2_y": jnp.maximum(sy2 - sy1 * mean_dy, 0.0),
-          "c_xy": sxy - s1 * mean_dy[:, None]}
+  out = {"n": n, "mean_x": centre_x + mean_dx, "mean_y": centre_y + mean_dy,
+         "m2_x": jnp.maximum(s2 - s1 * mean_dx, 0.0),
+         "m2_y": jnp.maximum(sy2 - sy1 * mean_dy, 0.0),
+         "c_xy": sxy - s1 * mean_dy[:, None]}
+  if y_null is not None:
+    # The same rows and values as y: the same centre, the same mean_dy (up to summation order).
+    dn = jnp.where(w[:, None, :], y_null.astype(jnp.float32) - ref_y - centre_y, 0.0)  # [n, P, m]
+    p, m = dn.shape[1:]
+    sn = psum(dot(dn.reshape(dn.shape[0], p * m).T, d))  # [P m, f]
+    out["c_null"] = sn.reshape(p, m, d.shape[1]) - (s1 * mean_dy[:, None])[None]
+  return out
 
 
 def predictivity_counts(x, label, valid, baseline, axis_name: str | None = None) -> dict:
@@ -74,13 +84,19 @@ def predictivity_counts(x, label, valid, baseline, axis_name: str | None = None)
   return jax.lax.psum(out, axis_name) if axis_name is not None else out
 
 
-def init(num_metrics: int, num_features: int) -> dict:
+def init(num_metrics: int, num_features: int, permutations: int | None = None) -> dict:
   """Empty running statistics, host float64, keyed as in `batch_stats`: "n", "mean_y", "m2_y"
-  `[m]`; "mean_x", "m2_x", "c_xy" `[m, f]`."""
-  z = functools.partial(np.zeros, dtype=np.float64)
-  return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
-          "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
-          "c_xy": z((num_metrics, num_features))}
+  `[m]`; "mean_x", "m2_x", "c_xy" `[m, f]`; with `permutations` P, "c_null" `[P, m, f]`."""
+  return _zeros(np, np.float64, num_metrics, num_features, permutations)
+
+
+def _zeros(xp, dtype, m: int, f: int, permutations: int | None) -> dict:
+  out = {"n": xp.zeros(m, dtype), "mean_x": xp.zeros((m, f), dtype), "mean_y": xp.zeros(m, dtype),
+         "m2_x": xp.zeros((m, f), dtype), "m2_y": xp.zeros(m, dtype),
+         "c_xy": xp.zeros((m, f), dtype)}
+  if permutations is not None:
+    out["c_null"] = xp.zeros((permutations, m, f), dtype)
+  return out
 
 
 def _chan(a: dict, b: dict, xp) -> dict:
@@ -91,7 +107,11 @@ def _chan(a: dict, b: dict, xp) -> dict:
   cross = a["n"] * b["n"] / safe  # [m]
   dx = b["mean_x"] - a["mean_x"]  # [m, f]
   dy = b["mean_y"] - a["mean_y"]  # [m]
+  # A permuted copy has y's means, so its co-moment takes y's correction.
+  null = ({"c_null": a["c_null"] + b["c_null"] + (cross[:, None] * dx * dy[:, None])[None]}
+          if "c_null" in a else {})
   return {
+      **null,
       "n": n,
       "mean_x": wa[:, None] * a["mean_x"] + wb[:, None] * b["mean_x"],
       "mean_y": wa * a["mean_y"] + wb * b["mean_y"],
@@ -124,6 +144,9 @@ def merge_into(a: dict, b: dict, scratch: np.ndarray | None = None) -> dict:
   dx, tmp = np.subtract(b["mean_x"], a["mean_x"], out=scratch[0]), scratch[1]  # [m, f]
   a["c_xy"] += b["c_xy"]
   a["c_xy"] += np.multiply(dx, (cross * dy)[:, None], out=tmp)
+  if "c_null" in a:  # a permuted copy has y's means: the same correction
+    a["c_null"] += b["c_null"]
+    a["c_null"] += tmp
   a["m2_x"] += b["m2_x"]
   np.multiply(dx, cross[:, None], out=tmp)
   a["m2_x"] += np.multiply(tmp, dx, out=tmp)
@@ -142,21 +165,34 @@ def accumulate(a: dict, b: dict) -> dict:
   return _chan(a, b, jnp)
 
 
-def zeros(num_metrics: int, num_features: int, dtype=jnp.float32) -> dict:
+def zeros(num_metrics: int, num_features: int, dtype=jnp.float32,
+          permutations: int | None = None) -> dict:
   """Empty statistics for `accumulate` (jnp; merging into them returns the other operand):
-  `[m]` and `[m, f]` zeros of `dtype`, keyed as in `batch_stats`."""
-  z = functools.partial(jnp.zeros, dtype=dtype)
-  return {"n": z(num_metrics), "mean_x": z((num_metrics, num_features)), "mean_y": z(num_metrics),
-          "m2_x": z((num_metrics, num_features)), "m2_y": z(num_metrics),
-          "c_xy": z((num_metrics, num_features))}
+  zeros of `dtype` keyed and shaped as in `init`."""
+  return _zeros(jnp, dtype, num_metrics, num_features, permutations)
 
 
 def finalize(stats: dict) -> np.ndarray:
   """Pearson r `[m, f]` of statistics keyed as in `batch_stats`; NaN where undefined (fewer
   than 2 examples, or a constant feature or metric), so an undefined r is never ranked."""
+  return _pearson(stats["c_xy"], stats)
+
+
+def finalize_null(stats: dict, dtype=np.float32) -> np.ndarray:
+  """The r `[P, m, f]` of the permuted copies ("c_null"), in `dtype`, one copy at a time so
+  that no float64 temporary of the whole null is made; NaN where `finalize` has NaN."""
+  if "c_null" not in stats:  # no permutations
+    return np.empty((0, *stats["c_xy"].shape), dtype)
+  c = stats["c_null"]
+  out = np.empty(c.shape, dtype)
+  for p in range(c.shape[0]):
+    out[p] = _pearson(c[p], stats)
+  return out
+
+
+def _pearson(c: np.ndarray, stats: dict) -> np.ndarray:
   with np.errstate(invalid="ignore", divide="ignore"):
-    denom = np.sqrt(stats["m2_x"] * stats["m2_y"][:, None])
-    r = stats["c_xy"] / denom
+    r = c / np.sqrt(stats["m2_x"] * stats["m2_y"][:, None])
   undefined = (stats["n"][:, None] < 2) | (stats["m2_x"] <= 0) | (stats["m2_y"][:, None] <= 0)
   return np.where(undefined, np.nan, np.clip(r, -1.0, 1.0))
 

@@ -8,6 +8,9 @@ memory of each permutation of the permutation null.
   python scripts/bench_stats.py memory [--preset ...] [--examples 64]   # runs n and 10n
   python scripts/bench_stats.py permutations [--preset ...] [--permutations 0,5,20]
                                             [--merge-every 16]   # one subprocess per P
+  python scripts/bench_stats.py fit [--preset qwen2.5-0.5b] [--prompt 16] [--metrics 5]
+      [--examples 192] [--batch 32] [--permutations 0,5,20]   # find_memory's estimate against
+                                                               # the measured peak, per P
 
 Random weights and random token ids (no download); infix layout with an 8-vector prompt; sites
 prompt + last_input + answer; the 7 built-in metrics of a 2-label classification task.
@@ -41,11 +44,11 @@ PROMPT = 8
 SITES = ("prompt", "last_input", "answer")
 
 
-def synthetic(n, seq, vocab, seed=0) -> data_lib.Encoded:
+def synthetic(n, seq, vocab, seed=0, prompt=PROMPT) -> data_lib.Encoded:
   rng = np.random.default_rng(seed)
-  width = seq - PROMPT
+  width = seq - prompt
   index = np.full((n, seq), -1, np.int32)
-  index[:, width:] = np.arange(PROMPT)
+  index[:, width:] = np.arange(prompt)
   z = np.zeros((n, seq), np.int32)
   col = lambda v: np.full(n, v, np.int32)  # noqa: E731
   return data_lib.Encoded(
@@ -55,12 +58,12 @@ def synthetic(n, seq, vocab, seed=0) -> data_lib.Encoded:
       n_truncated=0)
 
 
-def setup(preset):
+def setup(preset, prompt_length=PROMPT):
   config = PRESETS[preset]
   model = jaxskill.CausalLM(config)
   params = random_params(model, jnp.zeros((1, 8), jnp.int32))
   prompt = {"embeddings": 0.02 * jax.random.normal(jax.random.PRNGKey(1),
-                                                   (PROMPT, config.hidden_size))}
+                                                   (prompt_length, config.hidden_size))}
   return config, model, params, prompt
 
 
@@ -260,10 +263,55 @@ def overhead_torch(args):
   return result
 
 
+def fit_one(args):
+  """One P: discover.correlate over --examples with a --prompt-vector prompt and the first
+  --metrics built-in metrics; the whole process's peak resident memory (params, compiles and
+  the null's float32 r included) beside `find_memory.peak_bytes` for the same shapes."""
+  from jaxskill import find_memory
+  p = int(args.permutations)
+  config, model, params, prompt = setup(args.preset, args.prompt)
+  metrics = capture.BUILTIN_METRICS[:args.metrics]
+  probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, args.prompt, metrics)
+  enc = synthetic(args.examples, args.seq, config.vocab_size, prompt=args.prompt)
+  t0 = time.perf_counter()
+  r, st = discover.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch),
+                             merge_every=args.merge_every, permutations=p)
+  seconds = time.perf_counter() - t0
+  features = int(np.prod(r.shape[1:]))
+  need = find_memory.peak_bytes(
+      metrics=len(metrics), features=features, permutations=p, seeds=1,
+      param_bytes=find_memory.param_bytes(params), batch_size=args.batch)
+  print(json.dumps(dict(permutations=p, metrics=len(metrics), features=features,
+                        null_shape=list(st["null_r"].shape), seconds=seconds,
+                        peak_rss_mib=peak_rss_mib(), estimate_mib=need.total() / 2**20)))
+
+
+def fit(args):
+  """`fit_one` for each P of --permutations, each in its own process (a fresh peak)."""
+  rows = []
+  for p in (int(x) for x in args.permutations.split(",")):
+    out = subprocess.run([sys.executable, __file__, "fit-one", "--permutations", str(p),
+                          *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                            ("preset", "batch", "seq", "examples", "prompt", "metrics",
+                             "merge_every"))],
+                         capture_output=True, text=True, check=True)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  print(f"{args.preset}: m = {rows[0]['metrics']} metrics, f = {rows[0]['features']} features, "
+        f"{args.examples} examples in batches of {args.batch}, seq {args.seq}")
+  print("| P | peak RSS (measured) | find_memory estimate | estimate / measured | time |")
+  print("|---|---|---|---|---|")
+  for row in rows:
+    print(f"| {row['permutations']} | {row['peak_rss_mib']:.0f} MiB | {row['estimate_mib']:.0f} "
+          f"MiB | {row['estimate_mib'] / row['peak_rss_mib']:.2f} | {row['seconds']:.0f} s |")
+  result = dict(mode="fit", args=vars(args), runs=rows, **run_info())
+  print(json.dumps(result))
+  return result
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("mode", choices=["overhead", "overhead-torch", "memory", "memory-one",
-                                   "permutations", "permutations-one"])
+                                   "permutations", "permutations-one", "fit", "fit-one"])
   ap.add_argument("--preset", default="qwen1.5-0.5b", choices=sorted(PRESETS))
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=64)
@@ -273,8 +321,10 @@ def main(argv=None):
                   help="overhead, permutations: find.merge_every")
   ap.add_argument("--permutations", default="0,5,20",
                   help="permutations: the P to run, comma-separated (the first is the base)")
+  ap.add_argument("--prompt", type=int, default=8, help="fit: prompt vectors (sites: all)")
+  ap.add_argument("--metrics", type=int, default=7, help="fit: the first N built-in metrics")
   args = ap.parse_args(argv)
-  return {"overhead": overhead, "overhead-torch": overhead_torch, "memory": memory,
+  return {"fit": fit, "fit-one": fit_one,"overhead": overhead, "overhead-torch": overhead_torch, "memory": memory,
           "memory-one": memory_one, "permutations": permutations,
           "permutations-one": permutations_one}[args.mode](args)
 

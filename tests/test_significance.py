@@ -50,19 +50,25 @@ def test_benjamini_hochberg_by_hand_and_against_scipy():
   assert not got[3, 4]
 
 
-def test_permuted_columns_shuffle_only_the_real_rows():
-  y = jnp.arange(12, dtype=jnp.float32).reshape(6, 2)  # rows 4, 5 are padding
+def test_permuted_metrics_shuffle_each_metric_among_its_own_rows():
+  y = np.arange(18, dtype=np.float32).reshape(6, 3)  # rows 4, 5 are padding
+  y[1, 2] = y[3, 2] = np.nan  # metric 2 has no value on rows 1 and 3
   valid = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)
-  out = np.asarray(significance.permuted_columns(y, valid, jax.random.PRNGKey(0), 3))
-  assert out.shape == (6, 8)
-  np.testing.assert_array_equal(out[:, :2], y)
-  for p in range(1, 4):
-    copy = out[:, 2 * p:2 * p + 2]
-    assert sorted(copy[:4, 0].tolist()) == [0, 2, 4, 6]  # a permutation of the real rows
-    np.testing.assert_array_equal(copy[:, 1], copy[:, 0] + 1)  # rows move whole
-  assert len({tuple(out[:4, 2 * p]) for p in range(1, 4)}) > 1  # the copies differ
-  again = significance.permuted_columns(y, valid, jax.random.PRNGKey(0), 3)
+  out = np.asarray(significance.permuted_metrics(jnp.asarray(y), valid, jax.random.PRNGKey(0), 4))
+  assert out.shape == (6, 4, 3)
+  for p in range(4):
+    copy = out[:, p]
+    for j in (0, 1):  # a permutation of the real rows; padding stays
+      assert sorted(copy[:4, j].tolist()) == sorted(y[:4, j].tolist())
+    np.testing.assert_array_equal(copy[:, 1], copy[:, 0] + 1)  # no NaN: one draw for both
+    assert np.isnan(copy[[1, 3], 2]).all()  # the rows without a value stay without
+    assert sorted(copy[[0, 2], 2].tolist()) == [2.0, 8.0]
+    np.testing.assert_array_equal(copy[4:], y[4:])
+  assert len({tuple(out[:4, p, 0]) for p in range(4)}) > 1  # the copies differ
+  again = significance.permuted_metrics(jnp.asarray(y), valid, jax.random.PRNGKey(0), 4)
   np.testing.assert_array_equal(out, np.asarray(again))
+  assert significance.permuted_metrics(jnp.asarray(y), valid, jax.random.PRNGKey(0),
+                                       0).shape == (6, 0, 3)
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,43 @@ def test_float32_device_accumulation_between_host_merges():
     assert list(host["n"]) == [301, 301, 299]
 
 
+def test_permuted_copies_keep_only_their_co_moment():
+  """The null's compact form: P permuted copies of each metric (NaN rows included) streamed as
+  discovery streams them (device float32 groups, host float64 merges, in place) give the r of
+  each copy against numpy's float64 corrcoef of that copy, within the bound of the real r."""
+  import jax
+  from jaxskill import significance
+  x, y = make_data(2, n=157)
+  valid = np.ones(len(x), np.float32)
+  batches = [slice(s, s + 10) for s in range(0, len(x), 10)]
+  copies = [np.asarray(significance.permuted_metrics(y[b], valid[b], jax.random.PRNGKey(i), 5))
+            for i, b in enumerate(batches)]
+  ref = jax.device_get(jax.jit(stats.reference)(x[:10], y[:10], valid[:10]))
+  step = jax.jit(lambda acc, x, y, v, yn: stats.accumulate(
+      acc, stats.batch_stats(x, y, v, *ref, y_null=yn)))
+  m, f = y.shape[1], x.shape[1]
+  host, acc = stats.init(m, f, 5), stats.zeros(m, f, permutations=5)
+  scratch = np.empty((2, m, f))
+  for i, b in enumerate(batches):
+    acc = step(acc, x[b], y[b], valid[b], copies[i])
+    if (i + 1) % 4 == 0 or i + 1 == len(batches):
+      host, acc = stats.merge_into(host, jax.device_get(acc), scratch), stats.zeros(
+          m, f, permutations=5)
+  y_null = np.concatenate(copies)  # [n, P, m]
+  bound = r_rounding_bound(10, 3)
+  np.testing.assert_allclose(stats.finalize(host), reference_r(x, y), atol=bound, rtol=0)
+  null_r = stats.finalize_null(host)
+  assert null_r.shape == (5, m, f) and null_r.dtype == np.float32
+  for p in range(5):
+    # float32 output: one more rounding of |r| <= 1
+    np.testing.assert_allclose(null_r[p], reference_r(x, y_null[:, p]), atol=bound + EPS32,
+                               rtol=0, err_msg=f"copy {p}")
+  assert not np.allclose(null_r[0], null_r[1])  # the copies differ
+  # The pure merge carries the copies the same way.
+  pure = stats.merge(stats.init(m, f, 5), host)
+  np.testing.assert_allclose(pure["c_null"], host["c_null"], rtol=0, atol=0)
+
+
 def test_in_place_merge_equals_the_pure_merge():
   rng = np.random.default_rng(0)
   parts = []
