@@ -134,12 +134,13 @@ def estimate(config) -> tuple[Callable[[int], Need], int]:
   from jaxskill import capture
   from jaxskill.model.checkpoint import abstract_params, resolve_model_dir
   from jaxskill.model.config import ModelConfig
+  from jaxskill.setup import model_dtype
   fc = config.find
   model = ModelConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json",
                                      log_unread=False)
   positions = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   features = len(positions) * model.num_neurons  # l k i
-  dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}[config.model.dtype]
+  dtype = model_dtype(config)
   shape = dict(metrics=_metric_count(config), features=features, seeds=len(fc.seeds),
                param_bytes=param_bytes(abstract_params(model, dtype)),
                batch_size=fc.batch_size)
@@ -158,8 +159,8 @@ def fit(config):
   if fits(need_at(fc.permutations), host, device):
     return config
   best = largest_fitting(need_at, fc.permutations, host, device)
-  what = (f"find needs about {gib(need_at(fc.permutations).total())} with find.permutations={fc.permutations} "
-          f"({features} features; jaxskill.find_memory), {source} gives {gib(host)}"
+  what = (f"find needs about {gib(need_at(fc.permutations).total())} with "
+          f"find.permutations={fc.permutations} ({features} features; jaxskill.find_memory), {source} gives {gib(host)}"
           + (f" and the device {gib(device)}" if device is not None else ""))
   if best is None:
     raise RunConfigError(f"{what}; even find.permutations=0 does not fit: lower find.sites "

@@ -85,11 +85,16 @@ def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:
   return lambda split, n: data_lib.eval_rows(n, batch_size, local)
 
 
+def model_dtype(config: RunConfig):
+  """The jnp dtype that model.dtype names."""
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+
+
 def prepare(config: RunConfig, rows: RowPlan | None = None, mesh: Mesh | None = None) -> Setup:
   """Model, tokenizer, task and the encoded train and dev splits of `config`. `rows`: the row
   plan of a multi-process stage (`eval_plan`, or training's own); None encodes every row.
   `mesh`: the stage's (its `Runner`'s); default: the mesh of `config.train`."""
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+  dtype = model_dtype(config)
   # Read straight into the run's layout: each device loads only its shard of the params.
   if mesh is None:
     mesh = sharding.make_mesh(config.train.data_parallel, config.train.model_parallel)
