@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -87,15 +88,27 @@ def cmd_export(args) -> int:
   return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to the sys.stderr of the moment, not the one at creation: main() can run many times
+  in one process (tests, notebooks), each with its own (possibly replaced, later closed) stderr."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, _):
+    pass
+
+
 def _run_config(args):
   """The merged run config of a pipeline command, with INFO logging for the run."""
-  import logging
   from jaxskill.config import load_config
   # jaxskill's own logger: the root logger may already carry a handler (absl installs one when
   # orbax is imported), which would make logging.basicConfig a no-op.
   logger = logging.getLogger("jaxskill")
   if not logger.handlers:
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
