@@ -1,14 +1,41 @@
 """Shared fixtures: tiny random HF checkpoints (Qwen2, Qwen3, Llama, Mistral) written with
 `save_pretrained`."""
 
+import os
+import tempfile
+
+# A persistent compilation cache per test process (an xdist worker runs whole modules), which
+# the subprocesses that the tests start share (they inherit the environment): most of the
+# suite's time on a CPU is compiling the same few programs (the demo model's forward, training
+# step and statistics under many configs), which a cache keyed on the program compiles once. A
+# cache hit is the same executable. A cache the user set up is used and left alone.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxskill-tests-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import jax
 
 # Parity needs true float32 matmuls (GPUs default to TF32, TPUs to bf16 passes).
 jax.config.update("jax_default_matmul_precision", "highest")
+# In case a plugin imported jax before this file (it reads the environment at import).
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 import logging
+import shutil
 
 import pytest
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:  # this process's cache goes with it
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 # Tests that corrupt checkpoints on purpose leave orbax's failed read futures behind; at exit asyncio
 # logs each as "exception was never retrieved" after pytest's summary. They are expected here.

@@ -110,24 +110,6 @@ def test_family_configs_run_the_arithmetic_experiment(name):
   assert ModelConfig.from_hf_dict(HUB_CONFIGS[hub]).model_type == family
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module only: the nine runs (and the seeds within a
-  run) compile the same few programs, which otherwise dominate the time on a CPU."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {name: getattr(jax.config, name) for name in names}
-  for name, value in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)):
-    jax.config.update(name, value)
-  cc.reset_cache()  # the cache is set up once per process, on the first compile
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  cc.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def qwen15_dir(tmp_path_factory):
   """A tiny random checkpoint laid out like a real Qwen1.5 one (bf16 safetensors, legacy
