@@ -42,11 +42,14 @@ def pytest_unconfigure(config):
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-# The longest modules first (measured: tests/test_qwen_configs.py is about a third of the suite):
-# with pytest-xdist's --dist loadfile (scripts/test.sh) a worker takes one module at a time in
-# this order, so a long one never runs alone at the end while the other worker idles.
-_LONG_FIRST = ("test_qwen_configs.py", "test_multihost_run.py", "test_sharding.py",
-               "test_user_path.py", "test_train.py", "test_same_results.py")
+# The longest modules first, in the order of their measured time (`--durations`, 2026-12-03:
+# test_qwen_configs.py about a quarter of the suite): with pytest-xdist's --dist loadfile
+# (scripts/test.sh) a worker takes one module at a time in this order, so a long one never runs
+# alone at the end while the other worker idles.
+_LONG_FIRST = ("test_qwen_configs.py", "test_train.py", "test_multihost_run.py",
+               "test_real_experiment.py", "test_sharding.py", "test_verify_report.py",
+               "test_same_results.py", "test_user_path.py", "test_discover.py",
+               "test_real_models.py", "test_multihost.py", "test_family_cli.py")
 
 
 def pytest_collection_modifyitems(items):
