@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def cmd_convert(args) -> int:
   from jaxskill.model.checkpoint import resolve_model_dir
   t0 = time.perf_counter()
   src = resolve_model_dir(args.hf_dir)
+  _check_copy(src, Path(args.out_dir), "convert")
   model, params = jaxskill.load_model(src, dtype=_dtype(args.dtype))
   out = jaxskill.save_converted(args.out_dir, params, model.config, tokenizer_dir=src)
   print(f"converted {src} -> {out} in {time.perf_counter() - t0:.1f}s")
@@ -82,10 +84,33 @@ def cmd_export(args) -> int:
   import jaxskill
   from jaxskill.model.checkpoint import resolve_model_dir
   src = resolve_model_dir(args.model)
+  _check_copy(src, Path(args.out_dir), "export")
   model, params = jaxskill.load_model(src, dtype=_dtype(args.dtype))
   out = jaxskill.export_hf(args.out_dir, params, model.config, tokenizer_dir=src)
   print(f"exported {src} -> {out} (HF format, loads with transformers)")
   return 0
+
+
+log = logging.getLogger("jaxskill.cli")
+
+
+def _check_copy(src: Path, out: Path, command: str) -> None:
+  """What `convert` and `export` would otherwise find out after the work, or never: a result no
+  later command can use (no tokenizer), the source overwritten, an OUT_DIR that is a file."""
+  from jaxskill.model.checkpoint import CheckpointError, check_checkpoint
+  try:
+    check_checkpoint(src)  # config.json, weights and tokenizer files, before anything is read
+  except CheckpointError as e:
+    if "no tokenizer files" not in str(e):
+      raise
+    # The params still load (jaxskill.load_model), for work that brings its own token ids.
+    log.warning("%s; jaxskill run and every command that tokenizes will refuse %s until "
+                "they are copied there", e, out)
+  if out.exists() and not out.is_dir():
+    raise CheckpointError(f"jaxskill {command}: OUT_DIR {out} is a file, not a directory")
+  if out.exists() and out.resolve() == src.resolve():
+    raise CheckpointError(f"jaxskill {command}: OUT_DIR {out} is the source directory itself; "
+                          "write the result to another directory")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -102,10 +127,15 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _run_config(args):
-  """The merged run config of a pipeline command, with INFO logging for the run."""
+  """The merged run config of a pipeline command."""
   from jaxskill.config import load_config
-  # jaxskill's own logger: the root logger may already carry a handler (absl installs one when
-  # orbax is imported), which would make logging.basicConfig a no-op.
+  return load_config(args.config, args.overrides)
+
+
+def _log_to_stderr() -> None:
+  """INFO and above of jaxskill's own logger on stderr. Its own: the root logger may already
+  carry a handler (absl installs one when orbax is imported), which would make
+  logging.basicConfig a no-op."""
   logger = logging.getLogger("jaxskill")
   if not logger.handlers:
     handler = _StderrHandler()
@@ -113,7 +143,6 @@ def _run_config(args):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-  return load_config(args.config, args.overrides)
 
 
 def _print_stage(stage: str, skip: bool, why: str = "") -> None:
@@ -184,8 +213,8 @@ def cmd_report(args) -> int:
     return _stage_command("report")(argparse.Namespace(
         config=path, overrides=args.overrides, no_progress=args.no_progress))
   if args.overrides:
-    raise SystemExit(f"jaxskill report {path}: overrides ({' '.join(args.overrides)}) go with "
-                     "a config file, not a run directory")
+    raise ValueError(f"{path}: overrides ({' '.join(args.overrides)}) go with a config file, "
+                     "not a run directory")
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such run directory or config file")
   with run_lock(path):  # not while a command rewrites the directory
@@ -373,7 +402,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   """Runs one command line; returns the exit status. Bad input or a file system that refuses
   gives status 2 and one line on stderr instead of a traceback."""
+  # transformers' notice that PyTorch is absent would be every command's first line: jaxskill
+  # needs only its tokenizers and configs, which work without it.
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
   args = parse_args(argv)
+  _log_to_stderr()
   _maybe_init_distributed(args)
   from jaxskill.checkpointing import CheckpointRestoreError
   from jaxskill.config import RunConfigError
@@ -388,6 +421,11 @@ def main(argv=None) -> int:
     # bad input, or a file system that refuses (read-only, full): one line naming what is wrong
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    # Every stage resumes from its checkpoints: a traceback would only hide that.
+    print(f"\njaxskill {args.command}: interrupted; the same command resumes where it stopped",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ class RunConfigError(ValueError):
   """A config file or override that does not fit the schema."""
 
 
+class FieldError(ValueError):
+  """A section's own validation refusing one of its fields (`field`)."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Which checkpoint to load and how to run it."""
@@ -31,12 +39,22 @@ class ModelConfig:
   remat: bool = False
 
 
-def _check(section, **conditions) -> None:
-  """Raises for the first false condition, naming the field and its value:
-  `_check(self, length=self.length >= 1)`."""
-  for name, ok in conditions.items():
+SPLITS = ("train", "dev", "test")
+_SPLIT_TEXT = "train, dev or test"
+# Per metric: the report keeps every example's activations of this many neurons and the
+# browser the token-level activations of as many examples per neuron; at 100000 the page was
+# 7.7 MB, so these bound it.
+MAX_REPORT_NEURONS = 64
+MAX_BROWSER_EXAMPLES = 50
+
+
+def _check(section, **conditions: tuple[bool, str]) -> None:
+  """Raises for the first false condition, naming the field, its value and what it must be:
+  `_check(self, length=(self.length >= 1, ">= 1"))`."""
+  for name, (ok, expected) in conditions.items():
     if not ok:
-      raise ValueError(f"{name}={getattr(section, name)!r} is out of range")
+      raise FieldError(name, f"{name}={getattr(section, name)!r} is out of range: expected "
+                       f"{expected}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +67,7 @@ class PromptConfig:
   placement: str = "infix"  # infix: [input][prompt][answer]; prefix: [prompt][input][answer]
 
   def __post_init__(self):
-    _check(self, length=self.length >= 1, init_std=self.init_std > 0)
+    _check(self, length=(self.length >= 1, ">= 1"), init_std=(self.init_std > 0, "> 0"))
     if self.init == "text" and not self.init_text:
       raise ValueError("init=text needs a non-empty init_text")
 
@@ -62,7 +80,7 @@ class DataConfig:
   append_eos: bool = True  # generation: the target ends with EOS so the model learns to stop
 
   def __post_init__(self):
-    _check(self, max_length=self.max_length >= 2)
+    _check(self, max_length=(self.max_length >= 2, ">= 2"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +108,17 @@ class TrainConfig:
 
   def __post_init__(self):
     import math
-    _check(self, steps=self.steps >= 1, batch_size=self.batch_size >= 1,
-           lr=math.isfinite(self.lr) and self.lr > 0, b1=0 <= self.b1 < 1, b2=0 <= self.b2 < 1,
-           eps=self.eps > 0, weight_decay=self.weight_decay >= 0,
-           warmup_steps=0 <= self.warmup_steps, clip_norm=self.clip_norm >= 0,
-           eval_every=self.eval_every >= 1, log_every=self.log_every >= 1,
-           checkpoint_every=self.checkpoint_every >= 1, max_to_keep=self.max_to_keep >= 1,
-           data_parallel=self.data_parallel >= 0, model_parallel=self.model_parallel >= 1)
+    _check(self, steps=(self.steps >= 1, ">= 1"), batch_size=(self.batch_size >= 1, ">= 1"),
+           lr=(math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+           b1=(0 <= self.b1 < 1, "in [0, 1)"), b2=(0 <= self.b2 < 1, "in [0, 1)"),
+           eps=(self.eps > 0, "> 0"), weight_decay=(self.weight_decay >= 0, ">= 0"),
+           warmup_steps=(0 <= self.warmup_steps, ">= 0"),
+           clip_norm=(self.clip_norm >= 0, ">= 0 (0: no clipping)"),
+           eval_every=(self.eval_every >= 1, ">= 1"), log_every=(self.log_every >= 1, ">= 1"),
+           checkpoint_every=(self.checkpoint_every >= 1, ">= 1"),
+           max_to_keep=(self.max_to_keep >= 1, ">= 1"),
+           data_parallel=(self.data_parallel >= 0, ">= 0 (0: every device)"),
+           model_parallel=(self.model_parallel >= 1, ">= 1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +155,23 @@ class FindConfig:
   fit_memory: str = "refuse"
 
   def __post_init__(self):
-    _check(self, permutations=self.permutations >= 0, fdr_q=0 < self.fdr_q < 1,
-           batch_size=self.batch_size >= 1, top_k=self.top_k >= 1,
-           top_p_per_layer=0 < self.top_p_per_layer <= 1, threshold=0 <= self.threshold <= 1,
-           checkpoint_every=self.checkpoint_every >= 1, report_neurons=self.report_neurons >= 0,
-           browser_examples=self.browser_examples >= 0,
-           merge_every=self.merge_every >= 1)
+    _check(self, permutations=(self.permutations >= 0, ">= 0"),
+           fdr_q=(0 < self.fdr_q < 1, "in (0, 1)"), batch_size=(self.batch_size >= 1, ">= 1"),
+           top_k=(self.top_k >= 1, ">= 1"),
+           top_p_per_layer=(0 < self.top_p_per_layer <= 1, "in (0, 1]"),
+           threshold=(0 <= self.threshold <= 1, "in [0, 1]"),
+           checkpoint_every=(self.checkpoint_every >= 1, ">= 1"),
+           report_neurons=(0 <= self.report_neurons <= MAX_REPORT_NEURONS,
+                           f"in [0, {MAX_REPORT_NEURONS}] (the report's page grows with it)"),
+           browser_examples=(0 <= self.browser_examples <= MAX_BROWSER_EXAMPLES,
+                             f"in [0, {MAX_BROWSER_EXAMPLES}] (the report's page grows with it)"),
+           merge_every=(self.merge_every >= 1, ">= 1"),
+           split=(self.split in SPLITS, _SPLIT_TEXT),
+           heldout_split=(self.heldout_split in ("", *SPLITS),
+                          _SPLIT_TEXT + ", or \"\" for none"))
+    if self.heldout_split == self.split:
+      raise FieldError("heldout_split", f"heldout_split={self.heldout_split!r} is find.split itself: a verdict "
+                       "on it would not be held out (another split, or \"\" for none)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +202,17 @@ class VerifyConfig:
   seed: int = 0
 
   def __post_init__(self):
-    _check(self, sigma=self.sigma > 0, k=self.k >= 1,
-           k_list=bool(self.k_list) and all(k >= 1 for k in self.k_list),
-           random_draws=self.random_draws >= 2, batch_size=self.batch_size >= 1,
-           edits_per_pass=self.edits_per_pass >= 0,
-           modes=bool(self.modes) and all(m in interventions.MODES for m in self.modes),
-           split=self.split in ("train", "dev", "test"),
-           mean_over=self.mean_over in ("inputs", "site", "all"),
-           noise_scale=self.noise_scale in ("neuron_std", "absolute"))
+    _check(self, sigma=(self.sigma > 0, "> 0"), k=(self.k >= 1, ">= 1"),
+           k_list=(bool(self.k_list) and all(k >= 1 for k in self.k_list),
+                   "a non-empty list of integers >= 1"),
+           random_draws=(self.random_draws >= 2, ">= 2"),
+           batch_size=(self.batch_size >= 1, ">= 1"),
+           edits_per_pass=(self.edits_per_pass >= 0, ">= 0 (0: by device)"),
+           modes=(bool(self.modes) and all(m in interventions.MODES for m in self.modes),
+                  f"a non-empty list of {', '.join(interventions.MODES)}"),
+           split=(self.split in SPLITS, _SPLIT_TEXT),
+           mean_over=(self.mean_over in ("inputs", "site", "all"), "inputs, site or all"),
+           noise_scale=(self.noise_scale in ("neuron_std", "absolute"), "neuron_std or absolute"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +225,8 @@ class DistributedConfig:
   auto: bool = False  # let jax find the cluster (Cloud TPU, SLURM)
 
   def __post_init__(self):
-    _check(self, num_processes=self.num_processes >= 0, process_id=self.process_id >= -1)
+    _check(self, num_processes=(self.num_processes >= 0, ">= 0"),
+           process_id=(self.process_id >= -1, ">= -1 (-1: from the environment)"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +247,10 @@ class RunConfig:
     # The run directory is out_dir/name: a name that is a path would write elsewhere.
     if (not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name
         or self.name != self.name.strip()):
-      raise ValueError(f"name={self.name!r} must be a plain directory name (not empty, no '/', "
+      raise FieldError("name", f"name={self.name!r} must be a plain directory name (not empty, no '/', "
                        "not '.' or '..'): the run directory is out_dir/name")
     if not self.out_dir:
-      raise ValueError("out_dir='' must name a directory (e.g. runs)")
+      raise FieldError("out_dir", "out_dir='' must name a directory (e.g. runs)")
 
   @property
   def run_dir(self) -> Path:
@@ -354,7 +391,9 @@ def _build(cls, data: dict, where: str, make: bool = True):
   try:
     return cls(**kwargs)
   except ValueError as e:  # a section's own validation
-    raise RunConfigError(f"{where or 'config'}: {e}") from None
+    error = RunConfigError(f"{where or 'config'}: {e}")
+    error.key = ".".join(filter(None, [where, getattr(e, "field", None)]))
+    raise error from None
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -450,6 +489,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
   the `section.key=value` overrides on top; no file: the defaults with the overrides."""
   data: dict = {}
   where = "overrides"
+  given = parse_overrides(list(overrides))
+  if overrides:  # a bad key, type or choice on the command line is blamed on it, not the file
+    try:
+      _build(RunConfig, given, "", make=False)
+    except RunConfigError as e:
+      raise RunConfigError(f"command line: {e}") from None
   if path is not None:
     path = Path(path)
     data, files = _read_chain(path)
@@ -457,10 +502,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     # values (which any file of the chain may have set) or an override.
     where = str(path) if len(files) == 1 else (
         f"{path} (over {' -> '.join(map(str, files[1:]))})")
-  data = _merge(data, parse_overrides(list(overrides)))
+  data = _merge(data, given)
   try:
     return _build(RunConfig, data, "")
   except RunConfigError as e:
+    given_as = dict(o.split("=", 1) for o in overrides)
+    key = getattr(e, "key", "")
+    if key in given_as:
+      raise RunConfigError(f"command line ({key}={given_as[key]}): {e}") from None
     raise RunConfigError(f"{where}: {e}") from None
 
 

@@ -2,7 +2,8 @@
 keeps two runs out of one directory.
 
 Every output is written to a temporary file beside it and renamed over it (`os.replace` is
-atomic on POSIX), so a kill leaves either the old file or the new one, never a torn one.
+atomic on POSIX), so a kill leaves either the old file or the new one, never a torn one. The file
+gets the mode that `open` would give it (0666 less the umask), not the temporary file's 0600.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
       write(f)
       f.flush()
@@ -47,6 +49,21 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
       os.unlink(tmp)
     raise
   return path
+
+
+def _umask() -> int:
+  """The process's umask, read without setting it where Linux shows it (setting it to read it
+  back would race with other threads creating files)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -3,8 +3,10 @@
 Every command that runs a stage (`jaxskill train|find|verify|report|run`) goes through `run`,
 which alone judges what is stale. `stages.json` in the run directory records, per stage, the
 fingerprint of the config keys its result depends on, those keys themselves, and whether it
-finished. A stage is skipped when its record matches the config and its outputs read back whole;
-otherwise it runs, and every later stage is recomputed too (its inputs changed), its old outputs
+finished, and, once it is done, the size and SHA-256 of every output a later stage reads. A
+stage is skipped when its record matches the config and each of those files is there with its
+recorded size and hash (a truncated, edited or deleted output counts as not done); otherwise it
+runs, and every later stage is recomputed too (its inputs changed), its old outputs
 removed first. So nothing computed under one config is read under another:
   - train refuses to continue a run directory made under other training settings (naming each
     changed key, old and new value), except for keys that only lengthen the run (train.steps);
@@ -18,9 +20,11 @@ fingerprint resumes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -54,6 +58,9 @@ OUTPUTS = {
                "neuron_mean.npy"),  # neuron_mean.npy: older versions' (removed with the rest)
     "report": ("report.html", "neurons.json"),
 }
+# Outputs that only let a stage resume (logs and checkpoints): not part of its result.
+RESUME_ONLY = ("metrics.jsonl", "checkpoints", "find_checkpoints", "verify_progress.jsonl",
+               "train_config.yaml")
 
 
 class StaleRunError(RunConfigError):
@@ -133,10 +140,18 @@ def _why_stale(stage: str, rec: dict | None, config: RunConfig) -> str:
                                                       stage_config(config, stage)))
   if rec.get("state") != "done":
     return "interrupted: resuming"
+  changed = changed_outputs(config, stage, rec) if "outputs" in rec else []
+  if changed:
+    return "outputs missing or changed since it ran: " + ", ".join(changed)
   return "outputs missing or unreadable"
 
 
-def _outputs_ok(config: RunConfig, stage: str) -> bool:
+def _outputs_ok(config: RunConfig, stage: str, rec: dict) -> bool:
+  """Whether `stage`'s outputs are whole: those recorded at its end, by size and hash (records
+  of older versions, which kept none: the files every later stage needs, read back)."""
+  if "outputs" in rec:
+    return (not changed_outputs(config, stage, rec)
+            and (stage != "train" or all(_trained_under(c) for c in seed_runs(config))))
   d = config.run_dir
   if stage == "train":
     return all(files.readable(c.run_dir / "prompt_best.npy", files.load_npy)
@@ -149,6 +164,40 @@ def _outputs_ok(config: RunConfig, stage: str) -> bool:
   if stage == "verify":
     return files.readable(d / "verify.json", files.read_json)
   raise ValueError(stage)
+
+
+def _stage_dirs(config: RunConfig, stage: str) -> list[Path]:
+  """Where `stage` writes its result: train into each seed run's directory, find into the run
+  directory and each seed run's, verify into the run directory."""
+  seeds = [c.run_dir for c in seed_runs(config)]
+  if stage == "train":
+    return seeds
+  return list(dict.fromkeys([config.run_dir] + (seeds if stage == "find" else [])))
+
+
+def changed_outputs(config: RunConfig, stage: str, rec: dict) -> list[str]:
+  """The files of `rec`'s manifest that are missing or differ from what `stage` wrote."""
+  recorded = rec.get("outputs", {})
+  now = manifest(config, stage, recorded)
+  return [name for name in recorded if now[name] != recorded[name]]
+
+
+def manifest(config: RunConfig, stage: str, names: dict | None = None) -> dict[str, list]:
+  """{path relative to the run directory: [size, sha256]} of `stage`'s result files: those
+  there now, or with `names` (a recorded manifest) those it names (None where one is missing)."""
+  if names is None:
+    paths = [d / n for d in _stage_dirs(config, stage) for n in OUTPUTS[stage]
+             if n not in RESUME_ONLY and (d / n).is_file()]
+    names = [os.path.relpath(p, config.run_dir) for p in paths]
+  out = {}
+  for name in names:
+    path = config.run_dir / name
+    try:
+      with open(path, "rb") as f:
+        out[name] = [os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()]
+    except OSError:
+      out[name] = None
+  return out
 
 
 def _trained_under(config: RunConfig) -> bool:
@@ -225,7 +274,8 @@ def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_s
       effective = early.get(stage) or _PRECHECKS.get(stage, lambda c: None)(config) or config
       _start(config, stage, record, resume=_matches(rec, config, stage))
       _STAGE_FNS[stage](effective, progress)
-      record[stage] = dict(record[stage], state="done")
+      record[stage] = dict(record[stage], state="done",
+                           outputs=manifest(config, stage) if is_writer() else {})
       _write_record(run_dir, record)
     out[stage] = "skipped" if fresh else "ran"
     if stage == "train":
@@ -238,13 +288,19 @@ def _is_fresh(config: RunConfig, stage: str, rec: dict | None) -> bool:
   """Done under the same keys, outputs whole: decided by process 0 (it alone reads the files),
   so that every process takes the same path through the stages and their collectives."""
   fresh = (is_writer() and rec is not None and rec.get("state") == "done"
-           and _matches(rec, config, stage) and _outputs_ok(config, stage))
+           and _matches(rec, config, stage) and _outputs_ok(config, stage, rec))
   return writer_decides(fresh)
 
 
 def _start(config: RunConfig, stage: str, record: dict, *, resume: bool) -> None:
   """Marks `stage` running; removes what it and every later stage wrote, since their inputs or
   config changed (except this stage's own checkpoints when it resumes the same work)."""
+  rec = record.get(stage)
+  if resume and rec is not None and rec.get("state") == "done" and is_writer():
+    # Done, but some outputs were damaged since: those are written again, never read back.
+    for name in changed_outputs(config, stage, rec):
+      with contextlib.suppress(FileNotFoundError):
+        (config.run_dir / name).unlink()
   for later in STAGES[STAGES.index(stage):]:
     if later == "train" or (later == stage and resume):
       continue  # training judges its own directories; the same work resumes
@@ -318,14 +374,17 @@ def checked_run_dir(run_dir: str | Path) -> RunConfig:
                               "or a training whose pipeline never finished): report the run "
                               "directory of the config (or `jaxskill report CONFIG`)")
     raise FileNotFoundError(f"{run_dir}: no config.yaml; not a jaxskill run directory")
-  config = load_config(saved)
+  # Where the directory is now (it may have been moved or copied), its seed runs beside it.
+  here = run_dir.absolute()
+  config = dataclasses.replace(load_config(saved), out_dir=str(here.parent), name=here.name)
   record = read_record(run_dir)
   for stage in ("train", "find", "verify"):
     rec = record.get(stage)
     if stage == "verify" and rec is None and not (run_dir / "verify.json").exists():
       continue  # not verified: the report goes without that section
-    if rec is None or rec.get("state") != "done" or rec["fingerprint"] != fingerprint(config,
-                                                                                        stage):
+    if (rec is None or rec.get("state") != "done" or rec["fingerprint"] != fingerprint(config,
+                                                                                         stage)
+        or not _outputs_ok(config, stage, rec)):
       raise StaleRunError(
           f"{run_dir}: the {stage} stage is not up to date with {saved} "
           f"({_why_stale(stage, rec, config)}); run `jaxskill run {saved}` (or the config you "

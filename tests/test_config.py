@@ -239,7 +239,24 @@ def test_a_section_may_be_completed_across_the_chain(tmp_path):
   assert load_config(paths["top.yaml"]).prompt.init_text == "Answer"
   with pytest.raises(RunConfigError, match="init=text needs a non-empty init_text"):
     load_config(paths["base.yaml"])
+  (paths["top.yaml"]).write_text("base_config: base.yaml\nprompt:\n  init_text: A\n  length: 0\n")
   with pytest.raises(RunConfigError) as info:
-    load_config(paths["top.yaml"], ["prompt.length=0"])
+    load_config(paths["top.yaml"])
   assert str(info.value).startswith(f"{paths['top.yaml']} (over {paths['base.yaml']}): prompt: "
-                                    "length=0 is out of range")
+                                    "length=0 is out of range: expected >= 1")
+
+
+def test_a_bad_value_given_on_the_command_line_is_blamed_on_it(tmp_path):
+  # On 6db25d3 these named the YAML file, which holds no such value, and no range.
+  paths = _files(tmp_path, {"run.yaml": "prompt:\n  length: 4\n"})
+  with pytest.raises(RunConfigError) as info:
+    load_config(paths["run.yaml"], ["prompt.length=0"])
+  assert str(info.value) == ("command line (prompt.length=0): prompt: length=0 is out of range: "
+                             "expected >= 1")
+  with pytest.raises(RunConfigError) as info:
+    load_config(paths["run.yaml"], ["train.steps=many"])
+  assert str(info.value) == "command line: train.steps: expected an integer, got 'many'"
+  with pytest.raises(RunConfigError) as info:  # among other overrides: the one at fault
+    load_config(paths["run.yaml"], ["find.top_p_per_layer=2", "train.lr=1e-3"])
+  assert "command line (find.top_p_per_layer=2)" in str(info.value)
+  assert "expected in (0, 1]" in str(info.value)

@@ -121,19 +121,20 @@ def test_damaged_outputs_are_recomputed_or_named(tmp_path, capsys):
   data = (run_dir / "correlations.npz").read_bytes()
   (run_dir / "correlations.npz").write_bytes(data[:len(data) // 2])
   code, out, _ = jaxskill(capsys, "verify", *_args(tmp_path))
-  assert code == 0 and "find: running (outputs missing or unreadable)" in out
+  assert code == 0 and "find: running (outputs missing or changed since it ran: correlations.npz)" in out
   assert json.loads((run_dir / "verify.json").read_text()) == verified
   # A torn prompt: training restores its last checkpoint and writes the same prompt again.
   data = (run_dir / "prompt_best.npy").read_bytes()
   (run_dir / "prompt_best.npy").write_bytes(data[:40])
   code, out, _ = jaxskill(capsys, "run", *_args(tmp_path))
-  assert code == 0 and "train: running (outputs missing or unreadable)" in out
+  assert code == 0 and "train: running (outputs missing or changed since it ran: prompt_best.npy)" in out
   np.testing.assert_array_equal(np.load(run_dir / "prompt_best.npy"), prompt)
-  # A torn verify.json under `report DIR`: an error naming the file, not a traceback.
+  # A torn verify.json under `report DIR`: an error naming the file and the command that
+  # recomputes it, not a traceback.
   text = (run_dir / "verify.json").read_text()
   (run_dir / "verify.json").write_text(text[:len(text) // 2])
   code, _, err = jaxskill(capsys, "report", str(run_dir))
-  assert code == 2 and f"{run_dir / 'verify.json'}: cannot be read" in err
+  assert code == 2 and "changed since it ran: verify.json); run `jaxskill run" in err
   # Nothing is written in place: no temporary file is left beside the outputs.
   assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 

@@ -11,6 +11,7 @@ written by a small writer here, because numpy's `safetensors` binding has no bfl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ import numpy as np
 
 from jaxskill.model.config import ModelConfig
 from jaxskill.model.modules import CausalLM
+
+log = logging.getLogger("jaxskill.checkpoint")
 
 
 class CheckpointError(ValueError):
@@ -260,6 +263,9 @@ def lazy_params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float
   L = config.num_hidden_layers
   top, layer = name_table(config, expected)
   _check_names(tensors, files, config, layer)
+  stored = sorted({str(t.dtype) for t in tensors.values()} - {str(np_dtype)})
+  if stored:
+    log.info("%s: weights stored as %s are read as %s", hf_dir, ", ".join(stored), np_dtype)
   params: dict = {}
   for hf_name, (path, transpose) in top.items():
     view = _view(hf_dir, tensors, files, hf_name, transpose, _get(expected, path).shape)
@@ -310,6 +316,12 @@ def _view(hf_dir: Path, tensors: dict[str, np.ndarray], files: dict[str, Path], 
             if name == "lm_head.weight" else "")
     raise CheckpointError(f"{hf_dir}: missing tensor '{name}'{hint}")
   array = tensors[name]
+  if not np.issubdtype(array.dtype, np.floating) and array.dtype != _ST_DTYPES["BF16"]:
+    # A cast would make weights of integers: zeros for a quantized int8 or int4-packed tensor.
+    raise CheckpointError(f"{_where(files, name)} is {array.dtype}, not a float: a quantized "
+                          "or broken checkpoint; jaxskill reads float32, bfloat16 or float16 "
+                          "weights (dequantize first, e.g. transformers' from_pretrained, then "
+                          "save_pretrained)")
   shape = array.shape[::-1] if transpose else array.shape
   if tuple(shape) != tuple(want_shape):
     hf_shape = tuple(want_shape[::-1]) if transpose else tuple(want_shape)

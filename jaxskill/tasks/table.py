@@ -35,6 +35,20 @@ _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 # --- reading --------------------------------------------------------------------------------
 
+class _DuplicateKey(ValueError):
+  pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """json.loads would keep the last of two equal keys, silently."""
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise _DuplicateKey(key)
+    out[key] = value
+  return out
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, object) for every non-blank line."""
   with closing(text_lines(path)) as f:
@@ -42,7 +56,10 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys)
+      except _DuplicateKey as e:
+        raise TaskError(f"{path}: line {line_no}: the field {e.args[0]!r} appears more than "
+                        "once in one object; only one value can be meant") from None
       except json.JSONDecodeError as e:
         raise TaskError(f"{path}: line {line_no}: malformed JSON ({e.msg} at column {e.colno}): "
                         f"{line.strip()[:80]!r}") from None
@@ -55,13 +72,31 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, row) for every row; cells missing from a short row are absent."""
   with closing(text_lines(path)) as f:
-    reader = csv.DictReader(f, delimiter=delimiter)
-    header = reader.fieldnames or []
-    for row in reader:
-      if None in row:
-        raise TaskError(f"{path}: line {reader.line_num}: {len(header) + len(row[None])} values "
-                        f"for the {len(header)} columns of the header {header}")
-      yield reader.line_num, {k: v for k, v in row.items() if v is not None}
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+      header = next(reader, [])
+      _check_header(path, header)
+      for row in reader:
+        if len(row) > len(header):
+          raise TaskError(f"{path}: line {reader.line_num}: {len(row)} values for the "
+                          f"{len(header)} columns of the header {header}")
+        if row:  # csv.DictReader's rule: a blank line is no record
+          yield reader.line_num, dict(zip(header, row))
+    except csv.Error as e:
+      what = (r"a carriage return (\r) ends a line without \n (old Mac line ends); save the "
+              r"file with \n or \r\n line ends" if "new-line character" in str(e)
+              else f"malformed CSV ({e})")
+      raise TaskError(f"{path}: line {reader.line_num}: {what}") from None
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+  """A column named twice would silently lose one of its values in every row."""
+  seen = set()
+  for name in header:
+    if name in seen:
+      raise TaskError(f"{path}: line 1: the column {name!r} appears {header.count(name)} times "
+                      f"in the header {header}; rename or remove all but one")
+    seen.add(name)
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
