@@ -104,3 +104,18 @@ def token_activations(probe: Probe, prompt, params, batch: Batch, layers: jax.Ar
 def metadata_columns(metadata: Mapping[str, np.ndarray]) -> list[str]:
   """Numeric metadata columns usable as metrics, as "meta_<column>"."""
   return [f"meta_{k}" for k, v in sorted(metadata.items()) if v.dtype != object]
+
+
+def mixed_columns(metadata: Mapping[str, np.ndarray]) -> dict[str, str]:
+  """{column: why it is no metric} for the text columns that are mostly numbers: a cell such as
+  "n/a" among numbers, which makes the whole column text."""
+  out = {}
+  for key, values in sorted(metadata.items()):
+    if values.dtype != object:
+      continue
+    text = [v for v in values if isinstance(v, str)]
+    numbers = sum(isinstance(v, (int, float)) for v in values)
+    if numbers and text:
+      out[key] = (f"{len(text)} of {len(values)} values are text (e.g. {text[0]!r}) among "
+                  "numbers; leave those cells empty to have them left out of the metric")
+  return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -205,11 +206,14 @@ def verify_lines(results: dict) -> list[str]:
 def cmd_report(args) -> int:
   """`jaxskill report DIR`: the report of a finished run directory, refused if its stages are
   not up to date with its config.yaml; `jaxskill report CONFIG`: the pipeline up to the report."""
-  from jaxskill.files import run_lock
+  from jaxskill.files import read_lock, run_lock
   from jaxskill.pipeline import checked_run_dir
   from jaxskill.report import report
   path = Path(args.target)
   if path.is_file():
+    if args.out:
+      raise ValueError(f"--out {args.out} goes with a run directory; a config's report is "
+                       "written into its run directory")
     return _stage_command("report")(argparse.Namespace(
         config=path, overrides=args.overrides, no_progress=args.no_progress))
   if args.overrides:
@@ -217,14 +221,23 @@ def cmd_report(args) -> int:
                      "not a run directory")
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such run directory or config file")
-  with run_lock(path):  # not while a command rewrites the directory
+  out = Path(args.out) if args.out else path
+  with read_lock(path), (run_lock(out) if out.resolve() != path.resolve()
+                         else contextlib.nullcontext()):  # not while a run rewrites either
     checked_run_dir(path)
-    print(f"wrote {report(path)}")
+    try:
+      html = report(path, out)
+    except PermissionError as e:
+      raise PermissionError(e.errno, f"{e.strerror} (write the report elsewhere with --out DIR)",
+                            e.filename) from None
+    _print_results(path, html=html)
+  _warn_untrained(path)
   return 0
 
 
-def _print_results(run_dir: Path, until: str = "report") -> None:
-  """What the stages up to `until` found, from the files they wrote."""
+def _print_results(run_dir: Path, until: str = "report", html: Path | None = None) -> None:
+  """What the stages up to `until` found, from the files they wrote (`html`: the report's
+  page, if not in the run directory)."""
   from jaxskill import files
   from jaxskill.report import train_summaries
   print(f"run dir: {run_dir}")
@@ -249,12 +262,13 @@ def _print_results(run_dir: Path, until: str = "report") -> None:
           f"|r|>{summary['threshold']}: {m['above_threshold']}{_significance_text(m)}")
   if until == "find":
     return
-  for line in verify_lines(files.read_json(run_dir / "verify.json")):
-    print(line)
+  if until == "verify" or (run_dir / "verify.json").exists():  # `report DIR`: maybe unverified
+    for line in verify_lines(files.read_json(run_dir / "verify.json")):
+      print(line)
   if until == "verify":
     return
   _print_shortcut(summary)
-  print(f"report: {run_dir / 'report.html'}")
+  print(f"report: {html or run_dir / 'report.html'}")
 
 
 def _significance_text(metric: dict) -> str:
@@ -340,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "run directory) or jaxskill report CONFIG [section.key=value ...]")
   p.add_argument("target", help="a run directory, or a YAML run config")
   p.add_argument("overrides", nargs="*", help="with a config: section.key=value")
+  p.add_argument("--out", help="with a run directory: write the report into this directory "
+                 "instead (for a run directory you cannot write to)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_report)
   return ap

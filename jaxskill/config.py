@@ -434,6 +434,16 @@ def _merge(base: dict, over: dict) -> dict:
 BASE_KEY = "base_config"  # a file's key naming the file it starts from; not a RunConfig field
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+  """One line: "line L, column C: <problem>", where PyYAML's own message takes seven."""
+  mark = getattr(error, "problem_mark", None)
+  problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+  context = getattr(error, "context", None)
+  where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+  return where + problem + (f" ({context} at line {error.context_mark.line + 1})"
+                            if context and getattr(error, "context_mark", None) else "")
+
+
 def _read_yaml(path: Path, name: str) -> dict:
   """The top-level mapping of one config file; errors start with `name` (the file, and for a
   base the file that names it)."""
@@ -442,7 +452,7 @@ def _read_yaml(path: Path, name: str) -> dict:
   except FileNotFoundError:
     raise RunConfigError(f"{name}: config file not found") from None
   except yaml.YAMLError as e:
-    raise RunConfigError(f"{name}: not valid YAML ({e})") from None
+    raise RunConfigError(f"{name}: not valid YAML ({_yaml_problem(e)})") from None
   except (UnicodeDecodeError, IsADirectoryError) as e:
     raise RunConfigError(f"{name}: not a UTF-8 text file ({e})") from None
   if not isinstance(data, dict):

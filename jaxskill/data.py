@@ -241,8 +241,9 @@ def _columns(examples) -> dict:
   cols = {}
   for key in keys:
     values = [ex.metadata.get(key) for ex in examples]
-    if all(isinstance(v, (int, float, bool)) for v in values):
-      cols[key] = np.asarray(values, np.float64)
+    if all(isinstance(v, (int, float, bool)) or v is None for v in values):
+      # A missing value (an empty cell) is NaN: the metric leaves that example out.
+      cols[key] = np.asarray([np.nan if v is None else v for v in values], np.float64)
     else:
       cols[key] = np.asarray(values, object)
   return cols

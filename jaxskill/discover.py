@@ -63,11 +63,16 @@ def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: st
   available = [m for m in capture.BUILTIN_METRICS
                if not (m == "label" and kind != "classification")]
   available += capture.metadata_columns(encoded.metadata) + list(custom)
+  mixed = {f"meta_{k}": why for k, why in capture.mixed_columns(encoded.metadata).items()}
   if not requested:
+    for name, why in mixed.items():
+      log.warning("%s is not a metric: %s", name, why)
     return tuple(available)
   unknown = [m for m in requested if m not in available]
   if unknown:
-    raise ValueError(f"find.metrics: unknown metric(s) {unknown}; available here: {available}")
+    why = "".join(f"; {m} is text: {mixed[m]}" for m in unknown if m in mixed)
+    raise ValueError(f"find.metrics: unknown metric(s) {unknown}; available here: "
+                     f"{available}{why}")
   return tuple(requested)
 
 

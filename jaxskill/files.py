@@ -44,9 +44,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
       f.flush()
       os.fsync(f.fileno())  # the rename must not land before the data
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+      # A full disk fails in write() or fsync(), whose error names no file.
+      raise OSError(e.errno, f"{e.strerror} (writing {path})") from None
     raise
   return path
 
@@ -158,6 +161,44 @@ def readable(path: str | Path, reader: Callable[[Path], Any]) -> bool:
 
 # --- the run lock -------------------------------------------------------------------------------
 
+def _flock(f, directory: Path, path: Path, *, shared: bool) -> None:
+  """Takes the flock of the open .lock file `f` without waiting, or raises a RunLockError
+  naming the holder's pid (the file's content, written by the last `run_lock`)."""
+  try:
+    fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES):
+      raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path}; the file "
+                         "system may not support locks)") from None
+    f.seek(0)
+    holder = f.read().strip() or "unknown"
+    raise RunLockError(
+        f"{directory} is in use by another jaxskill process (pid {holder}, lock {path}); "
+        "wait for it to finish or stop it, or use another run name (name=...)") from None
+
+
+@contextlib.contextmanager
+def read_lock(directory: str | Path) -> Iterator[None]:
+  """For a command that only reads a run directory (`jaxskill report DIR`): shared with other
+  readers, refused while a writer holds `run_lock`, and needing no write access (a copy on a
+  read-only disk, a colleague's run). A directory without .lock was never written by a run
+  that locks, so nothing is writing it."""
+  directory = Path(directory)
+  path = directory / ".lock"
+  try:
+    f = open(path, "r", encoding="utf-8")
+  except FileNotFoundError:
+    yield
+    return
+  except OSError as e:
+    raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path})") from None
+  try:
+    _flock(f, directory, path, shared=True)
+    yield
+  finally:
+    f.close()
+
+
 @contextlib.contextmanager
 def run_lock(directory: str | Path) -> Iterator[None]:
   """Holds `directory/.lock` for the duration; another holder gives a RunLockError naming its
@@ -171,17 +212,7 @@ def run_lock(directory: str | Path) -> Iterator[None]:
   except OSError as e:  # not a directory, read-only, ...
     raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path})") from None
   try:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES):
-        raise RunLockError(f"cannot lock {directory}: {e.strerror or e} ({path}; the file "
-                           "system may not support locks)") from None
-      f.seek(0)
-      holder = f.read().strip() or "unknown"
-      raise RunLockError(
-          f"{directory} is in use by another jaxskill process (pid {holder}, lock {path}); "
-          "wait for it to finish or stop it, or use another run name (name=...)") from None
+    _flock(f, directory, path, shared=False)
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

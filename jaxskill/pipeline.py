@@ -234,8 +234,14 @@ def run(config: RunConfig, *, until: str = "report", progress: bool = True,
   run's) is locked for the duration: a second process gets a RunLockError naming the first."""
   if until not in STAGES:
     raise ValueError(f"until={until!r}: expected one of {STAGES}")
-  # A checkpoint that cannot be read is refused before the locks create any run directory.
+  # A checkpoint or a task file that cannot be read is refused before the locks create any
+  # run directory (reading the task twice costs far less than a run left behind).
   check_checkpoint(config.model.path)
+  from jaxskill.tasks import build_task
+  from jaxskill.tasks.base import thin_task_warnings
+  for line in thin_task_warnings(build_task(config.task)):
+    if is_writer():
+      log.warning("%s", line)
   dirs = list(dict.fromkeys([config.run_dir] + [c.run_dir for c in seed_runs(config)]))
   with contextlib.ExitStack() as locks:
     def acquire():

@@ -40,6 +40,10 @@ from jaxskill.selection import neuron_scores
 
 # --- figures --------------------------------------------------------------------------------
 
+# The figures of every report (besides kde_<metric>.png), some only with verify.json.
+_FIGURE_FILES = ("r_hist.png", "layers.png", "verify.png", "dose.png")
+
+
 def _png(fig, tight: bool = True) -> bytes:
   """`tight`: crop to what is drawn (bbox_inches="tight" draws the figure twice: about half
   of a report's time goes to the per-metric densities, whose margins are set instead)."""
@@ -490,15 +494,26 @@ def render(data: dict) -> str:
   return _environment().get_template("report.html.j2").render(**data)
 
 
-def report(run_dir: str | Path) -> Path:
-  """Writes the PNGs, neurons.json (the neuron browser's data) and report.html into `run_dir`;
-  returns the HTML's path."""
+def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+  """Writes the PNGs, neurons.json (the neuron browser's data) and report.html into `out` (the
+  run directory by default; another directory reports a run that cannot be written to);
+  returns the HTML's path. Everything is computed before the first file is written, so a
+  report that fails leaves the old one whole; figures of an earlier report that this one does
+  not draw (a metric since dropped) are removed."""
   run_dir = Path(run_dir)
+  out = run_dir if out is None else Path(out)
   data = report_data(run_dir)
+  html = render(data)
+  browser_json = None if data["browser"] is None else json.dumps(
+      data["browser"], separators=(",", ":"), allow_nan=False) + "\n"  # compact: for tools
+  drawn = {figure.file for figure in data["figures"]}
+  for old in [*out.glob("kde_*.png"), *(out / n for n in _FIGURE_FILES)]:
+    if old.name not in drawn and old.exists():
+      old.unlink()
   for figure in data["figures"]:
-    files.write_bytes(run_dir / figure.file, figure.png)
-  if data["browser"] is not None:
-    # Compact: half the size of indented JSON, for a file that tools rather than people read.
-    files.write_text(run_dir / "neurons.json", json.dumps(data["browser"], separators=(",", ":"),
-                                                         allow_nan=False) + "\n")
-  return files.write_text(run_dir / "report.html", render(data))
+    files.write_bytes(out / figure.file, figure.png)
+  if browser_json is not None:
+    files.write_text(out / "neurons.json", browser_json)
+  else:
+    (out / "neurons.json").unlink(missing_ok=True)
+  return files.write_text(out / "report.html", html)

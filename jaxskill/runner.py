@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,6 +32,9 @@ from jaxskill import data as data_lib
 from jaxskill.batch import Batch
 
 log = logging.getLogger("jaxskill.runner")
+
+# Without a progress bar, a loop logs how far it is at most this often.
+QUIET_LOG_SECONDS = 30.0
 
 # body(i, state, saving) -> (state, progress-bar note or None): step i of a loop; `saving`
 # says that the state it returns is checkpointed, so it must be complete (flushed).
@@ -103,6 +107,7 @@ class Runner:
     a checkpoint whenever `checkpoints.due(i + 1, total)`."""
     from tqdm.auto import tqdm
     bar = tqdm(total=total, initial=start, disable=not progress, desc=desc, dynamic_ncols=True)
+    logged = time.monotonic()
     for i in range(start, total):
       saving = checkpoints is not None and checkpoints.due(i + 1, total)
       state, note = body(i, state, saving)
@@ -111,6 +116,10 @@ class Runner:
       if note:
         bar.set_postfix(note)
       bar.update(1)
+      if not progress and time.monotonic() - logged >= QUIET_LOG_SECONDS and i + 1 < total:
+        # Without a bar (--no-progress, a batch job's log): a line now and then that it lives.
+        log.info("%s: %d of %d done", desc, i + 1, total)
+        logged = time.monotonic()
     bar.close()
     return state
 

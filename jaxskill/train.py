@@ -210,11 +210,17 @@ def _check_finite(pending: list, cfg: TrainConfig) -> None:
   bad = ~np.isfinite(values).all(axis=1)
   if bad.any():
     i = int(np.argmax(bad))
+    found = (f"train: the loss is not finite at step {pending[i][0]} (loss {values[i, 0]}, "
+             f"gradient norm {values[i, 1]}); stopped, and no prompt of that step was saved")
+    if pending[i][0] == 1:  # the untrained prompt's loss: no update has happened yet
+      raise TrainingDivergedError(
+          f"{found}. This is the untrained prompt's loss, before any update, so the learning "
+          "rate is not the cause: the model's weights or its dtype give non-finite values on "
+          "this data (a damaged or float16-overflowing checkpoint? try model.dtype=float32)")
     raise TrainingDivergedError(
-        f"train: the loss is not finite at step {pending[i][0]} (loss {values[i, 0]}, gradient "
-        f"norm {values[i, 1]}); stopped, and no prompt of that step was saved (the last "
-        f"checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set train.clip_norm, under "
-        f"another run name (name=...) or after removing the run directory")
+        f"{found} (the last checkpoint is kept). Lower train.lr (now {cfg.lr:g}) or set "
+        f"train.clip_norm, under another run name (name=...) or after removing the run "
+        "directory")
 
 
 def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:

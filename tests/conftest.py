@@ -47,7 +47,8 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 # (scripts/test.sh) a worker takes one module at a time in this order, so a long one never runs
 # alone at the end while the other worker idles.
 _LONG_FIRST = ("test_qwen_configs.py", "test_train.py", "test_multihost_run.py",
-               "test_real_experiment.py", "test_sharding.py", "test_verify_report.py",
+               "test_real_experiment.py", "test_run_outputs.py", "test_sharding.py",
+               "test_verify_report.py", "test_bad_input.py",
                "test_same_results.py", "test_user_path.py", "test_discover.py",
                "test_real_models.py", "test_multihost.py", "test_family_cli.py")
 

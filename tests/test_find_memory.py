@@ -75,3 +75,14 @@ def test_a_find_that_would_not_fit_is_refused_before_anything_is_removed(tmp_pat
                                                  "find.fit_memory=lower"))
   assert code == 2 and "even find.permutations=0 does not fit" in err
   assert np.load(run_dir / "correlations.npz")  # still there
+
+
+def test_the_largest_fitting_permutations_is_the_one_a_linear_search_finds():
+  # The peak of `peak_bytes` grows with P; bisection must land where counting down does.
+  def need(p):
+    return find_memory.peak_bytes(metrics=3, features=2048, permutations=p, seeds=1,
+                                  param_bytes=10_000, batch_size=16)
+  total = lambda p: need(p).total()  # noqa: E731
+  for room in (total(0) - 1, total(0), total(7), total(7) + 1, total(50) - 1, total(200)):
+    linear = next((p for p in range(100, -1, -1) if find_memory.fits(need(p), room, None)), None)
+    assert find_memory.largest_fitting(need, 100, room, None) == linear, room

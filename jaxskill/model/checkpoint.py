@@ -10,6 +10,7 @@ written by a small writer here, because numpy's `safetensors` binding has no bfl
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -398,6 +399,13 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return p
   if p.exists():
     raise CheckpointError(f"{p}: is a file; give the checkpoint directory")
+  if p.is_symlink():
+    try:
+      p.stat()
+    except OSError as e:  # a loop, or a link to nothing
+      reason = ("a symbolic link loop" if e.errno == errno.ELOOP
+                else f"a symbolic link to the missing {os.readlink(p)}")
+      raise CheckpointError(f"{p}: {reason}; give the checkpoint directory") from None
   name = str(path)
   if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
     try:

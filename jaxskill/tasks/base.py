@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
+import os
 from pathlib import Path
 from typing import Iterator, Literal, Mapping
 
@@ -18,6 +20,23 @@ SPLITS = ("train", "dev", "test")
 
 class TaskError(ValueError):
   """Bad task data or settings; the message names the file, field and value."""
+
+
+def require_file(path: Path, what: str = "file") -> None:
+  """Raises TaskError unless `path` is a readable file, saying what it is instead: missing, a
+  directory, a symlink loop or a dangling link."""
+  try:
+    if path.is_dir():
+      raise TaskError(f"{path}: is a directory, not a {what}")
+    path.stat()
+  except FileNotFoundError:
+    dangling = path.is_symlink()
+    raise TaskError(f"{path}: no such {what}"
+                    + (f" (a symbolic link to the missing {os.readlink(path)})" if dangling
+                       else "")) from None
+  except OSError as e:
+    reason = "a symbolic link loop" if e.errno == errno.ELOOP else e.strerror
+    raise TaskError(f"{path}: cannot be read as a {what} ({reason})") from None
 
 
 def text_lines(path: Path) -> Iterator[str]:
@@ -76,3 +95,23 @@ class Task:
             isinstance(ex.label, int) and 0 <= ex.label < len(self.verbalizer)):
           raise TaskError(f"task '{self.name}': {split} example {i} has label {ex.label!r} "
                           f"outside the verbalizer {self.verbalizer!r}")
+
+
+# Fewer examples than this in train or dev: accuracies and correlations are mostly noise.
+THIN_SPLIT = 20
+
+
+def thin_task_warnings(task: Task) -> list[str]:
+  """What makes a task train but show nothing: a train or dev split of a few examples, or a
+  classification train split of one label (a constant answer scores 100%)."""
+  out = []
+  for split in ("train", "dev"):
+    n = len(task.splits.get(split, ()))
+    if n < THIN_SPLIT and (split == "train" or n):
+      out.append(f"task {task.name}: the {split} split has {n} example(s) (fewer than "
+                 f"{THIN_SPLIT}): its accuracies and correlations are mostly noise")
+  seen = {ex.label for ex in task.splits.get("train", ())}
+  if task.kind == "classification" and len(seen) == 1:
+    out.append(f"task {task.name}: every train example has the label "
+               f"{task.verbalizer[seen.pop()]!r}: the prompt can learn only to answer that")
+  return out

@@ -18,7 +18,7 @@ import re
 from contextlib import closing
 from pathlib import Path
 
-from jaxskill.tasks.base import Example, Task, TaskError, text_lines
+from jaxskill.tasks.base import Example, Task, TaskError, require_file, text_lines
 from jaxskill.tasks.splitting import check_fractions, check_limits, hash_split, shuffle_and_limit
 
 VERBALIZER = (" yes", " no")
@@ -63,8 +63,7 @@ def _example(row: dict[str, str], where: str) -> Example:
 def read_hans(path: str | Path) -> list[Example]:
   """All examples of a HANS TSV, in file order. Errors name the file, line, column and value."""
   path = Path(path)
-  if not path.is_file():
-    raise TaskError(f"{path}: no such HANS file")
+  require_file(path, "HANS file")
   with closing(text_lines(path)) as f:
     reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     header = reader.fieldnames

@@ -26,7 +26,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from jaxskill.tasks.base import Example, Task, TaskError, text_lines
+from jaxskill.tasks.base import Example, Task, TaskError, require_file, text_lines
 from jaxskill.tasks.splitting import check_fractions, check_limits, hash_split, shuffle_and_limit
 
 SPLIT_NAMES = {"train": "train", "dev": "dev", "test": "test", "validation": "dev", "val": "dev"}
@@ -103,8 +103,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
   """(line number, record) of a JSONL or CSV file. Raises TaskError for a missing file, an
   unknown extension, a malformed line or a file without records."""
   path = Path(path)
-  if not path.is_file():
-    raise TaskError(f"{path}: no such file")
+  require_file(path)
   fmt = _FORMATS.get(path.suffix.lower())
   if fmt is None:
     raise TaskError(f"{path}: unknown table format {path.suffix!r}; expected one of "
