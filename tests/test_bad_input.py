@@ -13,6 +13,7 @@ import pytest
 
 from jaxskill import cli
 from jaxskill.model.checkpoint import DEMO_MODEL, read_safetensors, write_safetensors
+from tests.lock_holder import lock_held_by_another_process
 
 DEMO = "configs/demo.yaml"
 SMALL = ["task.n_train=32", "task.n_dev=8", "task.n_test=16", "train.steps=2",
@@ -216,18 +217,8 @@ def test_an_interrupt_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
 
 
 def test_report_of_a_directory_a_run_is_writing_is_refused(finished, capsys):
-  import subprocess
-  import sys
   run_dir = finished / "demo"
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom jaxskill.files import run_lock\n"
-       "with run_lock(sys.argv[1]):\n  print('locked', flush=True)\n  time.sleep(600)",
-       str(run_dir)], stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
+  with lock_held_by_another_process(run_dir) as holder:
     code, _, err = jaxskill(capsys, "report", str(run_dir), "--out", str(finished / "c2"))
     assert code == 2 and f"in use by another jaxskill process (pid {holder.pid}" in err, err
-  finally:
-    holder.kill()
-    holder.wait()
   assert jaxskill(capsys, "report", str(run_dir), "--out", str(finished / "c2"))[0] == 0

@@ -5,9 +5,6 @@ after its work was done, or an error came out as a traceback."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,6 +12,7 @@ import pytest
 
 from jaxskill import cli, files
 from jaxskill.config import RunConfigError, load_config
+from tests.lock_holder import lock_held_by_another_process
 
 DEMO = "configs/demo.yaml"
 SMALL = ["task.n_train=32", "task.n_dev=8", "task.n_test=16", "train.steps=2",
@@ -141,18 +139,10 @@ def test_damaged_outputs_are_recomputed_or_named(tmp_path, capsys):
 
 def test_a_second_process_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
   run_dir = tmp_path / "demo"
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom jaxskill.files import run_lock\n"
-       "with run_lock(sys.argv[1]):\n  print('locked', flush=True)\n  time.sleep(600)",
-       str(run_dir)], stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
+  with lock_held_by_another_process(run_dir) as holder:
     code, _, err = jaxskill(capsys, "train", *_args(tmp_path))
     assert code == 2 and f"in use by another jaxskill process (pid {holder.pid}" in err
     assert not (run_dir / "metrics.jsonl").exists()
-  finally:
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
   # The killed holder's lock file is still there, with its pid; the lock itself died with it.
   assert (run_dir / ".lock").read_text().strip() == str(holder.pid)
   code, _, err = jaxskill(capsys, "train", *_args(tmp_path))
