@@ -188,6 +188,8 @@ def manifest(config: RunConfig, stage: str, names: dict | None = None) -> dict[s
   if names is None:
     paths = [d / n for d in _stage_dirs(config, stage) for n in OUTPUTS[stage]
              if n not in RESUME_ONLY and (d / n).is_file()]
+    if stage == "report":  # and its figures
+      paths += sorted(config.run_dir.glob("*.png"))
     names = [os.path.relpath(p, config.run_dir) for p in paths]
   out = {}
   for name in names:
@@ -260,12 +262,8 @@ def _run_stages(config: RunConfig, stages: tuple[str, ...], progress: bool, on_s
   early = ({"find": _check_find(config)} if "find" in stages and not all(
       _is_fresh(config, s, record.get(s)) for s in ("train", "find")) else {})
   for stage in stages:
-    if stage == "report":  # cheap, and reads only files: always written anew
-      if on_stage is not None:
-        on_stage(stage, False, "")
-      barrier("pipeline: report starts")
-      _report(config, progress)
-      out[stage] = "ran"
+    if stage == "report":
+      out[stage] = _run_report(config, record, progress, on_stage)
       continue
     rec = record.get(stage)
     fresh = _is_fresh(config, stage, rec)
@@ -356,6 +354,42 @@ def _find(config: RunConfig, progress: bool) -> None:
 def _verify(config: RunConfig, progress: bool) -> None:
   from jaxskill.verify import verify
   verify(config, progress=progress)
+
+
+def _run_report(config: RunConfig, record: dict, progress: bool, on_stage) -> str:
+  """The report, skipped when it was drawn from the same inputs by the same code and its files
+  are as it wrote them (reading only files, it has no checkpoints to resume)."""
+  key = _report_key(config, record)
+  rec = record.get("report")
+  fresh = writer_decides(is_writer() and rec is not None and rec.get("fingerprint") == key
+                         and not changed_outputs(config, "report", rec))
+  if on_stage is not None:
+    on_stage("report", fresh, "")
+  if fresh:
+    return "skipped"
+  barrier("pipeline: report starts")
+  _report(config, progress)
+  record["report"] = {"fingerprint": key, "state": "done",
+                      "outputs": manifest(config, "report") if is_writer() else {}}
+  _write_record(config.run_dir, record)
+  return "ran"
+
+
+def _report_key(config: RunConfig, record: dict) -> str:
+  """A hash of what the report is made from: the earlier stages' records (their keys and
+  result files), the run's config.yaml (the page shows it) and jaxskill's own code (a new
+  version draws the page anew)."""
+  import jaxskill
+  parts = {s: [record.get(s, {}).get("fingerprint"), record.get(s, {}).get("outputs")]
+           for s in ("train", "find", "verify")}
+  parts["config.yaml"] = manifest(config, "report", ["config.yaml"])
+  package = Path(jaxskill.__file__).parent
+  code = hashlib.sha256()
+  for path in sorted(package.rglob("*")):
+    if path.is_file() and path.suffix in (".py", ".j2", ".js", ".css", ".html"):
+      code.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+  parts["code"] = code.hexdigest()
+  return _hash(parts)
 
 
 def _report(config: RunConfig, progress: bool) -> None:

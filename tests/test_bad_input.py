@@ -222,3 +222,59 @@ def test_report_of_a_directory_a_run_is_writing_is_refused(finished, capsys):
     code, _, err = jaxskill(capsys, "report", str(run_dir), "--out", str(finished / "c2"))
     assert code == 2 and f"in use by another jaxskill process (pid {holder.pid}" in err, err
   assert jaxskill(capsys, "report", str(run_dir), "--out", str(finished / "c2"))[0] == 0
+
+
+def test_a_yaml_error_is_one_line_with_its_place(tmp_path, capsys):
+  bad = tmp_path / "bad.yaml"
+  bad.write_text("train:\n  lr: [1,\n  steps: 3\n")
+  code, _, err = jaxskill(capsys, "run", str(bad))
+  assert code == 2 and len(err.strip().splitlines()) == 1, err
+  assert f"{bad}: not valid YAML (line 4, column 1: expected ',' or ']'" in err, err
+
+
+def test_a_full_disk_names_the_file(finished, capsys, monkeypatch):
+  import errno
+  import os
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr("jaxskill.files.os.fsync", full)
+  code, _, err = jaxskill(capsys, "report", str(finished / "demo"), "--out",
+                          str(finished / "full"))
+  assert code == 2 and "No space left on device (writing " in err, err
+  assert str(finished / "full") in err and not list((finished / "full").glob("*.tmp"))
+
+
+def test_a_non_finite_loss_before_any_update_is_not_blamed_on_the_learning_rate(tmp_path,
+                                                                                 capsys):
+  broken = _checkpoint_with(tmp_path, "nan", lambda t: t["model.norm.weight"].fill(np.nan))
+  code, _, err = jaxskill(capsys, "train", DEMO, *SMALL, f"out_dir={tmp_path}",
+                          f"model.path={broken}")
+  assert code == 2 and "not finite at step 1" in err, err
+  assert "the learning rate is not the cause" in err and "Lower train.lr" not in err
+
+
+def test_a_loop_without_a_progress_bar_says_how_far_it_is(finished, capsys, monkeypatch):
+  from jaxskill import runner
+  monkeypatch.setattr(runner, "QUIET_LOG_SECONDS", 0.0)
+  small = [o for o in SMALL if not o.startswith("find.batch_size=")]
+  code, _, err = jaxskill(capsys, "find", DEMO, *small, f"out_dir={finished}", "name=quiet",
+                          "find.batch_size=8")
+  assert code == 0, err
+  assert "INFO jaxskill.runner: correlate: 1 of 4 done" in err, err
+
+
+def test_no_command_starts_with_the_pytorch_notice(finished):
+  import subprocess
+  import sys
+  # As on a machine without torch (jaxskill needs none): transformers would say so first.
+  argv = ["run", DEMO, *SMALL, f"out_dir={finished}", "--no-progress"]  # every stage done
+  # scipy, imported first, looks for torch itself and would trip on the missing module.
+  code = ("import sys\nimport scipy.stats\nsys.modules['torch'] = None\n"
+          f"from jaxskill import cli\nsys.exit(cli.main({argv!r}))")
+  import os
+  env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert done.returncode == 0, done.stderr
+  assert "train: done already, skipped" in done.stdout, done.stdout
+  assert "PyTorch was not found" not in done.stdout + done.stderr

@@ -21,7 +21,8 @@ SMALL = ["task.n_train=32", "task.n_dev=8", "task.n_test=16", "train.steps=2",
          "train.batch_size=8", "train.eval_every=2", "find.batch_size=16", "verify.k_list=1,2",
          "verify.k=2", "verify.random_draws=2", "verify.modes=zero,mean", "verify.batch_size=16",
          "prompt.length=2", "find.report_neurons=1", "find.browser_examples=2",
-         "find.permutations=2"]
+         "find.permutations=2", "find.metrics=label,correct", "verify.selection=label",
+         "verify.group_by="]  # two metrics: fewer figures to draw in each of the many runs
 # What a run may legitimately write differently each time: its own timings.
 TIMED = {"train_summary.json": ("seconds",), "verify.json": ("seconds",)}
 

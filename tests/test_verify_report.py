@@ -149,19 +149,23 @@ def test_neuron_stats_are_taken_over_the_input_tokens(demo_run):
   assert float(np.abs(np.asarray(edit.noise_std)).sum()) == float(edit.noise_std[1, 3])
 
 
-def test_verify_resumes_from_its_progress_log(demo_run):
+def test_verify_resumes_from_its_progress_log(demo_run, tmp_path):
+  import shutil
   from jaxskill.verify import verify
-  config, _ = demo_run
+  # On a copy: verify called outside the pipeline leaves files its stage record does not know.
+  shutil.copytree(demo_run[0].run_dir, tmp_path / demo_run[0].name)
+  config = _config(tmp_path)
   log = config.run_dir / "verify_progress.jsonl"
   lines = log.read_text().splitlines()
-  want = json.loads((config.run_dir / "verify.json").read_text())
+  want = dict(json.loads((config.run_dir / "verify.json").read_text()),
+              prompt=str(config.run_dir / "prompt_best.npy"))  # the copy's own
   # Interrupted half way, the last line cut short: only the missing evaluations run again.
   log.write_text("\n".join(lines[:len(lines) // 2]) + "\n" + lines[len(lines) // 2][:30])
   (config.run_dir / "verify.json").unlink()
   assert verify(config, progress=False) == want
   assert log.read_text().splitlines() == lines  # the cut line dropped, then written again
   # Another verify config is another experiment: nothing of the old one is reused.
-  other = _config(config.out_dir, "verify.sigma=0.5")
+  other = _config(tmp_path, "verify.sigma=0.5")
   verify(other, progress=False)
   assert len(log.read_text().splitlines()) == 2 * len(lines)
 
@@ -252,7 +256,12 @@ def test_report_renders_self_contained(demo_run):
 def test_run_skips_done_stages_and_reruns_what_a_change_touches(demo_run):
   config, _ = demo_run
   assert run(config, progress=False) == {"train": "skipped", "find": "skipped",
-                                         "verify": "skipped", "report": "ran"}
+                                         "verify": "skipped", "report": "skipped"}
+  # The report drawn from the same files by the same code is kept; a damaged page is redrawn.
+  page = (config.run_dir / "report.html").read_bytes()
+  (config.run_dir / "report.html").write_bytes(page[:100])
+  assert run(config, progress=False)["report"] == "ran"
+  assert (config.run_dir / "report.html").read_bytes() == page
   changed = _config(config.out_dir, "verify.random_draws=2")
   assert run(changed, progress=False) == {"train": "skipped", "find": "skipped",
                                           "verify": "ran", "report": "ran"}
