@@ -21,8 +21,7 @@ def _free_port() -> int:
 
 def _env(devices):
   return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={devices}")}
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 @pytest.mark.parametrize("model_parallel", ["1", "4"])  # 4: the model axis spans both processes

@@ -51,8 +51,7 @@ def test_mesh_sizes_are_checked():
 
 def _on_8_devices(script: str, dst: Path) -> Path:
   """Runs a helper script on 8 fake CPU devices (a fresh process); returns its output file."""
-  env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                      " --xla_force_host_platform_device_count=8"),
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, str(HERE / script), str(dst)], env=env,
                         capture_output=True, text=True, timeout=600, cwd=HERE.parent)

@@ -188,8 +188,7 @@ def test_one_two_and_eight_devices(tmp_path):
   ill_x, ill_y = make_data(4, n=203, mean=1e4, spread=1e-2)
   src, dst = tmp_path / "in.npz", tmp_path / "out.npz"
   np.savez(src, plain_x=plain_x, plain_y=plain_y, ill_x=ill_x, ill_y=ill_y)
-  env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                      " --xla_force_host_platform_device_count=8"),
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, str(HERE / "stats_on_devices.py"), str(src), str(dst)],
                         env=env, capture_output=True, text=True, timeout=300)

@@ -179,8 +179,7 @@ def test_one_and_eight_devices_agree(data_file, tmp_path):
   train(one, progress=False)
   proc = _run_cli([str(REPO / "configs" / "base.yaml"), *_overrides(data_file, tmp_path, "eight",
                                                                       **extra)],
-                  env={"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                    " --xla_force_host_platform_device_count=8"),
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
                        "JAX_PLATFORMS": "cpu"})
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out
