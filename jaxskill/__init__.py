@@ -2,11 +2,10 @@
 models in JAX/Flax."""
 
 from jaxskill.model import (DEMO_MODEL, FAMILIES, PRESETS, CausalLM, CheckpointError,
-                            ConfigError, ModelConfig, Qwen2LM, QwenConfig, export_hf,
-                            greedy_generate, load_model, load_tokenizer, neuron_activations,
-                            save_converted)
+                            ConfigError, ModelConfig, export_hf, greedy_generate, load_model,
+                            load_tokenizer, neuron_activations, save_converted)
 
 __version__ = "0.1.0"
 __all__ = ["DEMO_MODEL", "FAMILIES", "PRESETS", "CausalLM", "CheckpointError", "ConfigError",
-           "ModelConfig", "Qwen2LM", "QwenConfig", "export_hf", "greedy_generate", "load_model",
-           "load_tokenizer", "neuron_activations", "save_converted"]
+           "ModelConfig", "export_hf", "greedy_generate", "load_model", "load_tokenizer",
+           "neuron_activations", "save_converted"]

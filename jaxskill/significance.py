@@ -69,16 +69,12 @@ def p_values(r: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def fdr_reject(p: np.ndarray, q: float) -> np.ndarray:
   """Benjamini-Hochberg at level q over all entries of p (any shape; NaN: not a hypothesis):
-  bool of the same shape, True where rejected."""
+  bool of the same shape, True where rejected (BH-adjusted p <= q)."""
   flat = np.asarray(p, np.float64).ravel()
-  tested = np.flatnonzero(np.isfinite(flat))
+  tested = np.isfinite(flat)
   out = np.zeros(flat.shape, bool)
-  if tested.size:
-    order = tested[np.argsort(flat[tested], kind="stable")]
-    m = tested.size
-    below = flat[order] <= q * np.arange(1, m + 1) / m
-    if below.any():
-      out[order[:np.flatnonzero(below)[-1] + 1]] = True
+  if tested.any():
+    out[tested] = sps.false_discovery_control(flat[tested], method="bh") <= q
   return out.reshape(np.shape(p))
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment with the test dependencies (idempotent) and runs the test suite.
-#   bash scripts/test.sh [pytest args...]
+#   bash scripts/test.sh [--fast] [pytest args...]
+# --fast: the core tier only, without the end-to-end tests marked `slow` (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -34,6 +35,11 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "scripts/test.sh: no chromium/chromedriver and no root or sudo to install them" >&2
   fi
 fi
+tier=()
+if [ "${1:-}" = --fast ]; then
+  tier=(-m "not slow")
+  shift
+fi
 log=$(mktemp)
 set +e
 # JAXSKILL_TEST_WORKERS=0 runs in this process (no pytest-xdist workers). A module runs whole on
@@ -41,7 +47,7 @@ set +e
 workers=${JAXSKILL_TEST_WORKERS:-2}
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
-.venv/bin/python -m pytest -q "${xdist[@]}" --durations=30 "$@" 2>&1 | tee "$log"
+.venv/bin/python -m pytest -q "${xdist[@]}" "${tier[@]}" --durations=30 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # orbax's background threads can print after pytest's summary at interpreter exit; repeat the

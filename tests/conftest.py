@@ -53,9 +53,22 @@ _LONG_FIRST = ("test_qwen_configs.py", "test_train.py", "test_multihost_run.py",
                "test_real_models.py", "test_multihost.py", "test_family_cli.py")
 
 
+# The end-to-end tier (`slow`): modules that run the CLI, a whole pipeline, subprocesses or a real
+# model. `scripts/test.sh --fast` runs the rest (the core: model, statistics, tasks, one stage's
+# functions); a test of another module that starts a subprocess is marked where it is defined.
+_SLOW_MODULES = {"test_bad_input.py", "test_bench.py", "test_browser.py", "test_cli.py",
+                 "test_family_cli.py", "test_multihost.py", "test_multihost_run.py",
+                 "test_neuron_data.py", "test_qwen_configs.py", "test_real_experiment.py",
+                 "test_real_models.py", "test_run_outputs.py", "test_same_results.py",
+                 "test_sharding.py", "test_train.py", "test_user_path.py", "test_verify_report.py"}
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(_LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-module order kept
+  for item in items:
+    if item.path.name in _SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)
 
 
 # model_type -> the transformers config and model classes (the families of jaxskill.FAMILIES).

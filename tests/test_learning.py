@@ -69,6 +69,7 @@ def test_untrained_prompt_of_run_dirs(tmp_path):
   assert learning.untrained_prompt([tmp_path / "none"]) is None
 
 
+@pytest.mark.slow  # the CLI on a whole run
 def test_an_untrained_prompt_is_marked_everywhere(demo_run, capsys):
   """The shared small demo run (4 steps, 16 dev examples) cannot show learning at alpha 0.01;
   everything after training says so, and the shortcut question gets no answer."""

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxskill import stats
 
@@ -183,6 +184,7 @@ def test_all_nan_metric_is_nan_with_zero_count():
   assert np.isnan(c.result()).all() and c.stats["n"][0] == 0
 
 
+@pytest.mark.slow  # a subprocess with 8 fake devices
 def test_one_two_and_eight_devices(tmp_path):
   plain_x, plain_y = make_data(3, n=203)
   ill_x, ill_y = make_data(4, n=203, mean=1e4, spread=1e-2)

@@ -5,7 +5,7 @@ the model expects (from `jax.eval_shape`), every expected tensor must be found, 
 found must be expected. Errors name the file, the tensor and the value.
 
 Safetensors files are read through `np.memmap` (a tensor is only read when it is converted) and
-written by a small writer here, because numpy's `safetensors` binding has no bfloat16.
+written by the `safetensors` library.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 from jaxskill.model.config import ModelConfig
 from jaxskill.model.modules import CausalLM
@@ -110,25 +110,13 @@ def _int_list(value) -> bool:
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
   """Writes name -> array (any shape, a dtype of `_ST_DTYPES`) as one safetensors file."""
-  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-  offset = 0
-  arrays = {}
   for name, array in tensors.items():
-    array = np.ascontiguousarray(array)
-    if array.dtype not in _ST_NAMES:
-      raise TypeError(f"cannot write tensor '{name}' of dtype {array.dtype} to safetensors")
-    header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + array.nbytes]}
-    offset += array.nbytes
-    arrays[name] = array
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)  # the format asks for an 8-byte aligned data section
+    if np.asarray(array).dtype not in _ST_NAMES:
+      raise TypeError(f"cannot write tensor '{name}' of dtype {np.asarray(array).dtype} to "
+                      "safetensors")
   tmp = Path(str(path) + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for array in arrays.values():
-      f.write(array.tobytes())
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                              metadata={"format": "pt"})
   os.replace(tmp, path)  # a reader never sees a half-written file
 
 

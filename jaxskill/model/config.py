@@ -253,9 +253,6 @@ class ModelConfig:
     return d
 
 
-QwenConfig = ModelConfig  # the name from when Qwen1.5 was the only family
-
-
 def _positive_int(config: ModelConfig, name: str, field: str | None = None) -> None:
   value = getattr(config, name)
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -329,9 +329,6 @@ class CausalLM(nn.Module):
     return x, {"k": k, "v": v, "mask": jnp.concatenate([past_mask, attention_mask], axis=1)}
 
 
-Qwen2LM = CausalLM  # the name from when Qwen1.5 was the only family
-
-
 def _attention_mask(attention_mask: Array, past_mask: Array, position_ids: Array,
                     window: int | None) -> Array:
   """bool `[b, t, s]`, s = s0 + t: query column j may attend to key column c. A past key
