@@ -110,13 +110,12 @@ def _int_list(value) -> bool:
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
   """Writes name -> array (any shape, a dtype of `_ST_DTYPES`) as one safetensors file."""
-  for name, array in tensors.items():
-    if np.asarray(array).dtype not in _ST_NAMES:
-      raise TypeError(f"cannot write tensor '{name}' of dtype {np.asarray(array).dtype} to "
-                      "safetensors")
+  arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+  for name, array in arrays.items():
+    if array.dtype not in _ST_NAMES:
+      raise TypeError(f"cannot write tensor '{name}' of dtype {array.dtype} to safetensors")
   tmp = Path(str(path) + ".tmp")
-  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                              metadata={"format": "pt"})
+  safetensors.numpy.save_file(arrays, tmp, metadata={"format": "pt"})
   os.replace(tmp, path)  # a reader never sees a half-written file
 
 
