@@ -79,7 +79,8 @@ def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: st
 def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
               runner: Runner, ckpt_dir: Path | None = None, checkpoint_every: int = 0,
               merge_every: int = 16, progress: bool = False, permutations: int = 0,
-              permutation_seed: int = 0) -> tuple[np.ndarray, dict]:
+              permutation_seed: int = 0,
+              programs: "_StatsPrograms | None" = None) -> tuple[np.ndarray, dict]:
   """Streams `encoded` (n rows) in `runner`'s batches through `probe`; returns (r `[m, l, k, i]`,
   host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m]`, f = l k i: the mean
   activation is `mean_x + ref_x`; and "null_r" float32 `[P, m, l, k, i]`, the r of P seeded
@@ -88,22 +89,19 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
 
   Each batch's statistics are merged into a float32 accumulator on the device; every
   `merge_every` batches (and at each checkpoint) the accumulator goes to the host and into the
-  float64 statistics, in a background thread while the device runs the next batches."""
+  float64 statistics, in a background thread while the device runs the next batches.
+
+  programs: `stats_programs` of the same probe, params, runner and permutations (e.g. built once
+  for the prompts of several seeds); None: built here."""
   m = len(probe.metric_names)
   prompt = runner.replicate(prompt)
-  params, param_shardings = runner.place(params)
+  params, _ = runner.place(params)
   whole = encoded.batch(probe.metric_names)
-  shape = jax.eval_shape(probe, prompt, params, runner.batch(encoded, 0, whole))[0].shape[1:]
-  f = int(np.prod(shape))  # features [l, k, i] flattened
-  key = jax.random.PRNGKey(permutation_seed)
-
-  def step(prompt, params, batch, index):
-    acts, y = probe(prompt, params, batch)
-    # No permutations: no null at all (orbax cannot save an empty array).
-    return acts, y, (significance.permuted_metrics(y, batch.valid,
-                                                   jax.random.fold_in(key, index), permutations)
-                     if permutations else None)
-  programs = _StatsPrograms.build(step, runner.mesh, param_shardings, m, f, permutations)
+  if programs is None:
+    programs = stats_programs(probe, params, prompt, encoded, runner=runner,
+                              permutations=permutations, permutation_seed=permutation_seed)
+  shape = programs.shape
+  f = int(np.prod(shape))
   n_batches = runner.n_batches(encoded)
   state = {"stats": stats.init(m, f, permutations or None), "ref_x": np.zeros(f, np.float32),
            "ref_y": np.zeros(m, np.float32), "next_batch": np.int64(0)}
@@ -127,21 +125,44 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
   return r, {**merged, "ref_x": state["ref_x"], "ref_y": state["ref_y"], "null_r": null_r}
 
 
+def stats_programs(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
+                   runner: Runner, permutations: int = 0,
+                   permutation_seed: int = 0) -> "_StatsPrograms":
+  """The compiled programs of `correlate` for `probe` on `encoded` in `runner`'s batches: the
+  same for every prompt of one shape (the seeds of a run compile once)."""
+  params, param_shardings = runner.place(params)
+  shape = jax.eval_shape(probe, prompt, params,
+                         runner.batch(encoded, 0, encoded.batch(probe.metric_names)))[0].shape[1:]
+  key = jax.random.PRNGKey(permutation_seed)
+
+  def step(prompt, params, batch, index):
+    acts, y = probe(prompt, params, batch)
+    # No permutations: no null at all (orbax cannot save an empty array).
+    return acts, y, (significance.permuted_metrics(y, batch.valid,
+                                                   jax.random.fold_in(key, index), permutations)
+                     if permutations else None)
+  return _StatsPrograms.build(step, runner.mesh, param_shardings, len(probe.metric_names),
+                              tuple(shape), permutations)
+
+
 @dataclasses.dataclass(frozen=True)
 class _StatsPrograms:
-  """The compiled programs of streamed statistics: the first batch (which also gives the shift
-  of the reference row), every later batch, a zero accumulator, and the move to the host."""
-  first: Callable  # (prompt, params, batch, index, acc) -> (ref_x, ref_y, acc)
-  fused: Callable  # (prompt, params, batch, index, ref_x, ref_y, acc) -> acc
+  """The compiled programs of streamed statistics: a batch into the accumulator (the first
+  batch also gives the shift of the reference row), a zero accumulator, and the move to the
+  host."""
+  fused: Callable  # (prompt, params, batch, index, ref_x, ref_y, acc) -> (ref_x, ref_y, acc)
   fresh: Callable  # () -> a zero accumulator
   host_ready: Callable  # accumulator -> a tree this process can read whole
   ref_shardings: tuple
+  shape: tuple  # one example's activations [l, k, i]
 
   @classmethod
-  def build(cls, step, mesh: Mesh, param_shardings, m: int, f: int,
+  def build(cls, step, mesh: Mesh, param_shardings, m: int, shape: tuple,
             permutations: int) -> "_StatsPrograms":
     """The programs for `step` (prompt, params, batch, its index -> (activations `[b, l, k, i]`,
-    metrics `[b, m]`, their permuted copies `[b, P, m]`)) on `mesh`, f = l k i features."""
+    metrics `[b, m]`, their permuted copies `[b, P, m]`)) on `mesh`, activations of `shape`
+    [l, k, i] (f = l k i features)."""
+    f = int(np.prod(shape))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     # The statistics are per feature: split them over the model axis like the params, so that
     # each device computes and keeps only its share of the [m, f] arrays.
@@ -159,14 +180,12 @@ class _StatsPrograms:
                            in_specs=in_specs[:len(args)], out_specs=specs)(*args)
 
     def fused(prompt, params, batch, index, ref_x, ref_y, acc):
-      acts, y, y_null = step(prompt, params, batch, index)
-      return stats.accumulate(acc, batch_fn(acts.reshape(acts.shape[0], -1), y, batch.valid,
-                                            ref_x, ref_y, y_null))
-
-    def first(prompt, params, batch, index, acc):  # the shift comes from the first batch itself
+      # Batch 0's shift comes from itself: one program for every batch (one compilation).
       acts, y, y_null = step(prompt, params, batch, index)
       x = acts.reshape(acts.shape[0], -1)
-      ref_x, ref_y = stats.reference(x, y, batch.valid)
+      own_x, own_y = stats.reference(x, y, batch.valid)
+      ref_x, ref_y = (jnp.where(index == 0, own, given)
+                      for own, given in ((own_x, ref_x), (own_y, ref_y)))
       return ref_x, ref_y, stats.accumulate(acc, batch_fn(x, y, batch.valid, ref_x, ref_y,
                                                           y_null))
 
@@ -175,17 +194,14 @@ class _StatsPrograms:
     # the same order.
     replicate = jax.jit(lambda tree: tree, out_shardings=replicated)
     return cls(
-        first=jax.jit(first, in_shardings=(replicated, param_shardings, sharded, replicated,
-                                           acc_shardings),
-                      out_shardings=(*ref_shardings, acc_shardings), donate_argnums=4),
         fused=jax.jit(fused, in_shardings=(replicated, param_shardings, sharded, replicated,
                                            *ref_shardings, acc_shardings),
-                      out_shardings=acc_shardings, donate_argnums=6),
+                      out_shardings=(*ref_shardings, acc_shardings), donate_argnums=6),
         fresh=jax.jit(functools.partial(stats.zeros, m, f, permutations=permutations or None),
                       out_shardings=acc_shardings),
         host_ready=lambda tree: tree if all(a.is_fully_addressable for a in jax.tree.leaves(tree))
         else replicate(tree),
-        ref_shardings=ref_shardings)
+        ref_shardings=ref_shardings, shape=shape)
 
 
 class _Stream:
@@ -215,12 +231,10 @@ class _Stream:
   def step(self, i: int, state: dict, saving: bool) -> tuple[dict, None]:
     """Batch i (a `Runner.loop` body); when `saving`, the state holds every batch so far."""
     programs = self.programs
+    *self.ref, self.acc = programs.fused(*self.inputs_at(i), *self.ref, self.acc)
     if i == 0:
-      *self.ref, self.acc = programs.first(*self.inputs_at(0), self.acc)
       state = dict(state, **jax.device_get(dict(zip(("ref_x", "ref_y"),
                                                     programs.host_ready(tuple(self.ref))))))
-    else:
-      self.acc = programs.fused(*self.inputs_at(i), *self.ref, self.acc)
     self.held += 1
     if self.held == self.merge_every or saving or i + 1 == self.n_batches:
       if self.pending is not None:
@@ -369,6 +383,7 @@ class _Find:
   params: Any
   encoded: data_lib.Encoded
   probe: capture.Probe
+  programs: "_StatsPrograms"  # correlate's, for every seed's prompt
 
   @classmethod
   def build(cls, config) -> "_Find":
@@ -382,7 +397,12 @@ class _Find:
     probe = capture.Probe(setup.model, setup.task.kind, jnp.asarray(setup.verbalizer), fc.sites,
                           config.prompt.length,
                           metric_names(fc.metrics, encoded, setup.task.kind, custom), custom)
-    return cls(config, setup, runner, params, encoded, probe)
+    c = setup.model.config
+    like = runner.replicate({"embeddings": jnp.zeros((config.prompt.length, c.hidden_size),
+                                                     jnp.float32)})
+    programs = stats_programs(probe, params, like, encoded, runner=runner,
+                              permutations=fc.permutations, permutation_seed=fc.permutation_seed)
+    return cls(config, setup, runner, params, encoded, probe, programs)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -396,7 +416,7 @@ class _Find:
                      ckpt_dir=run.run_dir / "find_checkpoints",
                      checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
                      progress=progress, runner=self.runner, permutations=fc.permutations,
-                     permutation_seed=fc.permutation_seed)
+                     permutation_seed=fc.permutation_seed, programs=self.programs)
 
   def predictivity(self, run, prompt, st: dict) -> dict | None:
     """The 2022 baseline for a binary label (threshold: the train mean activation, from the

@@ -75,6 +75,21 @@ def stack(edits: list) -> NeuronEdit:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *edits)
 
 
+def stack_uniform(edits: list[NeuronEdit], width: int) -> NeuronEdit:
+  """`stack` of `edits` in one structure and count, `[width, ...]`: an edit without noise gets
+  noise_std 0 (a * keep + add + 0 * N(0, 1) is a * keep + add exactly, the draw being finite)
+  and the list is padded with the identity edit, so that every batch of counterfactual runs
+  compiles to one program whatever its modes and number of edits (<= width)."""
+  if not 0 < len(edits) <= width:
+    raise ValueError(f"stack_uniform: {len(edits)} edits for a width of {width}")
+  keep = edits[0].keep
+  no_key = jax.random.split(jax.random.PRNGKey(0), keep.shape[0])
+  identity = NeuronEdit(jnp.ones_like(keep), jnp.zeros_like(keep))
+  def noisy(e: NeuronEdit) -> NeuronEdit:
+    return e if e.noise_std is not None else e.replace(noise_std=jnp.zeros_like(keep), key=no_key)
+  return stack([noisy(e) for e in [*edits, *[identity] * (width - len(edits))]])
+
+
 def neuron_edit(num_layers: int, num_neurons: int, neurons: Iterable[tuple[int, int]],
                 mode: str, *, sigma: float = 0.1, mean: np.ndarray | None = None,
                 key: jax.Array | None = None, scale: np.ndarray | None = None) -> NeuronEdit:

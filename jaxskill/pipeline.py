@@ -341,9 +341,8 @@ def _check_find(config: RunConfig) -> RunConfig:
 
 
 def _train(config: RunConfig, progress: bool) -> None:
-  from jaxskill.train import train
-  for c in seed_runs(config):
-    train(c, progress=progress)
+  from jaxskill.train import train_seeds
+  train_seeds(config, progress=progress)
 
 
 def _find(config: RunConfig, progress: bool) -> None:

@@ -26,7 +26,7 @@ from jaxskill import data as data_lib
 from jaxskill import prompt as prompt_lib
 from jaxskill.batch import Batch
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
-                             dump_config, load_config, to_dict)
+                             dump_config, load_config, seed_runs, to_dict)
 from jaxskill.runner import Checkpoints, Runner
 from jaxskill.setup import Setup, prepare
 
@@ -85,20 +85,16 @@ def train_step(state: dict, params, batch, *, model, optimizer, kind, verbalizer
               step=state["step"] + 1, rng=jax.random.split(state["rng"])[0]), metrics
 
 
-def correct_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
-  """float32 `[b]`: 1 where the prompted model answers row i of `batch` right (0 on padding)."""
-  values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
-                   input_cols=input_cols)
-  return values["correct"] * batch.valid
-
-
 def eval_step(prompt, params, batch, *, model, kind, verbalizer, input_cols=0):
-  """Sums over the valid rows of `batch` (`[b, t]` rows): {"loss", "correct", "n"} scalars."""
+  """Sums over the valid rows of `batch` (`[b, t]` rows): {"loss", "correct", "n"} scalars, and
+  "rows" float32 `[b]`: 1 where the prompted model answers row i right (0 on padding). One
+  program for the dev evaluation and the learning test's per-example correctness."""
   values = _values(prompt, params, batch, model=model, kind=kind, verbalizer=verbalizer,
                    input_cols=input_cols)
   valid = batch.valid
-  return {"loss": (values["loss"] * valid).sum(), "correct": (values["correct"] * valid).sum(),
-          "n": valid.sum()}
+  rows = values["correct"] * valid
+  return {"loss": (values["loss"] * valid).sum(), "correct": rows.sum(), "n": valid.sum(),
+          "rows": rows}
 
 
 def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prompt:
@@ -259,14 +255,33 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   the best prompt against the untrained one and chance on dev). Run dir: train_config.yaml,
   metrics.jsonl, checkpoints/, prompt_final.npy, prompt_best.npy (the prompt with the best dev
   accuracy)."""
+  return _train(config, progress, None)[0]
+
+
+def train_seeds(config: RunConfig, *, progress: bool = True) -> list[dict]:
+  """`train` of each run of `seed_runs(config)` (one per find.seeds entry), which differ only in
+  train.seed: the model is loaded, the splits encoded and the steps compiled once for all of
+  them (in several processes, where the rows a process feeds depend on the seed, each seed
+  encodes its own)."""
+  loop, out = None, []
+  for run in seed_runs(config):
+    summary, loop = _train(run, progress, loop)
+    out.append(summary)
+  return out
+
+
+def _train(config: RunConfig, progress: bool, like: "_Loop | None") -> tuple[dict, "_Loop"]:
+  """(`train`'s summary, the loop it ran): like, the loop of another seed run, or None."""
   cfg, run_dir = config.train, config.run_dir
   check_resume_config(run_dir, config)
-  runner = Runner.build(config, cfg.batch_size, "train.batch_size")
+  runner = like.runner if like is not None else Runner.build(config, cfg.batch_size,
+                                                             "train.batch_size")
+  rows = _row_plan(cfg, runner)
   # Before the config is written: a bad config leaves no run behind.
-  setup = prepare(config, _row_plan(cfg, runner), runner.mesh)
+  setup = like.setup if like is not None and rows is None else prepare(config, rows, runner.mesh)
   Runner.write("train: run dir ready", lambda: (run_dir.mkdir(parents=True, exist_ok=True),
                                                 dump_config(config, run_dir / "train_config.yaml")))
-  loop = _Loop.build(config, setup, runner)
+  loop = _Loop.build(config, setup, runner, like)
   with Checkpoints(run_dir / "checkpoints", every=cfg.checkpoint_every,
                    max_to_keep=cfg.max_to_keep, async_save=cfg.async_checkpoint) as ckpt:
     start, state = _restore(ckpt, loop.initial_state(), cfg, run_dir)
@@ -279,7 +294,7 @@ def train(config: RunConfig, *, progress: bool = True) -> dict:
   learned = loop.learning_test(state)
   return _write_outputs(run_dir, state, setup, steps=cfg.steps, resumed_from=start,
                         devices=runner.mesh.shape["data"], seconds=time.perf_counter() - t0,
-                        learned=learned)
+                        learned=learned), loop
 
 
 def _row_plan(cfg: TrainConfig, runner: Runner):
@@ -312,15 +327,22 @@ class _Loop:
   params: Any  # placed on the mesh
   optimizer: optax.GradientTransformation
   step_fn: Callable  # (state, params, batch) -> (state, metrics)
-  eval_fn: Callable  # (prompt, params, batch) -> sums
-  correct_fn: Callable  # (prompt, params, batch) -> correct `[b]`
+  eval_fn: Callable  # (prompt, params, batch) -> sums and correct rows `[b]`
   local: np.ndarray  # the rows of each batch this process feeds
   whole: Batch  # every train row, on the host
   pending: list  # (step, loss, gradient norm) of the steps not yet checked to be finite
 
   @classmethod
-  def build(cls, config: RunConfig, setup: Setup, runner: Runner) -> "_Loop":
-    """Params placed in train.param_sharding, the optimizer and the compiled steps."""
+  def build(cls, config: RunConfig, setup: Setup, runner: Runner,
+            like: "_Loop | None" = None) -> "_Loop":
+    """Params placed in train.param_sharding, the optimizer and the compiled steps. like: the
+    loop of a run that differs only in train.seed (a seed run), whose compiled steps (and
+    placed params, for the same setup) are this one's."""
+    if like is not None:
+      params = like.params if setup is like.setup else runner.place(
+          setup.params, config.train.param_sharding)[0]
+      return dataclasses.replace(like, config=config, setup=setup, params=params,
+                                 whole=setup.train.batch(), pending=[])
     cfg, replicated, sharded = config.train, runner.replicated, runner.sharded
     params, param_shardings = runner.place(setup.params, cfg.param_sharding)
     optimizer = make_optimizer(cfg)
@@ -329,11 +351,10 @@ class _Loop:
     step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
                       in_shardings=(replicated, param_shardings, sharded),
                       out_shardings=(replicated, replicated))
-    eval_fn, correct_fn = (jax.jit(functools.partial(fn, **statics),
-                                   in_shardings=(replicated, param_shardings, sharded),
-                                   out_shardings=replicated) for fn in (eval_step, correct_step))
-    return cls(config, setup, runner, params, optimizer, step_fn, eval_fn, correct_fn,
-               runner.local, setup.train.batch(), [])
+    eval_fn = jax.jit(functools.partial(eval_step, **statics),
+                      in_shardings=(replicated, param_shardings, sharded), out_shardings=replicated)
+    return cls(config, setup, runner, params, optimizer, step_fn, eval_fn, runner.local,
+               setup.train.batch(), [])
 
   @property
   def log_path(self) -> Path:
@@ -371,8 +392,9 @@ class _Loop:
   def dev_correct(self, prompt) -> np.ndarray:
     """bool `[n_dev]`: which dev examples the prompted model answers right, in split order."""
     prompt = self.runner.replicate(prompt)
-    return np.concatenate([np.asarray(self.correct_fn(prompt, self.params, batch))[valid] > 0
-                           for batch, valid in self.runner.batches(self.setup.dev)])
+    return np.concatenate([
+        np.asarray(self.eval_fn(prompt, self.params, batch)["rows"])[valid] > 0
+        for batch, valid in self.runner.batches(self.setup.dev)])
 
   def learning_test(self, state: dict) -> dict:
     """`learning.learning_test` of the best prompt against the untrained one and chance, both

@@ -218,6 +218,7 @@ def verify(config, *, progress: bool = True) -> dict:
   c = setup.model.config
   jobs, random_sets = _jobs(vc, ranked_by, c.intermediate_size)
   specs, plan = dict(jobs), passes(jobs, vc.edits_per_pass or auto_edits_per_pass())
+  widths = pass_widths(plan)
   how = {k: v for k, v in to_dict(vc).items() if k != "edits_per_pass"}  # same results for any
   job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [keys for _, keys in plan],
                      _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
@@ -238,7 +239,7 @@ def verify(config, *, progress: bool = True) -> dict:
     layer, keys = plan[i]
     if any(key not in finished for key in keys):
       edits = [None if specs[key] is None else make_edit(specs[key]) for key in keys]
-      finished = {**dict(zip(keys, evaluate(edits, layer))), **finished}
+      finished = {**dict(zip(keys, evaluate(edits, layer, widths.get(layer)))), **finished}
     return finished, None
   results_by_key = runner.loop(run_pass, job_log.restore(), total=len(plan), desc="verify",
                                progress=progress, checkpoints=job_log)
@@ -258,20 +259,31 @@ def auto_edits_per_pass() -> int:
 def passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
   """The jobs in passes over the split: [(layer, job keys)]. layer None: one job, the whole
   forward (the baseline; every job when per_pass is 1, the reference path). Otherwise up to
-  `per_pass` jobs whose lowest perturbed layer is `layer` and that all add noise or none (one
-  structure, to be stacked), sizes balanced so that a group compiles at most two shapes;
-  ordered by layer, so that the residuals cached per layer are needed one layer at a time."""
+  `per_pass` jobs whose lowest perturbed layer is `layer` (of every mode: `uniform` gives their
+  edits one structure), sizes balanced; ordered by layer, so that the residuals cached per
+  layer are needed one layer at a time."""
   if per_pass == 1:
     return [(None, [key]) for key, _ in jobs]
-  groups: dict[tuple[int, bool], list[str]] = {}
+  groups: dict[int, list[str]] = {}
   for key, spec in jobs:
     if spec is not None:
-      groups.setdefault((min(layer for layer, _ in spec[1]), spec[0] == "noise"), []).append(key)
+      groups.setdefault(min(layer for layer, _ in spec[1]), []).append(key)
   passes = [(None, [key]) for key, spec in jobs if spec is None]
-  for (layer, _), keys in sorted(groups.items()):
+  for layer, keys in sorted(groups.items()):
     parts = -(-len(keys) // per_pass)
     passes += [(layer, [str(key) for key in part]) for part in np.array_split(keys, parts)]
   return passes
+
+
+def pass_widths(plan: list) -> dict[int, int]:
+  """{layer: the most edits of its passes}: every pass of a layer padded to it runs one
+  compiled program (a resumed run's too), at most one padded edit per pass (`passes` balances
+  the sizes)."""
+  widths: dict[int, int] = {}
+  for layer, keys in plan:
+    if layer is not None:
+      widths[layer] = max(widths.get(layer, 0), len(keys))
+  return widths
 
 
 def _evaluator(config, setup, runner: Runner, prompt, params):
@@ -288,7 +300,8 @@ def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, par
   """evaluate(edits, layer) -> [`summarize` of `encoded` under each edit] (with each example's
   correctness). layer None: one edit (or None) through the whole forward; else edits that leave
   the layers below `layer` alone, run together from the residual entering it, which is
-  computed once per batch and kept while the passes of that layer run (`passes`)."""
+  computed once per batch and kept while the passes of that layer run (`passes`); `width`: the
+  count the edits are padded to (`pass_widths`: one program per layer), None their own."""
   kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(verbalizer))
   metrics_fn = jax.jit(functools.partial(example_metrics, **kw), out_shardings=runner.replicated)
   batched_fn = jax.jit(functools.partial(edits_metrics, **kw), static_argnames="layer",
@@ -297,7 +310,7 @@ def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, par
   batches = list(runner.batches(encoded))  # placed once, run under every edit
   residuals: dict[int, list] = {}
 
-  def rows_under(edits: list, layer: int | None) -> np.ndarray:
+  def rows_under(edits: list, layer: int | None, width: int | None) -> np.ndarray:
     """`[e, n, len(METRICS)]` over the real rows of every batch."""
     if layer is None:
       (edit,) = edits
@@ -307,15 +320,15 @@ def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, par
     if layer not in residuals:  # a new layer's group: the last one's residuals are let go
       residuals.clear()
       residuals[layer] = [residual_fn(params, prompt, b, layer=layer) for b, _ in batches]
-    stacked = runner.replicate(interventions.stack(edits))
+    stacked = runner.replicate(interventions.stack_uniform(edits, width or len(edits)))
     return np.concatenate([np.asarray(batched_fn(prompt, params, b, r, stacked, i,
-                                                 layer=layer))[:, v]
+                                                 layer=layer))[:len(edits), v]
                            for i, ((b, v), r) in enumerate(zip(batches, residuals[layer]))], 1)
 
-  def evaluate(edits: list, layer: int | None) -> list[dict]:
+  def evaluate(edits: list, layer: int | None, width: int | None = None) -> list[dict]:
     # Per example, for the bootstrap over examples (kept in verify_progress.jsonl only).
     return [{**summarize(rows, groups), PER_EXAMPLE: rows[:, 0].tolist()}
-            for rows in rows_under(edits, layer)]
+            for rows in rows_under(edits, layer, width)]
   return evaluate
 
 

@@ -94,10 +94,11 @@ def test_bad_edits_are_refused():
 
 
 def test_edits_compose_and_vmap_like_separate_runs(hf_checkpoint):
-  """An edit is a pytree: a vmap over stacked edits gives each edit's own forward, and a Chain
+  """An edit is a pytree: a vmap over stacked edits (`stack`, and `stack_uniform`'s padded mix of
+  modes) gives each edit's own forward, and a Chain
   of edits equals their composition written out by hand (zero, then mean: the mean wins where
   both touch a neuron, as a `[l, i]` arithmetic reference says)."""
-  from jaxskill.interventions import Chain, NeuronEdit, stack
+  from jaxskill.interventions import Chain, NeuronEdit, stack, stack_uniform
   _, path = hf_checkpoint(heads=6, kv_heads=2)
   model, params = jaxskill.load_model(path)
   c = model.config
@@ -117,6 +118,17 @@ def test_edits_compose_and_vmap_like_separate_runs(hf_checkpoint):
     # is the float32 one of a reordered dot, K ~ 600 summed lengths * eps32 * |logits| < 0.5.
     np.testing.assert_allclose(np.asarray(together[j]), np.asarray(logits(edit)),
                                atol=600 * np.finfo(np.float32).eps * 0.5, rtol=0)
+  # One structure and count for every mode (what verify stacks): a zero edit given noise_std 0
+  # and the identity padding give their own forwards, within the same bound.
+  noisy = neuron_edit(L, I, NEURONS[2:], "noise", sigma=0.5, key=jax.random.PRNGKey(7))
+  mixed = [*edits, noisy]
+  uniform = jax.vmap(logits)(stack_uniform(mixed, 5))
+  assert uniform.shape[0] == 5
+  for j, edit in enumerate([*mixed, None, None]):
+    np.testing.assert_allclose(np.asarray(uniform[j]), np.asarray(logits(edit)),
+                               atol=600 * np.finfo(np.float32).eps * 0.5, rtol=0)
+  with pytest.raises(ValueError, match="3 edits for a width of 2"):
+    stack_uniform(mixed, 2)
   # keep/add composed by hand: a -> (a k1 + d1) k2 + d2
   e1, e2 = edits
   assert e1.noise_std is None and e1.key is None  # zero and mean draw no noise
