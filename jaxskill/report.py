@@ -70,16 +70,18 @@ def figure_kde(activations: dict, metric: str, per_metric: int = 4) -> bytes | N
   if not r_order:
     return None
   fig, axes = plt.subplots(1, len(r_order), figsize=(3.6 * len(r_order), 2.8), squeeze=False)
+  groups = [(label, mask) for label, mask in metric_groups(values, metric) if mask.sum() >= 2]
   for ax, j in zip(axes[0], r_order):
     a = activations["activations"][:, j]
     grid = np.linspace(a.min() - 0.1 * np.ptp(a) - 1e-6, a.max() + 0.1 * np.ptp(a) + 1e-6, 200)
-    for label, mask in metric_groups(values, metric):
-      if mask.sum() >= 2:
-        ax.plot(grid, kde(a[mask], grid), label=f"{label} (n={mask.sum()})")
+    for label, mask in groups:
+      ax.plot(grid, kde(a[mask], grid), label=f"{label} (n={mask.sum()})")
     layer, pos, neuron = feats[j]
     ax.set_title(f"L{layer} N{neuron} @ {activations['position_names'][pos]}", fontsize=9)
     ax.set_xlabel("activation")
-    ax.legend(fontsize=7)
+    ax.locator_params(nbins=4)  # tick labels are most of the drawing time
+  # The groups are the metric's, the same in every panel: one legend.
+  axes[0][0].legend(fontsize=7)
   axes[0][0].set_ylabel("density")
   width, height = fig.get_size_inches()  # margins in inches: labels, titles, the suptitle
   fig.subplots_adjust(left=0.95 / width, right=1 - 0.15 / width, bottom=0.5 / height,
