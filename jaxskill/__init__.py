@@ -4,8 +4,9 @@ models in JAX/Flax."""
 from jaxskill.model import (DEMO_MODEL, FAMILIES, PRESETS, CausalLM, CheckpointError,
                             ConfigError, ModelConfig, export_hf, greedy_generate, load_model,
                             load_tokenizer, neuron_activations, save_converted)
+from jaxskill.results import Run
 
 __version__ = "0.1.0"
 __all__ = ["DEMO_MODEL", "FAMILIES", "PRESETS", "CausalLM", "CheckpointError", "ConfigError",
            "ModelConfig", "export_hf", "greedy_generate", "load_model", "load_tokenizer",
-           "neuron_activations", "save_converted"]
+           "neuron_activations", "Run", "save_converted"]

@@ -40,7 +40,7 @@ def cmd_demo(args) -> int:
   import jax.numpy as jnp
   import numpy as np
   import jaxskill
-  from jaxskill.pipeline import run
+  from jaxskill.runtime.pipeline import run
 
   t0 = time.perf_counter()
   config = _run_config(argparse.Namespace(config=demo_config_path(), overrides=args.overrides))
@@ -155,7 +155,7 @@ def _stage_command(until: str):
   """`jaxskill train|find|verify|run CONFIG`: the pipeline up to that stage (what is stale
   upstream is recomputed, or refused with the changed keys named), then its results."""
   def command(args) -> int:
-    from jaxskill.pipeline import run
+    from jaxskill.runtime.pipeline import run
     config = _run_config(args)
     run(config, until=until, progress=not args.no_progress, on_stage=_print_stage)
     _print_results(config.run_dir, until)
@@ -170,7 +170,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def verify_lines(results: dict) -> list[str]:
   """The headline of verify.json: accuracy with the top-K perturbed against random-K."""
-  from jaxskill.report import verdict_text
+  from jaxskill.report.page import verdict_text
   base = results["baseline"]["accuracy"]
   k = str(results["k"])
   lines = [f"{results['split']} accuracy without perturbation: {base:.4f} "
@@ -206,9 +206,9 @@ def verify_lines(results: dict) -> list[str]:
 def cmd_report(args) -> int:
   """`jaxskill report DIR`: the report of a finished run directory, refused if its stages are
   not up to date with its config.yaml; `jaxskill report CONFIG`: the pipeline up to the report."""
-  from jaxskill.files import read_lock, run_lock
-  from jaxskill.pipeline import checked_run_dir
-  from jaxskill.report import report
+  from jaxskill.report.page import report
+  from jaxskill.runtime.files import read_lock, run_lock
+  from jaxskill.runtime.pipeline import checked_run_dir
   path = Path(args.target)
   if path.is_file():
     if args.out:
@@ -238,10 +238,10 @@ def cmd_report(args) -> int:
 def _print_results(run_dir: Path, until: str = "report", html: Path | None = None) -> None:
   """What the stages up to `until` found, from the files they wrote (`html`: the report's
   page, if not in the run directory)."""
-  from jaxskill import files
-  from jaxskill.report import train_summaries
+  from jaxskill.report.page import train_summaries
+  from jaxskill.runtime import files
   print(f"run dir: {run_dir}")
-  from jaxskill import learning
+  from jaxskill.stats import learning
   for name, t in train_summaries(run_dir):
     print(f"prompt training ({name}): dev accuracy {_fmt(t['dev_accuracy_at_init'])} at init -> "
           f"{_fmt(t['best_dev_accuracy'])} best ({t['steps']} steps, resumed from "
@@ -285,14 +285,14 @@ def _significance_text(metric: dict) -> str:
 
 def _print_degenerate(summary: dict) -> None:
   """find's degenerate metrics (summary.json), one line each."""
-  from jaxskill.metric_checks import describe
+  from jaxskill.stats.metric_checks import describe
   for entry in summary.get("degenerate_metrics") or ():
     print(f"  degenerate metric: {describe(entry)}")
 
 
 def _print_shortcut(summary: dict) -> None:
   """summary.json's shortcut verdict (written by find), with its evidence."""
-  from jaxskill.shortcut import heldout_text
+  from jaxskill.stats.shortcut import heldout_text
   verdict = summary.get("shortcut")
   if not verdict:
     return
@@ -312,8 +312,8 @@ def _print_shortcut(summary: dict) -> None:
 
 def _warn_untrained(run_dir: Path) -> None:
   """A "warning:" line on stderr for each prompt of the run that did not learn."""
-  from jaxskill import learning
-  from jaxskill.report import train_summaries
+  from jaxskill.report.page import train_summaries
+  from jaxskill.stats import learning
   for name, t in train_summaries(run_dir):
     line = learning.warning_line(name, t)
     if line:
@@ -424,12 +424,12 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   _log_to_stderr()
   _maybe_init_distributed(args)
-  from jaxskill.checkpointing import CheckpointRestoreError
   from jaxskill.config import RunConfigError
-  from jaxskill.files import RunLockError
   from jaxskill.model import CheckpointError, ConfigError
+  from jaxskill.runtime.checkpoints import CheckpointRestoreError
+  from jaxskill.runtime.files import RunLockError
+  from jaxskill.stages.train import TrainingDivergedError
   from jaxskill.tasks import TaskError
-  from jaxskill.train import TrainingDivergedError
   try:
     return args.func(args)
   except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError,

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from jaxskill import interventions
+from jaxskill.model import interventions
 from jaxskill.tasks import TaskConfig
 
 
@@ -104,7 +104,7 @@ class TrainConfig:
   seed: int = 0
   data_parallel: int = 0  # devices on the mesh's data axis; 0 = all the model axis leaves
   model_parallel: int = 1  # devices on the mesh's model axis (params split over it)
-  param_sharding: str = "tensor"  # tensor | fsdp: how params are split (jaxskill.sharding)
+  param_sharding: str = "tensor"  # tensor | fsdp: how params are split (jaxskill.runtime.sharding)
 
   def __post_init__(self):
     import math
@@ -124,7 +124,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class FindConfig:
   """Skill-neuron discovery: capture sites, metrics, ranking and thresholds."""
-  sites: tuple[str, ...] = ("prompt", "last_input", "answer")  # see jaxskill.capture
+  sites: tuple[str, ...] = ("prompt", "last_input", "answer")  # see jaxskill.model.capture
   metrics: tuple[str, ...] = ()  # () = every built-in metric and numeric metadata column
   custom_metrics: tuple[str, ...] = ()  # "package.module:function", fn(logits, batch) -> [b]
   split: str = "train"  # the examples whose activations are correlated
@@ -142,14 +142,14 @@ class FindConfig:
   # again with every position captured: the report's token-coloured examples; 0 = none
   browser_examples: int = 5
   merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
-  # Significance (jaxskill.significance): P seeded within-batch shuffles of every metric, taken
+  # Significance (jaxskill.stats.significance): P seeded within-batch shuffles of every metric, taken
   # in the same pass (each costs one [m, f] co-moment: a shuffled copy shares the metric's
   # means and M2), for the null of max |r| (FWER) and of the count above each threshold; BH at
-  # fdr_q. find estimates its peak memory first (jaxskill.find_memory; see fit_memory).
+  # fdr_q. find estimates its peak memory first (jaxskill.runtime.memory; see fit_memory).
   permutations: int = 20
   permutation_seed: int = 0
   fdr_q: float = 0.05
-  # When find's estimated peak (jaxskill.find_memory) exceeds the memory available: refuse
+  # When find's estimated peak (jaxskill.runtime.memory) exceeds the memory available: refuse
   # before anything is removed, naming the largest permutations that fit, or lower
   # find.permutations to that with a warning (the summary records the number used).
   fit_memory: str = "refuse"
@@ -180,7 +180,7 @@ class VerifyConfig:
   selection: tuple[str, ...] = ()  # find metrics whose top neurons are perturbed; () = the task's
   #                                  label (classification) or correct (generation)
   split: str = "test"  # the examples the accuracy and metrics are measured on
-  modes: tuple[str, ...] = ("noise", "zero", "mean")  # see jaxskill.interventions
+  modes: tuple[str, ...] = ("noise", "zero", "mean")  # see jaxskill.model.interventions
   sigma: float = 0.1  # noise std: in units of each neuron's std (noise_scale), 0.1 in 2022
   # The positions a neuron's train-split mean (mode mean) and std (noise_scale neuron_std) are
   # taken over: inputs (the input tokens only), site (find.sites), all (every real position,
@@ -538,5 +538,5 @@ def to_dict(config) -> dict:
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
   """Writes `config` as YAML to `path` (atomically)."""
-  from jaxskill.files import write_text
+  from jaxskill.runtime.files import write_text
   write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxskill
-from jaxskill.model.config import PRESETS
+from jaxskill.model.architecture import PRESETS
 from benchlib import (finish, parser, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxskill
-from jaxskill.model.config import PRESETS
+from jaxskill.model.architecture import PRESETS
 from bench_forward import forward_flops, matmul_peak
 from benchlib import (append_json, parser, peak_rss_mib, random_params, reset_peak_rss,
                       run_info, time_calls)

@@ -4,7 +4,7 @@ neurons.json, on a finished run and on a run at Qwen1.5-0.5B's shapes.
   python scripts/bench_report.py demo --run-dir runs/demo
   python scripts/bench_report.py shapes [--vocab 8192] [--examples 64] [--work /tmp/bench_report]
 
-`demo`: `jaxskill.report.report` on a copy of a finished run directory (configs/demo.yaml's),
+`demo`: `jaxskill.report.page.report` on a copy of a finished run directory (configs/demo.yaml's),
 timed (figures, browser data, page; no model runs in this stage).
 `shapes`: a random checkpoint laid out like Qwen1.5-0.5B (24 layers, hidden 1024, 2816 neurons
 per layer, 16 heads; a byte-level BPE and an embedding of --vocab rows instead of 151936, which
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure(run_dir: Path) -> dict:
   """Times `report` on a copy of `run_dir`; sizes of what it wrote."""
-  from jaxskill.report import report
+  from jaxskill.report.page import report
   work = Path(tempfile.mkdtemp()) / run_dir.name
   shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("checkpoints", "find_checkpoints"))
   start = time.perf_counter()
@@ -76,7 +76,7 @@ def shapes_run(args) -> Path:
   sys.path.insert(0, str(ROOT))
   from tests.qwen15_like import make_qwen15_like_checkpoint
   from jaxskill.config import load_config
-  from jaxskill.pipeline import run
+  from jaxskill.runtime.pipeline import run
   work = Path(args.work)
   model = work / "qwen15-0.5b-shaped"
   if not (model / "config.json").exists():

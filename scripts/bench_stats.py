@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxskill
-from jaxskill import capture, discover
-from jaxskill import data as data_lib
-from jaxskill.model.config import PRESETS
-from jaxskill.runner import Runner
-from jaxskill.sharding import make_mesh
+from jaxskill.model import capture
+from jaxskill.model.architecture import PRESETS
+from jaxskill.runtime.runner import Runner
+from jaxskill.runtime.sharding import make_mesh
+from jaxskill.stages import find as find_stage
+from jaxskill.tasks import encode as data_lib
 from benchlib import (peak_rss_mib, random_params, reset_peak_rss, rss_mib, run_info,
                       time_calls)
 
@@ -68,7 +69,7 @@ def setup(preset, prompt_length=PROMPT):
 
 
 def overhead(args):
-  """Per-batch time of discovery's real loop (`discover.correlate`: forward, statistics, device
+  """Per-batch time of discovery's real loop (`find_stage.correlate`: forward, statistics, device
   accumulation, host float64 merges every `--merge-every` batches) against the capture forward
   alone over the same batches. correlate is run over B and 2B batches, B = merge_every, and the
   difference is taken: its compile and first-batch costs cancel and exactly one host merge
@@ -83,8 +84,8 @@ def overhead(args):
   def run_correlate(n_batches):
     part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
     t0 = time.perf_counter()
-    r, st = discover.correlate(probe, params, prompt, part, runner=Runner(mesh, args.batch),
-                               merge_every=args.merge_every)
+    r, st = find_stage.correlate(probe, params, prompt, part, runner=Runner(mesh, args.batch),
+                                 streaming=find_stage.Streaming(merge_every=args.merge_every))
     return time.perf_counter() - t0, r
 
   probe = capture.Probe(model, "classification", verbalizer, SITES, PROMPT,
@@ -121,7 +122,7 @@ def memory_one(args):
   t0 = time.perf_counter()
   probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, PROMPT,
                         capture.BUILTIN_METRICS)
-  r, st = discover.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch))
+  r, st = find_stage.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch))
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(dict(examples=args.examples, peak_rss_mib=peak_mib,
                         seconds=time.perf_counter() - t0, n=int(st["n"][0]))))
@@ -150,7 +151,7 @@ def permutations_one(args):
 
 
 def permutation_run(args, p):
-  """discover.correlate with p permutations over 2 batches (compiles), then over B and 2B
+  """find_stage.correlate with p permutations over 2 batches (compiles), then over B and 2B
   (B = merge_every; from the cache, so their difference over B is the time per batch with one
   host merge per B). Peaks after the params are built: while streaming (read as
   `stats.finalize` starts) and overall (finalize's float64 temporaries included)."""
@@ -169,8 +170,8 @@ def permutation_run(args, p):
   def run(n_batches):
     part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
     t0 = time.perf_counter()
-    r, st = discover.correlate(probe, params, prompt, part, runner=runner,
-                               merge_every=nb, permutations=p)
+    r, st = find_stage.correlate(probe, params, prompt, part, runner=runner,
+                                 streaming=find_stage.Streaming(merge_every=nb, permutations=p))
     return time.perf_counter() - t0, r.shape, st["null_r"].shape
 
   discover.stats.finalize = finalize_recorded
@@ -264,23 +265,24 @@ def overhead_torch(args):
 
 
 def fit_one(args):
-  """One P: discover.correlate over --examples with a --prompt-vector prompt and the first
+  """One P: find_stage.correlate over --examples with a --prompt-vector prompt and the first
   --metrics built-in metrics; the whole process's peak resident memory (params, compiles and
-  the null's float32 r included) beside `find_memory.peak_bytes` for the same shapes."""
-  from jaxskill import find_memory
+  the null's float32 r included) beside `memory.peak_bytes` for the same shapes."""
+  from jaxskill.runtime import memory
   p = int(args.permutations)
   config, model, params, prompt = setup(args.preset, args.prompt)
   metrics = capture.BUILTIN_METRICS[:args.metrics]
   probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, args.prompt, metrics)
   enc = synthetic(args.examples, args.seq, config.vocab_size, prompt=args.prompt)
   t0 = time.perf_counter()
-  r, st = discover.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch),
-                             merge_every=args.merge_every, permutations=p)
+  r, st = find_stage.correlate(
+      probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch),
+      streaming=find_stage.Streaming(merge_every=args.merge_every, permutations=p))
   seconds = time.perf_counter() - t0
   features = int(np.prod(r.shape[1:]))
-  need = find_memory.peak_bytes(
+  need = memory.peak_bytes(
       metrics=len(metrics), features=features, permutations=p, seeds=1,
-      param_bytes=find_memory.param_bytes(params), batch_size=args.batch)
+      param_bytes=memory.param_bytes(params), batch_size=args.batch)
   print(json.dumps(dict(permutations=p, metrics=len(metrics), features=features,
                         null_shape=list(st["null_r"].shape), seconds=seconds,
                         peak_rss_mib=peak_rss_mib(), estimate_mib=need.total() / 2**20)))

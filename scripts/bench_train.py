@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxskill
-from jaxskill.batch import Batch
 from jaxskill.config import TrainConfig
-from jaxskill.model.config import PRESETS
+from jaxskill.model.architecture import PRESETS
+from jaxskill.model.batch import Batch
 from benchlib import (finish, parser, random_params, reset_peak_rss, run_info,
                       time_calls, torch_model)
-from jaxskill.train import make_optimizer, train_step
+from jaxskill.stages.train import make_optimizer, train_step
 
 
 def make_batch(config, b, t, p, seed=0):

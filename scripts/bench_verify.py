@@ -42,8 +42,8 @@ PROMPT = 8
 
 def _jobs(args, layers: int, neurons: int):
   """verify's jobs for one selection whose top neurons sit in --top-layers: [(key, spec)]."""
-  from jaxskill import verify
   from jaxskill.config import VerifyConfig
+  from jaxskill.stages import verify
   lo, hi = (int(x) for x in args.top_layers.split("-"))
   rng = np.random.default_rng(0)
   pool = [(layer, i) for layer in range(lo, hi + 1) for i in range(neurons)]
@@ -83,9 +83,10 @@ def side_jax(args, config, per_pass: int, reuse: bool) -> dict:
   --sample of them when each edit is its own whole forward."""
   import jax
   from benchlib import reset_peak_rss
-  from jaxskill import interventions, verify
-  from jaxskill.runner import Runner
-  from jaxskill.sharding import make_mesh
+  from jaxskill.model import interventions
+  from jaxskill.runtime.runner import Runner
+  from jaxskill.runtime.sharding import make_mesh
+  from jaxskill.stages import verify
   model, params, prompt, enc = _data(config, args)
   layers, neurons = config.num_hidden_layers, config.intermediate_size
   jobs = _jobs(args, layers, neurons)
@@ -221,13 +222,13 @@ def shapes(args) -> dict:
 
 def one_side(args) -> dict:
   from benchlib import peak_rss_mib
-  from jaxskill.model.config import PRESETS
+  from jaxskill.model.architecture import PRESETS
   config = PRESETS[args.preset]
   kind, reuse = SIDES[args.side]
   if kind == "torch":
     r = side_torch(args, config)
   else:
-    from jaxskill.verify import auto_edits_per_pass
+    from jaxskill.stages.verify import auto_edits_per_pass
     per_pass = args.edits_per_pass or auto_edits_per_pass()
     r = side_jax(args, config, 1 if reuse is None else per_pass, bool(reuse))
     r["edits_per_pass"] = 1 if reuse is None else per_pass
@@ -239,9 +240,9 @@ def one_side(args) -> dict:
 def demo_one(args) -> dict:
   """verify() of the copied run with verify.edits_per_pass = --edits (one value)."""
   from benchlib import peak_rss_mib, reset_peak_rss
-  from jaxskill import files
   from jaxskill.config import load_config
-  from jaxskill.verify import verify
+  from jaxskill.runtime import files
+  from jaxskill.stages.verify import verify
   config = load_config(args.run_dir / "config.yaml",
                        [f"out_dir={args.out}", f"verify.edits_per_pass={args.edits}"])
   reset_peak_rss()

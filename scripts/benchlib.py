@@ -48,7 +48,7 @@ def append_json(path: str, result: dict) -> None:
 def parser(doc: str, *, preset: str, batch: int, seq: int, iters: int) -> argparse.ArgumentParser:
   """The options every model benchmark takes (--preset, --batch, --seq, --iters), with these
   defaults; `doc`'s first line describes it."""
-  from jaxskill.model.config import PRESETS
+  from jaxskill.model.architecture import PRESETS
   ap = argparse.ArgumentParser(description=doc.splitlines()[0])
   ap.add_argument("--preset", default=preset, choices=sorted(PRESETS))
   ap.add_argument("--batch", type=int, default=batch)

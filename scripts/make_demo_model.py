@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import jaxskill
-from jaxskill.model.config import ModelConfig
+from jaxskill.model.architecture import ModelConfig
 from jaxskill.tasks import arithmetic as arith
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ import argparse
 import jax
 import numpy as np
 
+from jaxskill.model.architecture import PRESETS
 from jaxskill.model.checkpoint import abstract_params
-from jaxskill.model.config import PRESETS
 
 # chips, bf16 peak TFLOP/s per chip, memory GiB per chip (public spec sheets)
 HARDWARE = {"TPU v4-8": (4, 275, 32), "TPU v5e-16": (16, 197, 16), "8x H100": (8, 989, 80)}

@@ -46,8 +46,10 @@ set +e
 # one worker (--dist loadfile), so its module-scoped fixtures are built once.
 workers=${JAXSKILL_TEST_WORKERS:-2}
 xdist=()
-[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
-.venv/bin/python -m pytest -q "${xdist[@]}" "${tier[@]}" --durations=30 "$@" 2>&1 | tee "$log"
+# --no-loadscope-reorder: the modules in the order tests/conftest.py sorts them (the longest
+# first), not by their number of tests.
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile --no-loadscope-reorder)
+.venv/bin/python -m pytest -q "${xdist[@]}" "${tier[@]}" --durations=60 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # orbax's background threads can print after pytest's summary at interpreter exit; repeat the

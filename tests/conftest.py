@@ -42,21 +42,23 @@ def pytest_unconfigure(config):
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-# The longest modules first, in the order of their measured time (`--durations`, 2026-12-03:
-# test_qwen_configs.py about a quarter of the suite): with pytest-xdist's --dist loadfile
-# (scripts/test.sh) a worker takes one module at a time in this order, so a long one never runs
-# alone at the end while the other worker idles.
+# The longest modules first, in the order of their measured time (`--durations`, CI of
+# 2026-12-04: test_qwen_configs.py about a sixth of the suite): with pytest-xdist's --dist loadfile
+# --no-loadscope-reorder (scripts/test.sh) a worker takes one module at a time in this order, so a
+# long one never runs alone at the end while the other worker idles.
 _LONG_FIRST = ("test_qwen_configs.py", "test_train.py", "test_multihost_run.py",
-               "test_real_experiment.py", "test_run_outputs.py", "test_sharding.py",
-               "test_verify_report.py", "test_bad_input.py",
-               "test_same_results.py", "test_user_path.py", "test_discover.py",
-               "test_real_models.py", "test_multihost.py", "test_family_cli.py")
+               "test_sharding.py", "test_same_results.py", "test_real_experiment.py",
+               "test_user_path.py", "test_find.py", "test_verify_report.py", "test_bad_input.py",
+               "test_parity.py", "test_run_outputs.py", "test_real_models.py",
+               "test_interventions.py", "test_multihost.py", "test_docs.py", "test_results.py",
+               "test_families.py", "test_family_cli.py")
 
 
 # The end-to-end tier (`slow`): modules that run the CLI, a whole pipeline, subprocesses or a real
 # model. `scripts/test.sh --fast` runs the rest (the core: model, statistics, tasks, one stage's
 # functions); a test of another module that starts a subprocess is marked where it is defined.
 _SLOW_MODULES = {"test_bad_input.py", "test_bench.py", "test_browser.py", "test_cli.py",
+                 "test_docs.py", "test_results.py",
                  "test_family_cli.py", "test_multihost.py", "test_multihost_run.py",
                  "test_neuron_data.py", "test_qwen_configs.py", "test_real_experiment.py",
                  "test_real_models.py", "test_run_outputs.py", "test_same_results.py",
@@ -130,7 +132,7 @@ def hf_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
   """(config, stages): the demo's pipeline run once, small (tests/demo_small.py), all stages."""
-  from jaxskill.pipeline import run
+  from jaxskill.runtime.pipeline import run
   from tests.demo_small import small_demo_config
   config = small_demo_config(tmp_path_factory.mktemp("runs"))
   return config, run(config, progress=False)

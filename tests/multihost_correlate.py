@@ -21,33 +21,37 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
 
   import jax.numpy as jnp
   import jaxskill
-  from jaxskill import data as data_lib
-  from jaxskill import capture, discover
-  from jaxskill.runner import Runner
+  from jaxskill.model import capture
+  from jaxskill.runtime.runner import Runner
+  from jaxskill.runtime.sharding import make_mesh
+  from jaxskill.stages import find as find_stage
+  from jaxskill.tasks import encode as data_lib
   from jaxskill.tasks import arithmetic_verification
-  from jaxskill.sharding import make_mesh
 
   model, params = jaxskill.load_model("demo", dtype=jnp.float64)
   assert jax.tree.leaves(params)[0].dtype == jnp.float64
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=44, n_dev=0,
                                  n_test=0, seed=0)
-  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
-                            max_length=40)
-  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, model.config.hidden_size))}
+  encoded = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 40))
+  prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
+                                                   (4, model.config.hidden_size))}
   probe = capture.Probe(model, "classification",
                         jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),
                         ("prompt", "last_input"), 4,
                         ("correct", "confidence", "meta_last_digit_only"))
-  r, st = discover.correlate(probe, params, prompt, encoded,
-                             runner=Runner(make_mesh(0, model_parallel), 8), merge_every=2)
+  r, st = find_stage.correlate(probe, params, prompt, encoded,
+                               runner=Runner(make_mesh(0, model_parallel), 8),
+                               streaming=find_stage.Streaming(merge_every=2))
   assert jax.device_count() == 4, jax.devices()
   if jax.process_index() == 0:
     from pathlib import Path
     names = ("correct", "confidence", "meta_last_digit_only")
     positions = [f"prompt{j}" for j in range(4)] + ["last_input"]
-    discover.write_outputs(Path(out), r, names, positions, st["n"], n_examples=len(encoded),
-                           top_k_n=10, top_p=0.01, threshold=0.5, fdr_q=0.05, extra={})
+    from jaxskill.config import FindConfig
+    found = find_stage.Found(r, names, tuple(positions), st["n"], len(encoded))
+    find_stage.write_outputs(Path(out), found, FindConfig(top_k=10, top_p_per_layer=0.01,
+                                                          threshold=0.5, fdr_q=0.05), {})
 
 
 if __name__ == "__main__":

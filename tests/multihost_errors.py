@@ -12,7 +12,7 @@ import jax
 def main(pid: int, nproc: int, port: str) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid)
-  from jaxskill import sharding
+  from jaxskill.runtime import sharding
   from jaxskill.tasks import TaskError
 
   def encode_my_rows():

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jaxskill  # noqa: E402
-from jaxskill import sharding  # noqa: E402
+from jaxskill.runtime import sharding  # noqa: E402
 from sharded_x64 import forward  # noqa: E402
 from tests.conftest import make_hf_model  # noqa: E402
 

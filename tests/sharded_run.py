@@ -11,12 +11,14 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxskill
-from jaxskill import capture, discover, sharding
-from jaxskill import data as data_lib
 from jaxskill.config import TrainConfig
-from jaxskill.runner import Runner
+from jaxskill.model import capture
+from jaxskill.runtime import sharding
+from jaxskill.runtime.runner import Runner
+from jaxskill.stages import find as find_stage
+from jaxskill.stages.train import make_optimizer, train_step
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import arithmetic_verification
-from jaxskill.train import make_optimizer, train_step
 
 
 def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
@@ -35,11 +37,11 @@ def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
 
 
 def correlations(model, placed, prompt, encoded, verbalizer, mesh):
-  """`discover.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
+  """`find_stage.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
   probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
                         ("prompt", "last_input"), 4,
                         ("label", "confidence", "meta_last_digit_only"))
-  r, _ = discover.correlate(probe, placed, prompt, encoded, runner=Runner(mesh, 8))
+  r, _ = find_stage.correlate(probe, placed, prompt, encoded, runner=Runner(mesh, 8))
   return np.asarray(r)
 
 
@@ -75,8 +77,7 @@ def main(dst):
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=36,
                                  n_dev=0, n_test=0, seed=0)
-  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
-                            max_length=40)
+  encoded = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 40))
   verbalizer = data_lib.verbalizer_ids(tok, task.verbalizer)
   out = {}
   for name, mesh, layout in (("single", sharding.make_mesh(1, 1), "tensor"),
@@ -108,7 +109,7 @@ def main(dst):
   # The stages themselves, from a config: training, then find's correlations.npz.
   from pathlib import Path
   from jaxskill.config import load_config
-  from jaxskill.pipeline import run as run_stages  # `run` is this file's own function
+  from jaxskill.runtime.pipeline import run as run_stages  # `run` is this file's own function
   for name, mesh in (("single", ("1", "1")), ("tensor", ("2", "4"))):
     config = load_config(None, [
         f"out_dir={Path(dst).parent / 'runs'}", f"name={name}", "task.operations=plus,minus",

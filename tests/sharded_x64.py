@@ -2,7 +2,7 @@
 enabled: the demo model's logits and captured activations computed in float64 on one device
 and on a (2 data x 4 model) mesh (tensor and fsdp layouts). In float64 the split matmul sums
 of the mesh differ from one device's only at the 1e-13 level, so what is left of a difference
-is the program, not float32 rounding. The same for the correlations of `discover.correlate`
+is the program, not float32 rounding. The same for the correlations of `find_stage.correlate`
 (float32 statistics of the float64 activations rounded to float32), and for the prompt after
 one training step. Writes the largest absolute differences to a JSON file.
 
@@ -23,7 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxskill  # noqa: E402
 import sharded_run  # noqa: E402  (beside this script: its training step and correlations)
-from jaxskill import data as data_lib, sharding  # noqa: E402
+from jaxskill.runtime import sharding
+from jaxskill.tasks import encode as data_lib  # noqa: E402
 from jaxskill.tasks import arithmetic_verification  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def main(dst):
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=8,
                                  n_dev=0, n_test=0, seed=0)
-  enc = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix", max_length=40)
+  enc = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 40))
   ids = jnp.asarray(enc.input_ids)
   single = forward(model, params, ids, sharding.make_mesh(1, 1), "tensor")
   out = {"logits_dtype": str(single[0].dtype), "max_abs_logit": float(np.abs(single[0]).max()),
@@ -82,7 +83,7 @@ def main(dst):
   # 36 examples in batches of 8 (as tests/sharded_run.py): 5 batches, 4 float32 merges.
   task = arithmetic_verification(operations=("plus", "minus"), digits=(2,), n_train=36,
                                  n_dev=0, n_test=0, seed=0)
-  enc = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix", max_length=40)
+  enc = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 40))
   verbalizer = data_lib.verbalizer_ids(tok, task.verbalizer)
   r = correlations(model, params, enc, verbalizer, sharding.make_mesh(1, 1), "tensor")
   prompt = trained_prompt(model, params, enc, verbalizer, sharding.make_mesh(1, 1), "tensor")

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxskill import stats
+from jaxskill.stats import correlator as stats
 
 
 def stream(x, y, mesh, batch):

@@ -196,7 +196,7 @@ def test_a_report_that_fails_leaves_the_old_one_and_drops_stale_figures(finished
   run_dir = finished / "demo"
   (run_dir / "kde_gone_metric.png").write_bytes(b"an earlier report's figure")
   old = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
-  from jaxskill import report
+  from jaxskill.report import page as report
   monkeypatch.setattr(report, "render", lambda data: 1 / 0)
   with pytest.raises(ZeroDivisionError):
     report.report(run_dir)
@@ -238,7 +238,7 @@ def test_a_full_disk_names_the_file(finished, capsys, monkeypatch):
 
   def full(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  monkeypatch.setattr("jaxskill.files.os.fsync", full)
+  monkeypatch.setattr("jaxskill.runtime.files.os.fsync", full)
   code, _, err = jaxskill(capsys, "report", str(finished / "demo"), "--out",
                           str(finished / "full"))
   assert code == 2 and "No space left on device (writing " in err, err
@@ -255,13 +255,13 @@ def test_a_non_finite_loss_before_any_update_is_not_blamed_on_the_learning_rate(
 
 
 def test_a_loop_without_a_progress_bar_says_how_far_it_is(finished, capsys, monkeypatch):
-  from jaxskill import runner
+  from jaxskill.runtime import runner
   monkeypatch.setattr(runner, "QUIET_LOG_SECONDS", 0.0)
   small = [o for o in SMALL if not o.startswith("find.batch_size=")]
   code, _, err = jaxskill(capsys, "find", DEMO, *small, f"out_dir={finished}", "name=quiet",
                           "find.batch_size=8")
   assert code == 0, err
-  assert "INFO jaxskill.runner: correlate: 1 of 4 done" in err, err
+  assert "INFO jaxskill.runtime.runner: correlate: 1 of 4 done" in err, err
 
 
 def test_no_command_starts_with_the_pytorch_notice(finished):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxskill
-from jaxskill.model.config import ModelConfig
+from jaxskill.model.architecture import ModelConfig
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -40,7 +40,7 @@ def test_mfu_script_runs_on_cpu(tmp_path):
       timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(out.read_text().splitlines()[-1])
-  from jaxskill.model.config import PRESETS
+  from jaxskill.model.architecture import PRESETS
   flops = forward_flops(PRESETS["qwen1.5-0.5b"], 1, 16, 16)
   # The script's float64 arithmetic redone on its JSON values (which round-trip exactly): a
   # few eps64 (2.2e-16) of values ~1e10 FLOPs (~1e-5) and ~1 TFLOP/s or MFU (~1e-15).

@@ -7,7 +7,7 @@ import transformers
 from tokenizers import processors
 
 import jaxskill
-from jaxskill import data as data_lib
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import arithmetic_generation, arithmetic_verification
 from jaxskill.tasks.base import Example, Task, TaskError
 
@@ -87,7 +87,7 @@ def test_demo_rows_are_the_plain_layout(demo):
   t, budget = 32, _budget(demo, task)
   W = t - P - budget
   for placement in ("infix", "prefix"):
-    enc = data_lib.encode(task, "train", demo, prompt_length=P, placement=placement, max_length=t)
+    enc = data_lib.encode(task, "train", demo, data_lib.Layout(P, placement, t))
     assert enc.n_truncated == 0
     for i in (0, 3):
       ex = task.splits["train"][i]
@@ -115,9 +115,9 @@ def test_infix_rows_put_bos_before_the_input(demo, llama):
   task = _gen_task()
   t, budget = 32, _budget(tok, task)
   W = t - P - budget  # the prompt's column, as without a BOS
-  kw = dict(prompt_length=P, placement="infix", max_length=t)
-  enc = data_lib.encode(task, "train", tok, **kw)
-  plain = data_lib.encode(task, "train", demo, **kw)
+  layout = data_lib.Layout(P, "infix", t)
+  enc = data_lib.encode(task, "train", tok, layout)
+  plain = data_lib.encode(task, "train", demo, layout)
   assert enc.n_truncated == plain.n_truncated == 0
   for i, ex in enumerate(task.splits["train"]):
     inp = _ids(tok, ex.input)
@@ -143,9 +143,9 @@ def test_prefix_rows_start_with_bos_then_the_prompt(demo, llama):
   tok, bos = llama
   task = _gen_task()
   t = 32
-  kw = dict(prompt_length=P, placement="prefix", max_length=t)
-  enc = data_lib.encode(task, "train", tok, **kw)
-  plain = data_lib.encode(task, "train", demo, **kw)
+  layout = data_lib.Layout(P, "prefix", t)
+  enc = data_lib.encode(task, "train", tok, layout)
+  plain = data_lib.encode(task, "train", demo, layout)
   assert enc.n_truncated == plain.n_truncated == 0
   for i, ex in enumerate(task.splits["train"]):
     inp, ans = _ids(tok, ex.input), _ids(tok, ex.answer) + [tok.eos_token_id]
@@ -169,7 +169,7 @@ def test_prefix_classification_reads_after_the_input(llama):
   tok, bos = llama
   task = arithmetic_verification(operations=("plus",), digits=(1,), n_train=3, n_dev=0,
                                  n_test=0, seed=2)
-  enc = data_lib.encode(task, "train", tok, prompt_length=P, placement="prefix", max_length=32)
+  enc = data_lib.encode(task, "train", tok, data_lib.Layout(P, "prefix", 32))
   for i, ex in enumerate(task.splits["train"]):
     inp = _ids(tok, ex.input)
     assert enc.input_ids[i, 0] == bos and enc.input_ids[i, 1 + P:1 + P + len(inp)].tolist() == inp
@@ -189,9 +189,10 @@ def test_truncation_keeps_bos(llama):
   t = 1 + 6 + P + len(ans)  # room for 6 input tokens
   assert len(long) > 6
   for placement in ("infix", "prefix"):
-    kw = dict(prompt_length=P, placement=placement, max_length=t)
-    left = data_lib.encode(task, "train", tok, truncation="left", **kw)
-    right = data_lib.encode(task, "train", tok, truncation="right", **kw)
+    def layout(cut):
+      return data_lib.Layout(P, placement, t, truncation=cut)
+    left = data_lib.encode(task, "train", tok, layout("left"))
+    right = data_lib.encode(task, "train", tok, layout("right"))
     prompt = [tok.eos_token_id] * P  # pad fills the prompt slots
     first = [bos] + long[-6:] + prompt if placement == "infix" else [bos] + prompt + long[-6:]
     assert left.input_ids[0].tolist() == first + ans and left.n_truncated == 1
@@ -199,27 +200,26 @@ def test_truncation_keeps_bos(llama):
     assert right.input_ids[0].tolist() == first + ans and right.n_truncated == 1
     assert left.attention_mask.all() and right.attention_mask.all()
     with pytest.raises(TaskError, match=f"input is {len(long)} tokens, 6 fit"):
-      data_lib.encode(task, "train", tok, truncation="error", **kw)
+      data_lib.encode(task, "train", tok, layout("error"))
 
 
 def test_bos_counts_against_the_room_for_the_input(demo, llama):
   tok, bos = llama
   task = Task("t", "generation", {"train": (Example("Q: 1?", " 2"),)})
   t = P + len(_ids(tok, " 2")) + 1 + 1  # one column for the input, none once the BOS takes it
-  kw = dict(prompt_length=P, placement="prefix", max_length=t)
-  assert data_lib.encode(task, "train", demo, truncation="left", **kw).n_truncated == 1
+  layout = data_lib.Layout(P, "prefix", t, truncation="left")
+  assert data_lib.encode(task, "train", demo, layout).n_truncated == 1
   with pytest.raises(TaskError, match=rf"1 special tokens \[{bos}\] leave no room"):
-    data_lib.encode(task, "train", tok, truncation="left", **kw)
+    data_lib.encode(task, "train", tok, layout)
 
 
 @pytest.mark.parametrize("placement", ["infix", "prefix"])
 def test_input_means_leave_the_bos_out(llama, placement):
   """verify.mean_over=inputs averages over the input tokens: the BOS (an attention sink, with
   activations unlike the input's) is not one of them; the input tokens all are."""
-  from jaxskill.verify import position_weights
+  from jaxskill.stages.verify import position_weights
   tok, bos = llama
-  enc = data_lib.encode(_gen_task(), "train", tok, prompt_length=P, placement=placement,
-                        max_length=32)
+  enc = data_lib.encode(_gen_task(), "train", tok, data_lib.Layout(P, placement, 32))
   batch = enc.batch().replace(valid=np.ones(len(enc), np.float32))
   weights = np.asarray(position_weights(batch, "inputs", ("last_input",), P))
   for i, ex in enumerate(_gen_task().splits["train"]):

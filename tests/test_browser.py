@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from jaxskill import report as report_lib
+from jaxskill.report import page as report_lib
 
 from tests import browser
 
@@ -260,7 +260,7 @@ def test_text_from_the_run_stays_text(driver, run_dir, data, tmp_path):
   """A token that holds markup (an input can hold any text) is shown as that text: it cannot end
   the data's script element, nor become an element of the page."""
   import markupsafe
-  from jaxskill import browser as browser_data
+  from jaxskill.report import browser as browser_data
   evil = "</script><img id=injected src=x onerror=\"document.title='owned'\">&amp;"
   top = _top(data)
   page_data = report_lib.report_data(run_dir)

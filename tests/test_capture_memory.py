@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxskill
-from jaxskill.model.config import ModelConfig
+from jaxskill.model.architecture import ModelConfig
 
 CONFIG = ModelConfig(128, 64, 512, 4, 4, 2, 1e4)
 B, K = 2, 4

@@ -878,7 +878,7 @@ def test_directory_without_tokenizer_files_is_refused(hf_checkpoint):
     jaxskill.load_tokenizer(path)
 
 
-# --- 7. resumable stage checkpoints (jaxskill.checkpointing) ------------------------------------
+# --- 7. resumable stage checkpoints (jaxskill.runtime.checkpoints) ------------------------------------
 
 def _stage_state(kind, step):
   """A training state (device arrays, async saves) or discovery's host statistics state."""
@@ -888,7 +888,7 @@ def _stage_state(kind, step):
 
 
 def _stage_target(kind):
-  from jaxskill import checkpointing
+  from jaxskill.runtime import checkpoints as checkpointing
   state = _stage_state(kind, 0)
   if kind == "train":
     return checkpointing.abstract_like(state)
@@ -896,7 +896,7 @@ def _stage_target(kind):
 
 
 def _stage_manager(directory, kind):
-  from jaxskill import checkpointing
+  from jaxskill.runtime import checkpoints as checkpointing
   return checkpointing.manager(directory, max_to_keep=3, async_save=kind == "train")
 
 
@@ -919,7 +919,7 @@ STEP_DAMAGE = {  # what a process killed while orbax wrote step 150 can leave
 @pytest.mark.parametrize("kind", ["train", "find"])
 @pytest.mark.parametrize("damage", sorted(STEP_DAMAGE))
 def test_damaged_newest_step_does_not_block_resume(tmp_path, kind, damage):
-  from jaxskill import checkpointing
+  from jaxskill.runtime import checkpoints as checkpointing
   directory = tmp_path / ("checkpoints" if kind == "train" else "find_checkpoints")
   mngr = _stage_manager(directory, kind)
   for step in (50, 100):
@@ -945,7 +945,7 @@ def test_damaged_newest_step_does_not_block_resume(tmp_path, kind, damage):
 
 def test_only_an_empty_step_starts_from_zero(tmp_path):
   """A run killed while creating its first checkpoint has nothing to lose: no refusal."""
-  from jaxskill import checkpointing
+  from jaxskill.runtime import checkpoints as checkpointing
   (tmp_path / "ck" / "50" / "default").mkdir(parents=True)
   mngr = _stage_manager(tmp_path / "ck", "find")
   assert checkpointing.restore_latest(mngr, _stage_target("find")) is None

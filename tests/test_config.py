@@ -81,7 +81,7 @@ def test_demo_verify_config_trains(tmp_path):
   """CI smoke run of the shipped demo config: three steps, with a checkpoint and a dev eval."""
   import json
   from pathlib import Path
-  from jaxskill.train import train
+  from jaxskill.stages.train import train
   path = Path(__file__).resolve().parents[1] / "configs" / "demo_verify.yaml"
   config = load_config(path, [f"out_dir={tmp_path}", "train.steps=3", "train.eval_every=3"])
   summary = train(config, progress=False)

@@ -1,5 +1,5 @@
 """Which config.json fields are accepted: the rule follows transformers' config class of each
-family (jaxskill/model/config.py). A field the class reads is handled, inert, at its default or
+family (jaxskill/model/architecture.py). A field the class reads is handled, inert, at its default or
 refused by name; a field it does not read is accepted and named in one info line."""
 
 import json

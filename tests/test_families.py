@@ -146,7 +146,7 @@ def test_mean_ablation_matches_hf_hooks(hf_checkpoint, case):
   """An intervention is the same for every family: neurons set to given values at every position
   in jaxskill (`neuron_edit`, mode mean) equal transformers with a forward pre-hook that writes
   those values into each layer's down_proj input."""
-  from jaxskill import interventions
+  from jaxskill.model import interventions
   hf, path = hf_checkpoint(**CASES[case])
   model, params = jaxskill.load_model(path)
   L, I = model.config.num_hidden_layers, model.config.intermediate_size

@@ -1,4 +1,4 @@
-"""find's memory estimate (jaxskill.find_memory): the count by hand, and a find that would not
+"""find's memory estimate (jaxskill.runtime.memory): the count by hand, and a find that would not
 fit refused before anything is removed, or run with find.permutations lowered."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxskill import find_memory
 from jaxskill.config import load_config
+from jaxskill.runtime import memory
 from tests.test_user_path import _args, jaxskill
 
 
@@ -16,30 +16,30 @@ def test_the_count_by_hand():
   # host: 8 bytes x (3 + 3 + 2) x 20 float64 rows (stats, null co-moments, scratch) = 1280,
   #       4 x 6 x 20 (the fetched float32 accumulator) = 480, 4 x 3 x 20 x 2 seeds' null r = 480
   # device: 3 accumulators x 4 x 6 x 20 = 1440, params 100, batch 4 x 4 x 4 x 10 = 640
-  need = find_memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=2,
+  need = memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=2,
                                 param_bytes=100, batch_size=4)
   assert need.host == 1280 + 480 + 480 + find_memory.PROCESS_BYTES
   assert need.device == 1440 + 100 + 640
   # Each permutation costs 8 + 4 + 4 (host) + 12 (device) bytes per (metric, feature) per seed
-  more = find_memory.peak_bytes(metrics=2, features=10, permutations=4, seeds=1,
+  more = memory.peak_bytes(metrics=2, features=10, permutations=4, seeds=1,
                                 param_bytes=100, batch_size=4)
-  less = find_memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=1,
+  less = memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=1,
                                 param_bytes=100, batch_size=4)
   assert more.total() - less.total() == (8 + 4 + 4 + 12) * 20
 
 
 def test_sizes_parse():
-  assert find_memory.parse_bytes("24G", "x") == 24 * 2**30
-  assert find_memory.parse_bytes("1.5g", "x") == 3 * 2**29
-  assert find_memory.parse_bytes("512MiB", "x") == 512 * 2**20
-  assert find_memory.parse_bytes("1000", "x") == 1000
+  assert memory.parse_bytes("24G", "x") == 24 * 2**30
+  assert memory.parse_bytes("1.5g", "x") == 3 * 2**29
+  assert memory.parse_bytes("512MiB", "x") == 512 * 2**20
+  assert memory.parse_bytes("1000", "x") == 1000
   with pytest.raises(ValueError, match="x='lots'"):
-    find_memory.parse_bytes("lots", "x")
+    memory.parse_bytes("lots", "x")
 
 
 def _need(tmp_path, permutations: int) -> int:
   args = _args(tmp_path)
-  return find_memory.estimate(load_config(args[0], args[1:]))[0](permutations).total()
+  return memory.estimate(load_config(args[0], args[1:]))[0](permutations).total()
 
 
 def test_a_find_that_would_not_fit_is_refused_before_anything_is_removed(tmp_path, capsys,
@@ -80,9 +80,9 @@ def test_a_find_that_would_not_fit_is_refused_before_anything_is_removed(tmp_pat
 def test_the_largest_fitting_permutations_is_the_one_a_linear_search_finds():
   # The peak of `peak_bytes` grows with P; bisection must land where counting down does.
   def need(p):
-    return find_memory.peak_bytes(metrics=3, features=2048, permutations=p, seeds=1,
+    return memory.peak_bytes(metrics=3, features=2048, permutations=p, seeds=1,
                                   param_bytes=10_000, batch_size=16)
   total = lambda p: need(p).total()  # noqa: E731
   for room in (total(0) - 1, total(0), total(7), total(7) + 1, total(50) - 1, total(200)):
-    linear = next((p for p in range(100, -1, -1) if find_memory.fits(need(p), room, None)), None)
-    assert find_memory.largest_fitting(need, 100, room, None) == linear, room
+    linear = next((p for p in range(100, -1, -1) if memory.fits(need(p), room, None)), None)
+    assert memory.largest_fitting(need, 100, room, None) == linear, room

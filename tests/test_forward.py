@@ -1,5 +1,5 @@
 """The one metrics function: it computes exactly the metrics discovery offers (forward.METRICS),
-for both task kinds, so that adding a metric is one change in jaxskill/forward.py."""
+for both task kinds, so that adding a metric is one change in jaxskill/model/forward.py."""
 
 import chex
 import jax
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxskill import capture, forward
-from jaxskill.batch import Batch
+from jaxskill.model import capture, forward
+from jaxskill.model.batch import Batch
 
 
 @pytest.mark.parametrize("kind", ["classification", "generation"])

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxskill
-from jaxskill.interventions import neuron_edit
+from jaxskill.model.interventions import neuron_edit
 
 NEURONS = [(0, 3), (0, 17), (1, 40), (1, 79)]
 
@@ -98,7 +98,7 @@ def test_edits_compose_and_vmap_like_separate_runs(hf_checkpoint):
   modes) gives each edit's own forward, and a Chain
   of edits equals their composition written out by hand (zero, then mean: the mean wins where
   both touch a neuron, as a `[l, i]` arithmetic reference says)."""
-  from jaxskill.interventions import Chain, NeuronEdit, stack, stack_uniform
+  from jaxskill.model.interventions import Chain, NeuronEdit, stack, stack_uniform
   _, path = hf_checkpoint(heads=6, kv_heads=2)
   model, params = jaxskill.load_model(path)
   c = model.config
@@ -140,13 +140,14 @@ def test_edits_compose_and_vmap_like_separate_runs(hf_checkpoint):
 
 @pytest.mark.parametrize("mode", ["zero", "mean", "noise"])
 def test_resuming_at_the_lowest_edited_layer_equals_the_whole_forward(hf_checkpoint, mode):
-  """`forward.residual_at` + `prompted_apply(resume=...)`, vmapped over edits whose neurons lie
+  """`forward.residual_at` + `prompted_apply(start=(layer, residual))`, vmapped over edits whose
+  neurons lie
   at or above layer L (what verify runs), against each edit's whole forward, in float64 (the
   two paths are the same arithmetic on other program shapes: a few eps64 of |logits|), with
   a prompt inserted and left padding; MHA and GQA."""
-  from jaxskill import forward
-  from jaxskill.batch import Batch
-  from jaxskill.interventions import stack
+  from jaxskill.model import forward
+  from jaxskill.model.batch import Batch
+  from jaxskill.model.interventions import stack
   for kv_heads in (6, 2):
     _, path = hf_checkpoint(layers=3, heads=6, kv_heads=kv_heads)
     with jax.enable_x64(True):
@@ -170,9 +171,9 @@ def test_resuming_at_the_lowest_edited_layer_equals_the_whole_forward(hf_checkpo
         edits = [neuron_edit(L, I, [(start, j), (L - 1, 2 * j)], mode, mean=mean, sigma=0.5,
                              key=jax.random.PRNGKey(j)) for j in range(3)]
 
-        def run(edit, resume=None):
+        def run(edit, resume=0):
           return forward.prompted_apply(model, params, prompt, batch, kind="generation",
-                                        edit=edit, resume=resume).logits
+                                        edit=edit, start=resume).logits
         residual = forward.residual_at(model, params, prompt, batch, start)
         together = jax.vmap(lambda e: run(e, (start, residual)))(stack(edits))
         for j, edit in enumerate(edits):

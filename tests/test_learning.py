@@ -8,7 +8,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from jaxskill import cli, learning
+from jaxskill import cli
+from jaxskill.stats import learning
 from tests.demo_small import OVERRIDES
 
 

@@ -1,11 +1,11 @@
-"""Degenerate metrics (jaxskill.metric_checks): identical, monotone, constant, and a constant
+"""Degenerate metrics (jaxskill.stats.metric_checks): identical, monotone, constant, and a constant
 prediction, checked against hand cases and scipy's Spearman rho."""
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxskill import metric_checks
+from jaxskill.stats import metric_checks
 
 
 def _flags(values: dict, classes=None) -> dict:

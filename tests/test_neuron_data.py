@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxskill import browser
 from jaxskill.model import neuron_activations
-from jaxskill.report import report
-from jaxskill.selection import neuron_scores
-from jaxskill.significance import fdr_reject
+from jaxskill.report import browser
+from jaxskill.report.page import report
+from jaxskill.stats.selection import neuron_scores
+from jaxskill.stats.significance import fdr_reject
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_page_embeds_neurons_json(page):
 def _reference_rows(config, run_dir, examples: np.ndarray) -> dict:
   """example -> (activations `[t, l, i]`, bool `[t]` its unmasked tokens): the model run on the
   rows `examples` of the find split with every position captured, the run's prompt put into its
-  slots here (not through jaxskill.forward), read with `neuron_activations`.
+  slots here (not through jaxskill.model.forward), read with `neuron_activations`.
 
   The same float32 computation as the find stage's: jitted, the rows in batches of
   find.batch_size in the order given, the last padded by repeating its last row. Another
@@ -52,7 +52,7 @@ def _reference_rows(config, run_dir, examples: np.ndarray) -> dict:
   ~7e-6 of their size (measured: 1.1e-5 at |a| = 24 for a row alone; 2.7e-5 at |a| = 4.1
   unjitted), which a 1e-5 bound cannot absorb; in the same computation only the page's
   rounding to 6 decimals (5e-7) is left."""
-  from jaxskill.setup import encoded_split, prepare
+  from jaxskill.runtime.context import encoded_split, prepare
   setup = prepare(config)
   enc = encoded_split(setup, config, config.find.split)
   prompt = np.load(run_dir / "prompt_best.npy")

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 
 import jaxskill
-from jaxskill import data as data_lib
-from jaxskill import prompt as prompt_lib
+from jaxskill.model import prompt as prompt_lib
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks.base import Example, Task, TaskError
 
 
@@ -50,8 +50,7 @@ def test_infix_generation_layout(tokenizer):
   """[pad][input][prompt][answer][pad]: inputs right-aligned so the prompt starts at one column."""
   task = Task("t", "generation", {"train": (Example("Q: 1 plus 2?", " 3"),
                                             Example("Q: 1?", " 12"))})
-  enc = data_lib.encode(task, "train", tokenizer, prompt_length=2, placement="infix",
-                        max_length=16)
+  enc = data_lib.encode(task, "train", tokenizer, data_lib.Layout(2, "infix", 16))
   eos = tokenizer.eos_token_id
   answers = [_ids(tokenizer, " 3") + [eos], _ids(tokenizer, " 12") + [eos]]
   budget = max(len(a) for a in answers)
@@ -71,25 +70,26 @@ def test_infix_generation_layout(tokenizer):
     assert enc.input_end[i] == width and enc.prompt_start[i] == width
 
 
+def _layout(truncation):
+  return data_lib.Layout(3, "prefix", 10, truncation=truncation)
+
+
 def test_prefix_classification_layout_and_truncation(tokenizer):
   long = "Q: What is 123 plus 456 plus 789?"
   task = Task("c", "classification", {"train": (Example("Q: 1?", " yes", 0),
                                                 Example(long, " no", 1))},
               verbalizer=("1", "2"))
   ids_long = _ids(tokenizer, long)
-  enc = data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
-                        max_length=10, truncation="left")
+  enc = data_lib.encode(task, "train", tokenizer, _layout("left"))
   assert enc.n_truncated == 1
   assert list(enc.prompt_index[1, :3]) == [0, 1, 2]
   assert list(enc.input_ids[1, 3:10]) == ids_long[-7:]  # kept the end of the input
   assert enc.answer_pos[1] == 9 and list(enc.label) == [0, 1]
   assert enc.loss_mask.sum() == 0
-  right = data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
-                          max_length=10, truncation="right")
+  right = data_lib.encode(task, "train", tokenizer, _layout("right"))
   assert list(right.input_ids[1, 3:10]) == ids_long[:7]
   with pytest.raises(TaskError, match="example 1: input is"):
-    data_lib.encode(task, "train", tokenizer, prompt_length=3, placement="prefix",
-                    max_length=10, truncation="error")
+    data_lib.encode(task, "train", tokenizer, _layout("error"))
 
 
 def test_verbalizer_must_be_single_distinct_tokens(tokenizer):
@@ -110,7 +110,7 @@ def test_batch_stream_is_a_sequence_of_permutations():
 
 def test_vocab_init_skips_padding_rows_of_the_table():
   from jaxskill.config import PromptConfig
-  from jaxskill.train import init_prompt
+  from jaxskill.stages.train import init_prompt
 
   class FiveTokens:
     def __len__(self):
@@ -160,9 +160,9 @@ def test_encode_only_some_rows(tokenizer):
   examples = tuple(Example(f"Q: {i} plus {i}?", f" {2 * i}", metadata={"i": i})
                    for i in range(6))
   task = Task("t", "generation", {"train": examples})
-  kw = dict(prompt_length=2, placement="infix", max_length=16)
-  whole = data_lib.encode(task, "train", tokenizer, **kw)
-  part = data_lib.encode(task, "train", tokenizer, rows=np.array([1, 4]), **kw)
+  layout = data_lib.Layout(2, "infix", 16)
+  whole = data_lib.encode(task, "train", tokenizer, layout)
+  part = data_lib.encode(task, "train", tokenizer, layout, rows=np.array([1, 4]))
   assert whole.present is None and part.present.tolist() == [0, 1, 0, 0, 1, 0]
   assert part.batch().answer_budget == whole.answer_budget > 0  # one layout for every row
   for name, arr in vars(part.batch()).items():
@@ -180,7 +180,7 @@ def test_encode_only_some_rows(tokenizer):
 
 
 def test_raise_together_in_one_process_is_the_plain_error():
-  from jaxskill import sharding
+  from jaxskill.runtime import sharding
 
   def bad():
     raise TaskError("row 3: too long")

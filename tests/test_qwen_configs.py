@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxskill.config import load_config
-from jaxskill import capture
+from jaxskill.model import capture
 from jaxskill.model import ModelConfig
 from jaxskill.model.checkpoint import resolve_model_dir
 from jaxskill.tasks import build_task
@@ -169,7 +169,7 @@ def test_the_command_line_runs_every_config(path, qwen15_dir, family_dirs, hans_
   runs under that one's name: every stage must then be found done (the same keys), and the
   report is written anew."""
   from jaxskill import cli
-  from jaxskill.pipeline import fingerprint
+  from jaxskill.runtime.pipeline import fingerprint
   hub = load_config(path).model.path
   model_dir = (family_dirs(hub) if hub in dict(FAMILY_CONFIGS.values()) else qwen15_dir)
   overrides = _overrides(path, model_dir, hans_file, shared_runs["dir"])

@@ -14,7 +14,8 @@ import stat
 import numpy as np
 import pytest
 
-from jaxskill import cli, files
+from jaxskill import cli
+from jaxskill.runtime import files
 
 DEMO = "configs/demo.yaml"
 SMALL = ["task.n_train=32", "task.n_dev=8", "task.n_test=16", "train.steps=2",

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxskill.runner import Checkpoints, JsonlLog, Runner
+from jaxskill.runtime.runner import Checkpoints, JsonlLog, Runner
 
 
 class Interrupted(Exception):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxskill import sharding
+from jaxskill.runtime import sharding
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""The three-valued last-digit shortcut verdict (jaxskill.shortcut): "yes" only for a planted
+"""The three-valued last-digit shortcut verdict (jaxskill.stats.shortcut): "yes" only for a planted
 shortcut neuron, "no" only for a planted whole-answer neuron, "insufficient evidence" on null
 data, with too few examples, without a held-out split, or on an untrained prompt."""
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from jaxskill import shortcut
+from jaxskill.stats import shortcut
 
 
 def _npz(label, last_only, activations) -> dict:

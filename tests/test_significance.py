@@ -11,9 +11,12 @@ import pytest
 from scipy import stats as sps
 
 import jaxskill
-from jaxskill import capture, data as data_lib, discover, significance
-from jaxskill.runner import Runner
-from jaxskill.sharding import make_mesh
+from jaxskill.model import capture
+from jaxskill.runtime.runner import Runner
+from jaxskill.runtime.sharding import make_mesh
+from jaxskill.stages import find as find_stage
+from jaxskill.stats import significance
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import arithmetic_verification
 
 
@@ -79,8 +82,7 @@ def random_labels():
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=320, n_dev=0,
                                  n_test=0, seed=0)
-  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
-                            max_length=40)
+  encoded = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 40))
   rng = np.random.default_rng(7)
   meta = {f"rand{s}": rng.integers(0, 2, len(encoded)).astype(np.float64) for s in range(20)}
   encoded = dataclasses.replace(encoded, metadata=meta)
@@ -90,8 +92,8 @@ def random_labels():
                         ("last_input", "answer"), 4, names)
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
                                                     (4, model.config.hidden_size))}
-  r, st = discover.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 32),
-                             permutations=20)
+  r, st = find_stage.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 32),
+                               streaming=find_stage.Streaming(permutations=20))
   return r, st, len(encoded)
 
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxskill import data as data_lib
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import SPLITS, TaskConfig, TaskError, build_task, skillmix
 from jaxskill.tasks.skillmix import SKILLS, TOPICS
 
@@ -143,15 +143,15 @@ def test_encodes_with_the_demo_tokenizer():
   tokenizer = load_tokenizer("demo")
   task = skillmix(n_train=6, n_dev=2, n_test=2, seed=0)
   budget = data_lib.answer_budget(task, tokenizer)
-  enc = data_lib.encode(task, "train", tokenizer, prompt_length=4, placement="infix",
-                        max_length=budget + 4 + 300, budget=budget)
+  enc = data_lib.encode(task, "train", tokenizer, data_lib.Layout(4, "infix", budget + 4 + 300),
+                        budget=budget)
   assert len(enc) == 6 and enc.n_truncated == 0
   for i, ex in enumerate(task.splits["train"]):
     answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
     assert list(enc.targets[i][enc.loss_mask[i] == 1]) == answer + [tokenizer.eos_token_id]
   assert enc.metadata["skill_metaphor"].dtype == np.float64
   assert enc.metadata["topic"].dtype == object
-  from jaxskill.capture import metadata_columns
+  from jaxskill.model.capture import metadata_columns
   names = metadata_columns(enc.metadata)
   assert {f"meta_skill_{s.name.replace(' ', '_')}" for s in SKILLS} <= set(names)
   assert "meta_k" in names and "meta_topic" not in names and "meta_skills" not in names

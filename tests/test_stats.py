@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxskill import stats
+from jaxskill.stats import correlator as stats
 
 HERE = Path(__file__).resolve().parent
 EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7, twice float32's unit roundoff u
@@ -86,7 +86,7 @@ def test_permuted_copies_keep_only_their_co_moment():
   discovery streams them (device float32 groups, host float64 merges, in place) give the r of
   each copy against numpy's float64 corrcoef of that copy, within the bound of the real r."""
   import jax
-  from jaxskill import significance
+  from jaxskill.stats import significance
   x, y = make_data(2, n=157)
   valid = np.ones(len(x), np.float32)
   batches = [slice(s, s + 10) for s in range(0, len(x), 10)]

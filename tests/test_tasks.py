@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from jaxskill.tasks import (SPLITS, Task, TaskConfig, TaskError, arithmetic_generation,
+from jaxskill.tasks import (SPLITS, Columns, Task, TaskConfig, TaskError, arithmetic_generation,
                             arithmetic_verification, build_task, hans, table)
 from jaxskill.tasks import arithmetic
 
@@ -349,8 +349,8 @@ def test_table_jsonl_classification(tmp_path):
       {"text": "Loved it.", "sentiment": "0", "split": "test", "len": 2},
   ]
   path = write_jsonl(tmp_path / "reviews.jsonl", records)
-  task = table(path, input_field="text", label_field="sentiment",
-               labels=(" positive", " negative"), split_field="split")
+  task = table(path, Columns("text", label="sentiment", labels=(" positive", " negative"),
+                             split="split"))
   assert (task.name, task.kind, task.verbalizer) == (
       "reviews", "classification", (" positive", " negative"))
   assert [len(task.splits[s]) for s in SPLITS] == [1, 2, 1]
@@ -371,10 +371,10 @@ def test_table_csv_generation_with_hash_split(tmp_path):
     w.writerow(["question", "target", "difficulty", "source", "note"])
     for i in range(200):
       w.writerow([f"What is {i}, exactly?", f" {i}", str(i % 5), "synthetic", ""])
-  task = table(path, input_field="question", answer_field="target", n_dev=7)
+  task = table(path, Columns("question", answer="target"), n_dev=7)
   assert task.kind == "generation" and task.verbalizer == ()
   assert len(task.splits["dev"]) == 7
-  n_all = sum(len(table(path, input_field="question", answer_field="target").splits[s])
+  n_all = sum(len(table(path, Columns("question", answer="target")).splits[s])
               for s in SPLITS)
   assert n_all == 200
   for split in SPLITS:
@@ -383,14 +383,13 @@ def test_table_csv_generation_with_hash_split(tmp_path):
       assert ex.answer == f" {i}" and ex.label is None
       assert dict(ex.metadata) == {"difficulty": float(i % 5), "source": "synthetic"}
       assert expected_split(ex.input) == split
-  assert table(path, input_field="question", answer_field="target", n_dev=7) == task
+  assert table(path, Columns("question", answer="target"), n_dev=7) == task
 
 
 def test_table_tsv_keeps_commas(tmp_path):
   path = tmp_path / "pairs.tsv"
   path.write_text("text\tlabel\tsplit\nyes, it is\t no\ttest\n", encoding="utf-8")
-  task = table(path, input_field="text", label_field="label", labels=(" yes", " no"),
-               split_field="split")
+  task = table(path, Columns("text", label="label", labels=(" yes", " no"), split="split"))
   (ex,) = task.splits["test"]
   assert (ex.input, ex.label, ex.answer, dict(ex.metadata)) == ("yes, it is", 1, " no", {})
 
@@ -425,6 +424,9 @@ _TABLE_ERRORS = [
 ]
 
 
+_COLUMN_KEYS = {"input_field", "answer_field", "label_field", "labels", "split_field"}
+
+
 @pytest.mark.parametrize("name,content,options,error", _TABLE_ERRORS)
 def test_table_errors(tmp_path, name, content, options, error):
   path = tmp_path / name
@@ -433,16 +435,17 @@ def test_table_errors(tmp_path, name, content, options, error):
   elif content is not None:
     write_jsonl(path, content)
   with pytest.raises(TaskError) as e:
-    table(path, **{"input_field": "text", "label_field": "y", "labels": (" yes", " no"),
-                   **options})
+    fields = {"input": "text", "label": "y", "labels": (" yes", " no"),
+              **{k.removesuffix("_field"): v for k, v in options.items() if k in _COLUMN_KEYS}}
+    table(path, Columns(**fields), **{k: v for k, v in options.items() if k not in _COLUMN_KEYS})
   assert error in str(e.value)
 
 
 def test_table_numeral_labels_are_words(tmp_path):
   """Integer verbalizer words are matched as words: label "2" and 1 are both the word for 2."""
   rows = [{"text": "a", "y": "2", "s": "train"}, {"text": "b", "y": 1, "s": "train"}]
-  task = table(write_jsonl(tmp_path / "numerals_ok.jsonl", rows), input_field="text",
-               label_field="y", labels=("1", "2"), split_field="s")
+  task = table(write_jsonl(tmp_path / "numerals_ok.jsonl", rows),
+               Columns("text", label="y", labels=("1", "2"), split="s"))
   assert {e.input: e.label for e in task.splits["train"]} == {"a": 1, "b": 0}
 
 
@@ -454,8 +457,8 @@ def test_table_with_a_byte_order_mark(tmp_path, suffix):
           else '{"text": "yes it is", "y": 0}\n')
   path = tmp_path / f"excel{suffix}"
   path.write_bytes(body.encode("utf-8-sig"))
-  task = table(path, input_field="text", label_field="y", labels=(" yes", " no"),
-               dev_fraction=0, test_fraction=0)
+  task = table(path, Columns("text", label="y", labels=(" yes", " no")), dev_fraction=0,
+               test_fraction=0)
   (ex,) = task.splits["train"]
   assert (ex.input, ex.label, dict(ex.metadata)) == ("yes it is", 0, {})
 
@@ -486,7 +489,7 @@ def test_data_file_not_utf8(tmp_path, suffix):
     if suffix == ".txt":
       hans(path)
     else:
-      table(path, input_field="text", label_field="y", labels=(" yes", " no"))
+      table(path, Columns("text", label="y", labels=(" yes", " no")))
   msg = str(info.value)
   assert msg.startswith(f"{path}: line 3: not UTF-8"), msg
   assert f"0xe9 at file offset {offset}" in msg, msg

@@ -19,8 +19,8 @@ import pytest
 import jaxskill
 from jaxskill import cli
 from jaxskill.config import TrainConfig, load_config
-from jaxskill.setup import prepare
-from jaxskill.train import init_prompt, make_optimizer, train, train_step
+from jaxskill.runtime.context import prepare
+from jaxskill.stages.train import init_prompt, make_optimizer, train, train_step
 
 # The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
 _DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())
@@ -226,7 +226,7 @@ def test_bad_inputs_give_clear_errors(data_file, tmp_path, capsys, case):
 @pytest.mark.parametrize("kind", ["classification", "generation"])
 def test_cached_input_gives_the_same_loss_and_gradient(data_file, tmp_path, kind):
   """Running the input columns once without gradients (split) is exact, not an approximation."""
-  from jaxskill.train import loss_fn
+  from jaxskill.stages.train import loss_fn
   extra = {} if kind == "classification" else {
       "task.name": "arithmetic_generation", "task.operations": "plus", "task.digits": "2",
       "task.n_train": 16, "task.n_dev": 0, "task.n_test": 0, "data.max_length": 32}
@@ -299,7 +299,7 @@ def test_no_dev_split_and_too_few_steps(data_file, tmp_path):
 
 
 def test_log_truncation(tmp_path):
-  from jaxskill.train import _truncate_log
+  from jaxskill.stages.train import _truncate_log
   path = tmp_path / "m.jsonl"
   lines = [json.dumps({"step": s, "split": "dev"}) for s in (0, 5, 10)]
   path.write_text("\n".join(lines) + '\n{"step": 15, "spl')  # the last line cut by a crash
@@ -323,8 +323,8 @@ def test_a_row_plan_without_row_0_keeps_the_layout(data_file, tmp_path):
 def test_answer_window_logits_equal_every_position(data_file, tmp_path):
   """Generation computes logits only at the answer's q tokens (`Batch.answer_budget`): every
   metric and the prompt's gradient are those of the logits at every position."""
-  from jaxskill import forward
-  from jaxskill.train import loss_fn
+  from jaxskill.model import forward
+  from jaxskill.stages.train import loss_fn
   extra = {"task.name": "arithmetic_generation", "task.operations": "plus,minus",
            "task.digits": "2", "task.n_train": 16, "task.n_dev": 0, "task.n_test": 0,
            "data.max_length": 32}
@@ -339,7 +339,7 @@ def test_answer_window_logits_equal_every_position(data_file, tmp_path):
     p = {"embeddings": jnp.asarray(prompt, jnp.float64)}
     kw = dict(model=model, kind="generation", verbalizer=jnp.asarray(setup.verbalizer))
     for cols in (0, setup.input_cols):
-      out = [forward.prompted_apply(model, params, p, b, kind="generation", input_cols=cols)
+      out = [forward.prompted_apply(model, params, p, b, kind="generation", start=cols)
              for b in (windowed, every)]
       assert out[0].logits.shape[1] == windowed.answer_budget
       assert out[1].logits.shape[1] == windowed.input_ids.shape[1] - cols

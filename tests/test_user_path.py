@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxskill import cli, files
+from jaxskill import cli
 from jaxskill.config import RunConfigError, load_config
+from jaxskill.runtime import files
 from tests.lock_holder import lock_held_by_another_process
 
 DEMO = "configs/demo.yaml"
@@ -193,9 +194,9 @@ def test_best_dev_prompt_compares_in_float32(tmp_path, monkeypatch):
   """A dev accuracy that never improves on the untrained prompt's keeps that prompt as best.
   0.7 rounds down in float32: compared as float64 against the stored float32 best, the same
   accuracy looked like an improvement."""
-  from jaxskill import train as train_lib
-  from jaxskill.pipeline import run
-  from jaxskill.setup import prepare
+  from jaxskill.runtime.context import prepare
+  from jaxskill.runtime.pipeline import run
+  from jaxskill.stages import train as train_lib
   monkeypatch.setattr(train_lib, "_evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.7})
   config = load_config(_args(tmp_path, "train.steps=4")[0], _args(tmp_path, "train.steps=4")[1:])
   run(config, until="train", progress=False)

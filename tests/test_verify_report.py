@@ -11,11 +11,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from jaxskill import report as report_lib
-from jaxskill import selection
-from jaxskill import shortcut as shortcut_lib
-from jaxskill import verify as verify_lib
-from jaxskill.pipeline import run
+from jaxskill.report import page as report_lib
+from jaxskill.runtime.pipeline import run
+from jaxskill.stages import verify as verify_lib
+from jaxskill.stats import selection
+from jaxskill.stats import shortcut as shortcut_lib
 
 from tests.demo_small import small_demo_config as _config
 
@@ -46,7 +46,7 @@ def _hf_accuracy(config, zeroed):
   import torch
   from transformers import AutoModelForCausalLM
   from jaxskill.model.checkpoint import DEMO_MODEL
-  from jaxskill.setup import encoded_split, prepare
+  from jaxskill.runtime.context import encoded_split, prepare
   setup = prepare(config)
   enc = encoded_split(setup, config, "test")
   hf = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, attn_implementation="eager").eval()
@@ -117,8 +117,8 @@ def test_neuron_stats_are_taken_over_the_input_tokens(demo_run):
   at every position; and the noise std it implies (verify.noise_scale=neuron_std)."""
   import jax
   import jax.numpy as jnp
-  from jaxskill import forward, interventions
-  from jaxskill.setup import load_prompt, prepare
+  from jaxskill.model import forward, interventions
+  from jaxskill.runtime.context import load_prompt, prepare
   config, _ = demo_run
   results = json.loads((config.run_dir / "verify.json").read_text())
   assert results["mean_over"] == "inputs" and results["noise_scale"] == "neuron_std"
@@ -128,7 +128,7 @@ def test_neuron_stats_are_taken_over_the_input_tokens(demo_run):
   b, t = whole.input_ids.shape
   prompt = {"embeddings": jnp.asarray(load_prompt(config))}
   acts = np.asarray(forward.prompted_apply(
-      setup.model, setup.params, prompt, whole, kind=setup.task.kind, logits=False,
+      setup.model, setup.params, prompt, whole, kind=None,
       capture=jnp.broadcast_to(jnp.arange(t), (b, t))).activations, np.float64)  # [b, l, t, i]
   cols = np.arange(t)[None]
   inputs = ((np.asarray(whole.attention_mask) > 0) & (np.asarray(whole.prompt_index) < 0)
@@ -151,7 +151,7 @@ def test_neuron_stats_are_taken_over_the_input_tokens(demo_run):
 
 def test_verify_resumes_from_its_progress_log(demo_run, tmp_path):
   import shutil
-  from jaxskill.verify import verify
+  from jaxskill.stages.verify import verify
   # On a copy: verify called outside the pipeline leaves files its stage record does not know.
   shutil.copytree(demo_run[0].run_dir, tmp_path / demo_run[0].name)
   config = _config(tmp_path)
@@ -191,7 +191,7 @@ def test_batched_verify_equals_one_edit_per_pass(which, demo_run, qwen_run, tmp_
   the default batched path (edits vmapped, run from their lowest perturbed layer), each run on
   its own copy of the trained run."""
   import shutil
-  from jaxskill.verify import verify
+  from jaxskill.stages.verify import verify
   from tests.compare import assert_same_verify
   config, changes = (demo_run[0], ()) if which == "demo" else qwen_run
   assert config.verify.edits_per_pass == 0 and verify_lib.auto_edits_per_pass() > 1
@@ -213,7 +213,7 @@ def test_batched_verify_equals_one_edit_per_pass(which, demo_run, qwen_run, tmp_
 
 
 def test_group_by_unknown_column_is_named(demo_run):
-  from jaxskill.verify import verify
+  from jaxskill.stages.verify import verify
   config, _ = demo_run
   bad = _config(config.out_dir, "verify.group_by=digits,nope")
   with pytest.raises(ValueError, match="'nope'"):
@@ -337,16 +337,17 @@ def test_shortcut_verdict_is_never_yes_on_random_weights():
   import jax
   import jax.numpy as jnp
   import jaxskill
-  from jaxskill import capture, data as data_lib
+  from jaxskill.model import capture
+  from jaxskill.tasks import encode as data_lib
   from jaxskill.tasks import arithmetic_verification
   demo, _ = jaxskill.load_model("demo")
   tok = jaxskill.load_tokenizer("demo")
   task = arithmetic_verification(operations=("plus",), digits=(2,), n_train=60, n_dev=0,
                                  n_test=240, seed=0)
   names = ("label", "meta_last_digit_only")
-  batches = {s: jax.tree.map(jnp.asarray, data_lib.encode(
-      task, s, tok, prompt_length=4, placement="infix", max_length=40).batch(names))
-      for s in ("train", "test")}
+  layout = data_lib.Layout(4, "infix", 40)
+  batches = {s: jax.tree.map(jnp.asarray, data_lib.encode(task, s, tok, layout).batch(names))
+             for s in ("train", "test")}
   model = jaxskill.CausalLM(demo.config)
   probe = capture.Probe(model, "classification",
                         jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),

@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
-from jaxskill.model.config import ModelConfig
+from jaxskill.model.architecture import ModelConfig
 from jaxskill.model.modules import CausalLM
 
 log = logging.getLogger("jaxskill.checkpoint")
@@ -518,7 +518,7 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   hub id.
 
   `dtype` is both the param and the compute dtype (float32 or bfloat16). With a `mesh`, the
-  params are read straight into their `layout` on it (see `jaxskill.sharding`): each device
+  params are read straight into their `layout` on it (see `jaxskill.runtime.sharding`): each device
   reads its own shard, never the whole model on one host. `log_unread`: see
   `ModelConfig.from_hf_dict`.
   """
@@ -528,7 +528,7 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   config = ModelConfig.from_json_file(model_dir / "config.json", log_unread=log_unread)
   shardings = None
   if mesh is not None:
-    from jaxskill.sharding import param_shardings
+    from jaxskill.runtime.sharding import param_shardings
     shardings = param_shardings(abstract_params(config, dtype), mesh, layout)
   if is_converted(model_dir):
     params = load_converted(model_dir, config, dtype, shardings)

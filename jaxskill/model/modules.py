@@ -1,4 +1,4 @@
-"""The decoder LMs of `jaxskill.model.config.FAMILIES` (HF `Qwen2ForCausalLM`,
+"""The decoder LMs of `jaxskill.model.architecture.FAMILIES` (HF `Qwen2ForCausalLM`,
 `Qwen3ForCausalLM`, `LlamaForCausalLM`, `MistralForCausalLM`) as one pure-functional Flax linen
 model; the config's switches pick each family's variant of the block.
 
@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxskill.model.config import ModelConfig
+from jaxskill.model.architecture import ModelConfig
 
 Array = jax.Array
 Dtype = Any
@@ -169,7 +169,7 @@ class MLP(nn.Module):
     """x `[b, t, h]`; capture_positions int `[b, k]` or None -> `[b, t, h]`.
 
     edit: this layer's neuron intervention, applied at every position: a pytree mapping
-      `a[b, t, i]` to edited activations (e.g. `jaxskill.interventions.NeuronEdit`).
+      `a[b, t, i]` to edited activations (e.g. `jaxskill.model.interventions.NeuronEdit`).
     Sows the neuron activations `a[b, k, i]` (after any edit: what enters down_proj) gathered
     at capture_positions, so that what is kept grows with p, not t; a position outside
     [-t, t) gives NaN rather than a clamped neighbour's values. When `intermediates` is not
@@ -277,7 +277,7 @@ class CausalLM(nn.Module):
         continue after the cached tokens and attention reaches them too.
       neuron_edit: an intervention on the neurons: a pytree whose array leaves have a leading
         layer axis `[l, ...]`, called on each layer's `[b, t, i]` activations with that layer's
-        slice (`jaxskill.interventions.NeuronEdit`: zero, mean or noise on chosen neurons).
+        slice (`jaxskill.model.interventions.NeuronEdit`: zero, mean or noise on chosen neurons).
     """
     x, _ = self._layers(input_ids, inputs_embeds, attention_mask, position_ids,
                         capture_positions, past, neuron_edit)

@@ -10,7 +10,7 @@ from jaxskill.tasks.arithmetic import (DEFAULT_DIGITS, OPERATIONS, arithmetic_ge
 from jaxskill.tasks.base import SPLITS, Example, Task, TaskError
 from jaxskill.tasks.hans import hans
 from jaxskill.tasks.skillmix import DEFAULT_SKILLS_PER_TEXT, skillmix
-from jaxskill.tasks.table import table
+from jaxskill.tasks.table import Columns, table
 
 TASK_NAMES = ("arithmetic_generation", "arithmetic_verification", "hans", "skillmix", "table")
 
@@ -84,10 +84,11 @@ def build_task(cfg: TaskConfig) -> Task:
                 seed=cfg.seed, dev_fraction=cfg.dev_fraction, test_fraction=cfg.test_fraction)
   if cfg.name == "hans":
     return hans(cfg.path, **limits)
-  return table(cfg.path, input_field=cfg.input_field, answer_field=cfg.answer_field or None,
-               label_field=cfg.label_field or None, labels=cfg.labels,
-               split_field=cfg.split_field or None, **limits)
+  columns = Columns(cfg.input_field, cfg.answer_field or None, cfg.label_field or None,
+                    cfg.labels, cfg.split_field or None)
+  return table(cfg.path, columns, **limits)
 
 
-__all__ = ["SPLITS", "TASK_NAMES", "Example", "Task", "TaskConfig", "TaskError", "build_task",
-           "arithmetic_generation", "arithmetic_verification", "hans", "skillmix", "table"]
+__all__ = ["SPLITS", "TASK_NAMES", "Columns", "Example", "Task", "TaskConfig", "TaskError",
+           "build_task", "arithmetic_generation", "arithmetic_verification", "hans", "skillmix",
+           "table"]

@@ -1,6 +1,7 @@
 """What a task is: examples with an input, an answer or label, and metadata columns.
 
-Tasks are plain data. Tokenizing, placing the soft prompt and batching belong to `jaxskill.data`;
+Tasks are plain data. Tokenizing, placing the soft prompt and batching belong to
+`jaxskill.tasks.encode`;
 metadata columns travel with the examples so that a later stage can use any numeric one as an
 auxiliary metric.
 """

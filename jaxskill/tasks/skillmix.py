@@ -19,7 +19,7 @@ An example is a (topic, set of skills) combination. They are drawn without repla
 combinations of the sizes in `skills_per_text`, so none repeats within or across splits, and k
 is distributed as the pool is (for (1, 2): 144 one-skill and 792 two-skill combinations).
 metadata: topic, k, skills (e.g. "metaphor+irony", in SKILLS order) and one 0/1 column per skill,
-"skill_<name>" with spaces as underscores (`jaxskill.capture` names it "meta_skill_<name>").
+"skill_<name>" with spaces as underscores (`jaxskill.model.capture` names it "meta_skill_<name>").
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ are left out.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -187,39 +188,51 @@ def _split(record: dict[str, Any], split_field: str, where: str) -> str:
 
 # --- task -----------------------------------------------------------------------------------
 
-def table(path: str | Path, input_field: str, answer_field: str | None = None,
-          label_field: str | None = None, labels: Sequence[str] = (),
-          split_field: str | None = None, n_train: int | None = None, n_dev: int | None = None,
-          n_test: int | None = None, seed: int = 0, dev_fraction: float = 0.1,
-          test_fraction: float = 0.1) -> Task:
-  """A classification task (when `label_field` is given; `labels` are the verbalizer words) or a
-  generation task (`answer_field` required). Named after the file's stem.
+@dataclasses.dataclass(frozen=True)
+class Columns:
+  """The record fields a table task reads (the run config's task.input_field, answer_field,
+  label_field, labels, split_field): the input text; the answer (generation) or the label and
+  its verbalizer words `labels` (classification); the split (None: a hash of the input)."""
+  input: str
+  answer: str | None = None
+  label: str | None = None
+  labels: Sequence[str] = ()
+  split: str | None = None
+
+
+def table(path: str | Path, columns: Columns, *, n_train: int | None = None,
+          n_dev: int | None = None, n_test: int | None = None, seed: int = 0,
+          dev_fraction: float = 0.1, test_fraction: float = 0.1) -> Task:
+  """A classification task (when `columns.label` is given; `columns.labels` are the verbalizer
+  words) or a generation task (`columns.answer` required). Named after the file's stem.
 
   `n_*` keep a seeded random subset of each split (None: all). Every record field other than the
   input, answer, label and split fields is kept as metadata (see the module docstring).
   """
   path = Path(path)
   name = path.stem
-  labels = _check_fields(name, input_field, answer_field, label_field, labels)
+  columns = dataclasses.replace(columns, labels=_check_fields(name, columns))
   check_fractions(name, dev_fraction, test_fraction)
   limits = {"train": n_train, "dev": n_dev, "test": n_test}
   check_limits(name, limits)
 
-  reserved = {input_field, answer_field, label_field, split_field} - {None, ""}
+  reserved = {columns.input, columns.answer, columns.label, columns.split} - {None, ""}
   splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
   for line_no, record in read_records(path):
     where = f"{path}: line {line_no}"
-    example = _example(record, where, input_field, answer_field, label_field, labels, reserved)
-    split = (_split(record, split_field, where) if split_field
+    example = _example(record, where, columns, reserved)
+    split = (_split(record, columns.split, where) if columns.split
              else hash_split(example.input, dev_fraction, test_fraction))
     splits[split].append(example)
-  return Task(name=name, kind="classification" if label_field else "generation",
-              verbalizer=labels, splits=shuffle_and_limit(splits, limits, seed))
+  return Task(name=name, kind="classification" if columns.label else "generation",
+              verbalizer=tuple(columns.labels), splits=shuffle_and_limit(splits, limits, seed))
 
 
-def _check_fields(name: str, input_field: str, answer_field: str | None,
-                  label_field: str | None, labels: Sequence[str]) -> tuple[str, ...]:
-  """`labels` as a tuple; raises TaskError unless the fields and labels fit one task kind."""
+def _check_fields(name: str, columns: Columns) -> tuple[str, ...]:
+  """`columns.labels` as a tuple; raises TaskError unless the fields and labels fit one task
+  kind."""
+  input_field, answer_field, label_field, labels = (columns.input, columns.answer, columns.label,
+                                                    columns.labels)
   if not input_field:
     raise TaskError(f"task '{name}': input_field is required")
   if label_field and answer_field:
@@ -239,10 +252,10 @@ def _check_fields(name: str, input_field: str, answer_field: str | None,
   return labels
 
 
-def _example(record: dict[str, Any], where: str, input_field: str, answer_field: str | None,
-             label_field: str | None, labels: tuple[str, ...], reserved: set[str]) -> Example:
+def _example(record: dict[str, Any], where: str, columns: Columns, reserved: set[str]) -> Example:
   """One record as an Example; fields outside `reserved` become metadata."""
-  text = _text(record, input_field, where)
+  answer_field, label_field, labels = columns.answer, columns.label, tuple(columns.labels)
+  text = _text(record, columns.input, where)
   if label_field:
     if label_field not in record:
       raise TaskError(f"{where}: missing field {label_field!r} (fields: {sorted(record)})")

@@ -5,12 +5,13 @@ Sites (which token positions' neuron activations are read):
               in a causal model, so its activations are the same for every example)
   last_input  the last input token
   answer      the position whose next-token logits give the answer (`answer_pos`)
-Metrics (one number per example): the built-in ones of `jaxskill.forward.METRICS` (label,
+Metrics (one number per example): the built-in ones of `jaxskill.model.forward.METRICS` (label,
 confidence, loss, correct, ...; described there, beside the one function that computes them),
 plus any numeric metadata column of the task ("meta_<column>") and user functions
-`fn(logits, batch) -> [b]` passed by name (`batch` a `jaxskill.batch.Batch`; logits `[b, v]` for
+`fn(logits, batch) -> [b]` passed by name (`batch` a `jaxskill.model.batch.Batch`; logits
+`[b, v]` for
 classification; for generation `[b, q, v]` at the answer's q tokens, with `batch` cut to that
-window, see `jaxskill.forward.prompted_apply`).
+window, see `jaxskill.model.forward.prompted_apply`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxskill import forward
-from jaxskill.batch import Batch
+from jaxskill.model import forward
 from jaxskill.model import CausalLM
+from jaxskill.model.batch import Batch
 
 SITES = ("prompt", "last_input", "answer")
 BUILTIN_METRICS = forward.METRICS
@@ -96,8 +97,8 @@ def token_activations(probe: Probe, prompt, params, batch: Batch, layers: jax.Ar
   examples. All positions are captured (`[b, l, t, i]` in the model's dtype, for b rows), then
   the F columns kept."""
   positions = jnp.broadcast_to(jnp.arange(batch.input_ids.shape[1]), batch.input_ids.shape)
-  out = forward.prompted_apply(probe.model, params, prompt, batch, kind=probe.kind,
-                               capture=positions, logits=False)
+  out = forward.prompted_apply(probe.model, params, prompt, batch, kind=None,
+                               capture=positions)
   return jnp.moveaxis(out.activations, 2, 1)[:, :, layers, neurons].astype(jnp.float32)
 
 

@@ -21,16 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxskill import files, forward, learning, sharding
-from jaxskill import data as data_lib
-from jaxskill import prompt as prompt_lib
-from jaxskill.batch import Batch
 from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
                              dump_config, load_config, seed_runs, to_dict)
-from jaxskill.runner import Checkpoints, Runner
-from jaxskill.setup import Setup, prepare
+from jaxskill.model import forward
+from jaxskill.model import prompt as prompt_lib
+from jaxskill.model.batch import Batch
+from jaxskill.runtime import files, sharding
+from jaxskill.runtime.context import Setup, prepare
+from jaxskill.runtime.runner import Checkpoints, Runner
+from jaxskill.stats import learning
+from jaxskill.tasks import encode as data_lib
 
-log = logging.getLogger("jaxskill.train")
+log = logging.getLogger("jaxskill.stages.train")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -56,8 +58,8 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def _values(prompt, params, batch, *, model, kind, verbalizer, input_cols) -> dict:
-  """The per-example metrics `[b]` of the prompted forward (see `jaxskill.forward`)."""
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, input_cols=input_cols)
+  """The per-example metrics `[b]` of the prompted forward (see `jaxskill.model.forward`)."""
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, start=input_cols)
   return forward.metrics(out.logits, out.batch, kind, verbalizer)
 
 
@@ -251,7 +253,8 @@ def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
 
 def train(config: RunConfig, *, progress: bool = True) -> dict:
   """Trains (or resumes) the soft prompt of `config`; returns the summary also written to
-  `run_dir/train_summary.json`, with "prompt_learned" and "learning_test" (`jaxskill.learning`:
+  `run_dir/train_summary.json`, with "prompt_learned" and "learning_test"
+  (`jaxskill.stats.learning`:
   the best prompt against the untrained one and chance on dev). Run dir: train_config.yaml,
   metrics.jsonl, checkpoints/, prompt_final.npy, prompt_best.npy (the prompt with the best dev
   accuracy)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from jaxskill import files
+from jaxskill.runtime import files
 
 ALPHA = 0.01
 TEST = ("McNemar's exact test (two-sided binomial on the discordant pairs) of the best prompt "

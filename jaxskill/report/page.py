@@ -10,9 +10,10 @@ Figures:
   verify.png         accuracy with the top-K perturbed against random-K draws (mean, spread)
   dose.png           the same over the list of K
 Tables: top-activating examples of the top neurons, seed-stability overlap, the degenerate
-metrics find flagged (`jaxskill.metric_checks`), and for arithmetic verification the last-digit
-shortcut verdict find wrote into summary.json (`jaxskill.shortcut`). A prompt that did not learn
-(train_summary.json's prompt_learned false, `jaxskill.learning`) gets a banner at the top, and
+metrics find flagged (`jaxskill.stats.metric_checks`), and for arithmetic verification the
+last-digit shortcut verdict find wrote into summary.json (`jaxskill.stats.shortcut`). A prompt
+that did not learn
+(train_summary.json's prompt_learned false, `jaxskill.stats.learning`) gets a banner at the top, and
 every verdict below it says it was computed on an untrained prompt.
 The page is `report_data`'s plain dict rendered through templates/report.html.j2 with
 autoescape on, so text from the run's files (inputs, metric names, config) cannot inject HTML.
@@ -31,11 +32,13 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from jaxskill import browser, files, learning, metric_checks
 from jaxskill.config import load_config
-from jaxskill.densities import kde, metric_groups  # noqa: F401 (kde: part of this module's API)
-from jaxskill.shortcut import heldout_text
-from jaxskill.selection import neuron_scores
+from jaxskill.report import browser
+from jaxskill.runtime import files
+from jaxskill.stats import learning, metric_checks
+from jaxskill.stats.densities import kde, metric_groups  # noqa: F401 (kde: this module's API)
+from jaxskill.stats.selection import neuron_scores
+from jaxskill.stats.shortcut import heldout_text
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -487,7 +490,7 @@ def report_data(run_dir: str | Path) -> dict:
 def _environment() -> jinja2.Environment:
   # autoescape=True rather than select_autoescape(): that one decides by the file's extension,
   # and ".j2" is not ".html", so it would leave report.html.j2 unescaped.
-  return jinja2.Environment(loader=jinja2.PackageLoader("jaxskill", "templates"),
+  return jinja2.Environment(loader=jinja2.PackageLoader("jaxskill.report", "templates"),
                             autoescape=True, undefined=jinja2.StrictUndefined)
 
 

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 
 import jaxskill
-from jaxskill import capture, discover, selection, stats
-from jaxskill import data as data_lib
 from jaxskill.config import load_config
-from jaxskill.pipeline import run
-from jaxskill.tasks import table
-from jaxskill.runner import Runner
-from jaxskill.sharding import make_mesh
+from jaxskill.model import capture
+from jaxskill.runtime.pipeline import run
+from jaxskill.runtime.runner import Runner
+from jaxskill.runtime.sharding import make_mesh
+from jaxskill.stages import find as find_stage
+from jaxskill.stats import selection
+from jaxskill.stats import correlator as stats
+from jaxskill.tasks import encode as data_lib
+from jaxskill.tasks import Columns, table
 
 # The shipped model's sizes (the tests follow whatever scripts/make_demo_model.py built).
 _DEMO = json.loads((jaxskill.DEMO_MODEL / "config.json").read_text())
@@ -62,10 +65,9 @@ def planted(tmp_path_factory):
   with open(path, "w") as f:
     for row, s in zip(rows, shuffled):
       f.write(json.dumps({**row, "shuffled": s}) + "\n")
-  task = table(str(path), input_field="text", label_field="label", labels=("1", "2"),
+  task = table(str(path), Columns("text", label="label", labels=("1", "2")),
                dev_fraction=0.0, test_fraction=0.0)
-  encoded = data_lib.encode(task, "train", tok, prompt_length=4, placement="infix",
-                            max_length=24)
+  encoded = data_lib.encode(task, "train", tok, data_lib.Layout(4, "infix", 24))
   verbalizer = data_lib.verbalizer_ids(tok, ("1", "2"))
   return model, params, encoded, verbalizer
 
@@ -75,7 +77,8 @@ def _correlate(planted, names, **kw):
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
   probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
                         kw.pop("sites", ("last_input",)), 4, names)
-  return discover.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 16), **kw)
+  return find_stage.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 16),
+                              streaming=find_stage.Streaming(**kw))
 
 
 def _float64(planted):
@@ -104,7 +107,7 @@ def test_planted_neuron_is_found_and_shuffled_label_is_not(planted):
 
 
 def test_capture_metrics_match_a_hand_computation(planted):
-  from jaxskill.forward import prompted_apply
+  from jaxskill.model.forward import prompted_apply
   with jax.enable_x64(True):  # the logits of two programs (see _float64)
     model, params, encoded, verbalizer = _float64(planted)
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
@@ -205,7 +208,7 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
       "find.metrics=correct,confidence,meta_last_digit_only,half_nan,label",
       "find.custom_metrics=tests.custom_metrics:half_nan", "find.top_k=5"])
   run(config, until="train", progress=False)  # find reads the trained prompt(s)
-  summary = discover.find(config, progress=False)
+  summary = find_stage.find(config, progress=False)
   out = np.load(tmp_path / "f" / "correlations.npz")
   assert sorted(out.files) == sorted(["correct", "confidence", "meta_last_digit_only",
                                       "half_nan", "label"])
@@ -230,7 +233,7 @@ def test_find_writes_outputs_and_counts_nan_metrics(tmp_path):
                                                               int(row["neuron"])], abs=1e-6)
   assert abs(float(conf[0]["r"])) >= abs(float(conf[-1]["r"]))
   # pvalues.npz: the p-values of the stored r with each metric's own count (NaN rows excluded).
-  from jaxskill import significance
+  from jaxskill.stats import significance
   pvalues = np.load(tmp_path / "f" / "pvalues.npz")
   assert sorted(pvalues.files) == sorted(out.files)
   for name in out.files:
@@ -249,7 +252,7 @@ def test_seeds_are_aggregated_with_overlap(tmp_path):
       "data.max_length=40", "prompt.length=2", "find.seeds=0,1", "find.metrics=confidence",
       "find.top_k=20"])
   run(config, until="train", progress=False)  # find reads the trained prompt(s)
-  summary = discover.find(config, progress=False)
+  summary = find_stage.find(config, progress=False)
   iou = summary["seed_overlap_iou_top_k"]["confidence"]
   assert 0.0 <= iou <= 1.0
   a = np.load(tmp_path / "s-seed0" / "correlations.npz")["confidence"]
@@ -281,7 +284,7 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
     prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
     probe = capture.Probe(model, "classification", jnp.asarray(verbalizer), ("last_input",), 4,
                           ("label",))
-    acc, n = discover.predictivity(probe, params, prompt, encoded, baseline.astype(np.float32),
+    acc, n = find_stage.predictivity(probe, params, prompt, encoded, baseline.astype(np.float32),
                                    runner=Runner(make_mesh(1), 16))
     assert n == len(encoded) and acc.shape == (L, 1, I)
     # numpy reference from the captured activations themselves
@@ -322,7 +325,7 @@ def test_undefined_r_is_never_ranked():
 def test_planted_neuron_is_significant_and_the_shuffled_label_is_not(planted):
   """Power: the planted neuron's r has p < 1e-6 and survives FDR (q = 0.05) and the permutation
   FWER level; the shuffled copy of the label has no FWER-significant neuron."""
-  from jaxskill import significance
+  from jaxskill.stats import significance
   names = ("label", "meta_is7", "meta_shuffled")
   r, st = _correlate(planted, names, permutations=20)
   assert st["null_r"].shape == (20, 3, L, 1, I)

@@ -1,6 +1,6 @@
 """How much memory find will need, and what to do when it would not fit (`find.fit_memory`).
 
-The statistics of `discover.correlate` are per (metric, feature): m metrics, f = layers x
+The statistics of `find_stage.correlate` are per (metric, feature): m metrics, f = layers x
 positions x neurons features, P permutations. Counted in bytes (`peak_bytes`):
   host, float64:  mean_x, m2_x, c_xy `[m, f]` + c_null `[P, m, f]` + merge scratch `[2, m, f]`
   host, float32:  the accumulator fetched for a merge `[(3 + P), m, f]`; the null r `[P, m, f]`
@@ -26,7 +26,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-log = logging.getLogger("jaxskill.find_memory")
+log = logging.getLogger("jaxskill.runtime.memory")
 
 PROCESS_BYTES = 1 << 30  # jax, numpy, transformers' tokenizer and the compiled programs
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -138,10 +138,10 @@ def param_bytes(abstract: dict) -> int:
 def estimate(config) -> tuple[Callable[[int], Need], int]:
   """(P -> `peak_bytes` of `config`'s find with P permutations, its f features). Reads only
   config.json and the task."""
-  from jaxskill import capture
+  from jaxskill.model import capture
+  from jaxskill.model.architecture import ModelConfig
   from jaxskill.model.checkpoint import abstract_params, resolve_model_dir
-  from jaxskill.model.config import ModelConfig
-  from jaxskill.setup import model_dtype
+  from jaxskill.runtime.context import model_dtype
   fc = config.find
   model = ModelConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json",
                                      log_unread=False)
@@ -167,7 +167,8 @@ def fit(config):
     return config
   best = largest_fitting(need_at, fc.permutations, host, device)
   what = (f"find needs about {gib(need_at(fc.permutations).total())} with "
-          f"find.permutations={fc.permutations} ({features} features; jaxskill.find_memory), {source} gives {gib(host)}"
+          f"find.permutations={fc.permutations} ({features} features; jaxskill.runtime.memory), "
+          f"{source} gives {gib(host)}"
           + (f" and the device {gib(device)}" if device is not None else ""))
   if best is None:
     raise RunConfigError(f"{what}; even find.permutations=0 does not fit: lower find.sites "
@@ -181,7 +182,7 @@ def fit(config):
 
 def _metric_count(config) -> int:
   """m: find.metrics, or at most every built-in metric, metadata column and custom metric."""
-  from jaxskill import capture
+  from jaxskill.model import capture
   from jaxskill.tasks import build_task
   fc = config.find
   if fc.metrics:

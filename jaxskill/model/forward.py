@@ -4,10 +4,10 @@ training, discovery, verification and the neuron mean all run.
 Shapes: b batch rows, t tokens per row, h hidden size, v vocabulary, c verbalizer words, l layers,
 k captured positions per row, i neurons per layer.
 
-`prompted_apply(model, params, prompt, batch, kind=..., capture=..., edit=..., input_cols=...)`:
+`prompted_apply(model, params, prompt, batch, kind=..., capture=..., edit=..., start=...)`:
   1. embed the batch's tokens and put the prompt vectors in their slots (`prompt_index`);
   2. run the frozen model, with an optional neuron intervention (`edit`, see
-     `jaxskill.interventions`) and the neuron activations read at `capture` positions;
+     `jaxskill.model.interventions`) and the neuron activations read at `capture` positions;
   3. return the answer's logits: `[b, v]` at `answer_pos` (classification) or `[b, q, v]` at
      the answer's q = `answer_budget` tokens (generation, whose loss runs over them; the other
      t - q positions' logits, most of the LM head's work at a large vocabulary, are never
@@ -23,9 +23,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxskill import prompt as prompt_lib
-from jaxskill.batch import Batch
+from jaxskill.model import prompt as prompt_lib
 from jaxskill.model import CausalLM, layer_range, neuron_activations
+from jaxskill.model.batch import Batch
 
 # The built-in per-example metrics of `metrics` (NaN where undefined), which discovery offers:
 #   label       the external label (classification)
@@ -58,7 +58,7 @@ def prompted_embeds(model: CausalLM, params, prompt, batch: Batch) -> jax.Array:
 def residual_at(model: CausalLM, params, prompt, batch: Batch, layer: int) -> jax.Array:
   """The residual stream `[b, t, h]` entering `layer` (0: the prompted embeddings), with no
   intervention: what every edit that leaves layers [0, layer) alone shares, and
-  `prompted_apply(..., resume=(layer, it))` continues from."""
+  `prompted_apply(..., start=(layer, it))` continues from."""
   embeds = prompted_embeds(model, params, prompt, batch)
   if layer == 0:
     return embeds.astype(model.dtype)
@@ -66,43 +66,43 @@ def residual_at(model: CausalLM, params, prompt, batch: Batch, layer: int) -> ja
   return sub.apply({"params": sub_params}, embeds, batch.attention_mask, method=sub.hidden)
 
 
-def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str,
+def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str | None,
                    capture: jax.Array | None = None, edit: Callable | None = None,
-                   input_cols: int = 0, logits: bool = True,
-                   resume: tuple[int, jax.Array] | None = None) -> Output:
+                   start: int | tuple[int, jax.Array] = 0) -> Output:
   """The model on `batch` with `prompt` inserted.
 
-  prompt: {"embeddings": `[p, h]`}; batch: `[b, t]` rows (see `jaxskill.batch`).
+  prompt: {"embeddings": `[p, h]`}; batch: `[b, t]` rows (see `jaxskill.model.batch`).
+  kind: the task's ("classification": logits `[b, v]` at answer_pos; "generation": `[b, q, v]`
+    over the answer window), or None when only the activations matter (no logits; the LM head
+    runs at one position).
   capture: int `[b, k]` positions whose neuron activations are returned.
   edit: a neuron intervention applied in every layer's MLP at every position (a pytree with a
-    leading layer axis, e.g. `jaxskill.interventions.NeuronEdit`).
-  input_cols: the column where the prompt starts in every row (infix layout), or 0. The
-    columns before it cannot depend on the prompt: they run once as a constant cache, so a
-    gradient with respect to the prompt only differentiates the t - input_cols columns after it.
-  logits: False when only the activations matter (the LM head then runs at one position).
-  resume: (layer, the `residual_at` that layer): run layers [layer, l) alone, from that
-    residual. Exact when `edit` leaves the layers below alone (its layers below `layer` are not
-    applied); captured activations are then those of layers [layer, l).
+    leading layer axis, e.g. `jaxskill.model.interventions.NeuronEdit`).
+  start: where the forward begins. An int: the column where the prompt starts in every row
+    (infix layout; 0: the whole row). The columns before it cannot depend on the prompt: they
+    run once as a constant cache, so a gradient with respect to the prompt only differentiates
+    the t - start columns after it. A pair (layer, the `residual_at` that layer): layers
+    [layer, l) alone, from that residual. Exact when `edit` leaves the layers below alone (its
+    layers below `layer` are not applied); captured activations are then those of layers
+    [layer, l).
   """
   chex.assert_rank(batch.input_ids, 2)
   chex.assert_equal_shape([batch.input_ids, batch.attention_mask, batch.prompt_index])
   chex.assert_shape(prompt["embeddings"], (None, model.config.hidden_size))
   past = None
-  if input_cols:
-    if resume is not None:
-      raise ValueError("prompted_apply: resume and input_cols do not combine")
-    past = jax.lax.stop_gradient(model.apply(
-        {"params": params}, batch.input_ids[:, :input_cols],
-        attention_mask=batch.attention_mask[:, :input_cols], method=model.prefill))
-    batch = batch.after(input_cols)
-  if resume is None:
-    embeds = prompted_embeds(model, params, prompt, batch)
-  else:
-    layer, embeds = resume
+  if isinstance(start, tuple):
+    layer, embeds = start
     model, params = layer_range(model, params, layer)
     edit = None if edit is None else jax.tree.map(lambda x: x[layer:], edit)
+  else:
+    if start:
+      past = jax.lax.stop_gradient(model.apply(
+          {"params": params}, batch.input_ids[:, :start],
+          attention_mask=batch.attention_mask[:, :start], method=model.prefill))
+      batch = batch.after(start)
+    embeds = prompted_embeds(model, params, prompt, batch)
   at, window = None, batch  # logits at every position
-  if not logits:
+  if kind is None:
     at = jnp.zeros((embeds.shape[0], 1), jnp.int32)
   elif kind == "classification":
     at = batch.answer_pos[:, None]
@@ -114,7 +114,7 @@ def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str,
                     capture_positions=capture, logits_positions=at,
                     mutable=["intermediates"] if capture is not None else False)
   values, acts = (out[0], neuron_activations(out[1])) if capture is not None else (out, None)
-  if not logits:
+  if kind is None:
     values = None
   elif kind == "classification":
     values = values[:, 0]

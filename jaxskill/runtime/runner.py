@@ -27,11 +27,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import checkpointing, files, sharding
-from jaxskill import data as data_lib
-from jaxskill.batch import Batch
+from jaxskill.model.batch import Batch
+from jaxskill.runtime import files, sharding
+from jaxskill.runtime import checkpoints as checkpointing
+from jaxskill.tasks import encode as data_lib
 
-log = logging.getLogger("jaxskill.runner")
+log = logging.getLogger("jaxskill.runtime.runner")
 
 # Without a progress bar, a loop logs how far it is at most this often.
 QUIET_LOG_SECONDS = 30.0
@@ -73,7 +74,7 @@ class Runner:
     return sharding.local_rows(self.mesh, self.batch_size)
 
   def place(self, params, layout: str = "tensor"):
-    """(params on the mesh in `layout` (see `jaxskill.sharding`), their shardings)."""
+    """(params on the mesh in `layout` (see `jaxskill.runtime.sharding`), their shardings)."""
     return sharding.place_params(params, self.mesh, layout)
 
   def replicate(self, tree):

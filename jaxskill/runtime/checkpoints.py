@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-log = logging.getLogger("jaxskill.checkpointing")
+log = logging.getLogger("jaxskill.runtime.checkpoints")
 
 
 class CheckpointRestoreError(RuntimeError):

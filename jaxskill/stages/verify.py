@@ -1,7 +1,7 @@
 """Causal verification: do the neurons found matter for the task?
 
 For each selection metric (whose top neurons, by |r| from `correlations.npz`, are tested), each
-intervention mode (noise / zero / train mean, see `jaxskill.interventions`) and each K of the
+intervention mode (noise / zero / train mean, see `jaxskill.model.interventions`) and each K of the
 dose-response list, the model runs the evaluation split with the prompt and
   - the top-K neurons perturbed,
   - R random sets of K neurons perturbed, drawn per layer to match the top-K's layer counts
@@ -24,26 +24,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxskill import capture, files, forward, interventions, learning, significance
 from jaxskill.config import seed_runs
-from jaxskill.runner import JsonlLog, Runner
-from jaxskill.selection import neuron_scores, random_matched, top_k
-from jaxskill.setup import encoded_split, eval_plan, load_prompt, prepare
+from jaxskill.model import capture, forward, interventions
+from jaxskill.runtime import files
+from jaxskill.runtime.context import encoded_split, eval_plan, load_prompt, prepare
+from jaxskill.runtime.runner import JsonlLog, Runner
+from jaxskill.stats import learning, significance
+from jaxskill.stats.selection import neuron_scores, random_matched, top_k
 
-log = logging.getLogger("jaxskill.verify")
+log = logging.getLogger("jaxskill.stages.verify")
 
 METRICS = ("correct", "confidence", "loss", "margin")  # per example, from forward.metrics
 PER_EXAMPLE = "correct_per_example"  # an evaluation's correctness `[n]`, in the progress log
 
 
-def example_metrics(prompt, params, batch, edit, batch_index, *, model, kind, verbalizer,
-                    resume=None):
-  """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention). The noise
-  key is folded with the batch index so that batches get independent noise. resume: (layer,
-  residual) to run the layers from `layer` on alone (see `forward.prompted_apply`)."""
-  if edit is not None:
-    edit = edit.fold_in(batch_index)
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit, resume=resume)
+def batch_edit(edit, batch_index):
+  """`edit` with its noise keys folded with the batch index, so that batches get independent
+  noise (None stays None)."""
+  return None if edit is None else edit.fold_in(batch_index)
+
+
+def example_metrics(prompt, params, batch, edit, *, model, kind, verbalizer, start=0):
+  """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention; `batch_edit`
+  gives each batch its own noise). start: (layer, residual) to run the layers from `layer` on
+  alone (see `forward.prompted_apply`)."""
+  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit, start=start)
   values = forward.metrics(out.logits, out.batch, kind, verbalizer)
   return jnp.stack([values[m] for m in METRICS], axis=1)
 
@@ -53,8 +58,8 @@ def edits_metrics(prompt, params, batch, residual, edits, batch_index, *, layer:
   e, `interventions.stack`) in one call, all leaving the layers below `layer` alone: each runs
   layers [layer, l) from `residual` (`forward.residual_at`, computed once for all of them)."""
   def one(edit):
-    return example_metrics(prompt, params, batch, edit, batch_index, resume=(layer, residual),
-                           **kw)
+    return example_metrics(prompt, params, batch, batch_edit(edit, batch_index),
+                           start=(layer, residual), **kw)
   return jax.vmap(one)(edits)
 
 
@@ -77,12 +82,12 @@ def position_weights(batch, mean_over: str, sites: tuple[str, ...], prompt_lengt
   return hits.astype(jnp.float32) * batch.valid[:, None]
 
 
-def position_moments(prompt, params, batch, *, model, kind, mean_over: str,
+def position_moments(prompt, params, batch, *, model, mean_over: str,
                      sites: tuple[str, ...], prompt_length: int):
   """(sum `[l, i]`, sum of squares `[l, i]`, count) of the neuron activations over the batch's
   `position_weights` positions."""
   b, t = batch.input_ids.shape
-  out = forward.prompted_apply(model, params, prompt, batch, kind=kind, logits=False,
+  out = forward.prompted_apply(model, params, prompt, batch, kind=None,
                                capture=jnp.broadcast_to(jnp.arange(t), (b, t)))
   acts = out.activations.astype(jnp.float32)  # [b, l, t, i]
   w = position_weights(batch, mean_over, sites, prompt_length)
@@ -303,7 +308,8 @@ def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, par
   computed once per batch and kept while the passes of that layer run (`passes`); `width`: the
   count the edits are padded to (`pass_widths`: one program per layer), None their own."""
   kw = dict(model=model, kind=kind, verbalizer=jnp.asarray(verbalizer))
-  metrics_fn = jax.jit(functools.partial(example_metrics, **kw), out_shardings=runner.replicated)
+  metrics_fn = jax.jit(lambda prompt, params, batch, edit, index: example_metrics(
+      prompt, params, batch, batch_edit(edit, index), **kw), out_shardings=runner.replicated)
   batched_fn = jax.jit(functools.partial(edits_metrics, **kw), static_argnames="layer",
                        out_shardings=runner.replicated)
   residual_fn = jax.jit(functools.partial(forward.residual_at, model), static_argnames="layer")
@@ -343,7 +349,7 @@ def _neuron_stats(config, setup, runner: Runner, prompt, params) -> dict:
     return files.load_npz(path)
   vc, c = config.verify, setup.model.config
   moments_fn = jax.jit(functools.partial(
-      position_moments, model=setup.model, kind=setup.task.kind, mean_over=vc.mean_over,
+      position_moments, model=setup.model, mean_over=vc.mean_over,
       sites=config.find.sites, prompt_length=config.prompt.length),
       out_shardings=runner.replicated)
   total, squares, count = (np.zeros((c.num_hidden_layers, c.intermediate_size)),

@@ -1,6 +1,7 @@
 """The soft prompt: its own pytree `{"embeddings": [p, h]}`, separate from the model params.
 
-Where it sits is decided per token by `prompt_index` (`jaxskill.data` builds it): position t of row
+Where it sits is decided per token by `prompt_index` (`jaxskill.tasks.encode` builds it):
+position t of row
 b holds prompt vector `prompt_index[b, t]`, or the token embedding where that is -1. So prefix and
 infix placements, left or right padding, all go through one function.
 """

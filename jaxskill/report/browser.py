@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxskill import files
-from jaxskill.densities import kde, metric_groups
-from jaxskill.selection import neuron_scores
-from jaxskill.significance import fdr_reject
+from jaxskill.runtime import files
+from jaxskill.stats.densities import kde, metric_groups
+from jaxskill.stats.selection import neuron_scores
+from jaxskill.stats.significance import fdr_reject
 
 VERSION = 1
 GRID_POINTS = 48

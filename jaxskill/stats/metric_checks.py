@@ -1,6 +1,7 @@
 """What find adds to summary.json beyond the statistics: the metrics that cannot tell anything
-apart on this split (degenerate metrics), the last-digit shortcut verdict (`jaxskill.shortcut`),
-and whether the prompt the neurons were found under learned (`jaxskill.learning`).
+apart on this split (degenerate metrics), the last-digit shortcut verdict
+(`jaxskill.stats.shortcut`),
+and whether the prompt the neurons were found under learned (`jaxskill.stats.learning`).
 
 A degenerate metric is
   - "constant": one value on every example (none of its correlations is defined), or
@@ -20,8 +21,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-from jaxskill import files, learning, shortcut
 from jaxskill.config import seed_runs
+from jaxskill.runtime import files
+from jaxskill.stats import learning, shortcut
 
 
 def _relation(a: np.ndarray, b: np.ndarray) -> str | None:

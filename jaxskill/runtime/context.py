@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxskill import data as data_lib
-from jaxskill import files, sharding
 from jaxskill.config import RunConfig
 from jaxskill.model import CausalLM, load_model, load_tokenizer
+from jaxskill.runtime import files, sharding
+from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import Task, TaskError, build_task
 
-log = logging.getLogger("jaxskill.setup")
+log = logging.getLogger("jaxskill.runtime.context")
 
 
 # (split name, number of examples) -> the example indices this process feeds.
@@ -69,11 +69,9 @@ def encode_rows(config: RunConfig, setup: "Setup", split: str, rows: np.ndarray
 
 def _encode(config: RunConfig, task: Task, tokenizer, split: str, budget: int,
             rows: np.ndarray | None) -> data_lib.Encoded:
-  return data_lib.encode(
-      task, split, tokenizer, prompt_length=config.prompt.length,
-      placement=config.prompt.placement, max_length=config.data.max_length,
-      truncation=config.data.truncation, append_eos=config.data.append_eos, budget=budget,
-      rows=rows)
+  layout = data_lib.Layout(config.prompt.length, config.prompt.placement, config.data.max_length,
+                           config.data.truncation, config.data.append_eos)
+  return data_lib.encode(task, split, tokenizer, layout, budget=budget, rows=rows)
 
 
 def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:

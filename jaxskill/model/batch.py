@@ -1,6 +1,6 @@
 """The batch every model step reads: one typed pytree instead of a dict of named arrays.
 
-Shapes: b rows, t tokens per row (every row has the same t: `jaxskill.data` pads to
+Shapes: b rows, t tokens per row (every row has the same t: `jaxskill.tasks.encode` pads to
 `data.max_length`). Integer arrays are int32, `valid` and metadata columns float32.
 """
 
@@ -17,7 +17,7 @@ Array = Any  # a numpy array on the host, a jax.Array on the devices
 
 @flax.struct.dataclass
 class Batch:
-  """Rows of an encoded split, in the layout `jaxskill.data` describes.
+  """Rows of an encoded split, in the layout `jaxskill.tasks.encode` describes.
 
   input_ids, attention_mask: `[b, t]` (mask 1 on real tokens, prompt slots included).
   prompt_index: `[b, t]`, the prompt vector at each position, -1 where the token stays (-2 on
@@ -69,7 +69,7 @@ class Batch:
   def window(self, start: Array, width: int) -> "Batch":
     """Columns start[r] .. start[r] + width - 1 of every row r (start int `[b]`), positions
     counted from start: every `[b, t]` array becomes `[b, width]`. What logits computed only at
-    those columns line up with (the answer's tokens, see `jaxskill.forward`)."""
+    those columns line up with (the answer's tokens, see `jaxskill.model.forward`)."""
     cols = start[:, None] + jnp.arange(width)[None]
     cut = {name: jnp.take_along_axis(getattr(self, name), cols, axis=1) for name in
            ("input_ids", "attention_mask", "prompt_index", "targets", "loss_mask")}

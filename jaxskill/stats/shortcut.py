@@ -36,15 +36,17 @@ DRAWS = 1000
 YES, NO, INSUFFICIENT = "yes", "no", "insufficient evidence"
 
 
-def auc(pos, neg) -> float:
+def auc(pos, neg):
   """P(a random `pos` value > a random `neg` value), ties half: the Mann-Whitney U statistic of
-  `pos` over the number of pairs, for two 1-D arrays; NaN if either is empty."""
-  pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
-  if pos.size == 0 or neg.size == 0:
-    return float("nan")
+  `pos` over the number of pairs. Two 1-D arrays give a float (NaN if either is empty); `[d, n]`
+  and `[d, n']` give the d AUCs of their rows `[d]` (one scipy call for a whole bootstrap)."""
+  pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+  if pos.shape[-1] == 0 or neg.shape[-1] == 0:
+    return float("nan") if pos.ndim == 1 else np.full(pos.shape[:-1], np.nan)
   # asymptotic: U is all that is used, and the exact p-value would cost the bootstrap its time
-  u = sps.mannwhitneyu(pos, neg, method="asymptotic").statistic
-  return float(u / (pos.size * neg.size))
+  u = sps.mannwhitneyu(pos, neg, axis=-1, method="asymptotic").statistic
+  out = u / (pos.shape[-1] * neg.shape[-1])
+  return float(out) if np.ndim(out) == 0 else out
 
 
 def groups(activations: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -74,10 +76,13 @@ def neuron_rows(activations: dict, min_effect: float = MIN_EFFECT,
   activations `[n, F]`, metrics `[n, m]`, ...): both AUCs and whether it is, on these examples, a
   shortcut candidate or a whole-answer candidate; shortcut candidates first, best first."""
   right, wrong_last, wrong_else = groups(activations)
+  acts = np.asarray(activations["activations"], np.float64).T  # [F, n]: every feature at once
+  if acts.shape[0] == 0:
+    return []
+  lasts, others = auc(acts[:, wrong_last], acts[:, right]), auc(acts[:, wrong_else], acts[:, right])
   rows = []
   for j, (layer, pos, neuron) in enumerate(np.asarray(activations["features"])):
-    a = np.asarray(activations["activations"])[:, j]
-    last, other = auc(a[wrong_last], a[right]), auc(a[wrong_else], a[right])
+    last, other = float(lasts[j]), float(others[j])
     rows.append({"layer": int(layer), "position": str(activations["position_names"][pos]),
                  "neuron": int(neuron), "feature": j, "auc_last_digit_wrong": last,
                  "auc_elsewhere_wrong": other,
@@ -93,8 +98,10 @@ def neuron_rows(activations: dict, min_effect: float = MIN_EFFECT,
 def _interval(a: np.ndarray, pos: np.ndarray, neg: np.ndarray, rng, draws: int) -> list:
   """95% percentile bootstrap interval of auc(a[pos], a[neg]), resampling within each group."""
   x, y = a[pos], a[neg]
-  values = [auc(x[rng.integers(0, x.size, x.size)], y[rng.integers(0, y.size, y.size)])
-            for _ in range(draws)]
+  # Drawn in the order of one draw at a time (x's rows, then y's), all judged in one call.
+  rows = [(rng.integers(0, x.size, x.size), rng.integers(0, y.size, y.size))
+          for _ in range(draws)]
+  values = auc(x[np.stack([i for i, _ in rows])], y[np.stack([j for _, j in rows])])
   return [float(v) for v in np.quantile(values, [0.025, 0.975])]
 
 

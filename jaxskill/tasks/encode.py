@@ -9,7 +9,7 @@ the BOS of Llama and Mistral tokenizers, nothing for Qwen's). It is the first re
 row, before the prompt too: those models were trained with it there and attend to it as a sink.
 Infix inputs are right-aligned to column W = max_length - P - answer_budget, so the prompt starts
 at column W in every row: the columns [0, W) (special tokens and input) then do not depend on the
-prompt and can be run once without gradients (`jaxskill.train` does).
+prompt and can be run once without gradients (`jaxskill.stages.train` does).
 Classification rows stop before the answer: the logits at `answer_pos` (the last token before the
 answer) are read at the verbalizer tokens. Generation rows hold the answer tokens, and the loss is
 the next-token loss on them only (`loss_mask`).
@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxskill.batch import Batch
+from jaxskill.model.batch import Batch
 from jaxskill.tasks.base import Task, TaskError
 
 
@@ -148,15 +148,28 @@ def answer_budget(task: Task, tokenizer, append_eos: bool = True) -> int:
               for examples in task.splits.values() for ex in examples), default=0)
 
 
-def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: str,
-           max_length: int, truncation: str = "left", append_eos: bool = True,
-           budget: int | None = None, rows: np.ndarray | None = None) -> Encoded:
-  """Encodes one split: n examples -> `[n, max_length]` rows. `budget`: answer tokens to leave
-  room for (default: `answer_budget`). `rows`: tokenize only these example indices (the rows
-  one process feeds, see `eval_rows` and `train_rows`); the rest stay padding rows marked absent
-  in `present`. Labels and metadata, which need no tokenizer, are filled for every row."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a split's rows are laid out (the run config's prompt.length, prompt.placement,
+  data.max_length, data.truncation, data.append_eos): the prompt's length and place ("infix":
+  after the input, "prefix": before it), the row length, which end of a too long input is cut
+  ("left", "right"; "error" refuses it), and whether a generated answer ends with EOS."""
+  prompt_length: int
+  placement: str
+  max_length: int
+  truncation: str = "left"
+  append_eos: bool = True
+
+
+def encode(task: Task, split: str, tokenizer, layout: Layout, *, budget: int | None = None,
+           rows: np.ndarray | None = None) -> Encoded:
+  """Encodes one split: n examples -> `[n, layout.max_length]` rows. `budget`: answer tokens to
+  leave room for (default: `answer_budget`). `rows`: tokenize only these example indices (the
+  rows one process feeds, see `eval_rows` and `train_rows`); the rest stay padding rows marked
+  absent in `present`. Labels and metadata, which need no tokenizer, are filled for every row."""
+  placement, truncation, append_eos = layout.placement, layout.truncation, layout.append_eos
   examples = _split_examples(task, split, placement)
-  n, t, P = len(examples), max_length, prompt_length
+  n, t, P = len(examples), layout.max_length, layout.prompt_length
   pad = pad_id(tokenizer)
   out = {name: np.zeros((n, t), np.int32) for name in
          ("input_ids", "attention_mask", "targets", "loss_mask")}
@@ -192,7 +205,7 @@ def encode(task: Task, split: str, tokenizer, *, prompt_length: int, placement: 
                         " raise max_length or set data.truncation=left|right")
       inp = inp[len(inp) - width:] if truncation == "left" else inp[:width]
       truncated[i] = True
-    _fill_row(out, i, special, inp, answer, placement=placement, width=width, P=P, pad=pad)
+    _fill_row(out, i, (special, inp, answer), placement=placement, width=width, P=P, pad=pad)
   return Encoded(**out, metadata=_columns(examples), n_truncated=int(truncated.sum()),
                  present=present, truncated=truncated, answer_budget=budget)
 
@@ -209,10 +222,12 @@ def _split_examples(task: Task, split: str, placement: str) -> tuple:
   return task.splits[split]
 
 
-def _fill_row(out: dict, i: int, special: list[int], inp: list[int], answer: list[int], *,
+def _fill_row(out: dict, i: int, parts: tuple[list[int], list[int], list[int]], *,
               placement: str, width: int, P: int, pad: int) -> None:
-  """Writes row i of `out` (the arrays of `Encoded`) in the layout of the module docstring.
-  `width`: the room for the input (the special tokens not counted)."""
+  """Writes row i of `out` (the arrays of `Encoded`) in the layout of the module docstring, from
+  its token ids (the special prefix, the input, the answer). `width`: the room for the input
+  (the special tokens not counted)."""
+  special, inp, answer = parts
   S = len(special)
   if placement == "infix":
     lead = width - len(inp)  # left padding: the prompt starts at column S + width in every row

@@ -29,13 +29,13 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from jaxskill import files
-from jaxskill.model.checkpoint import check_checkpoint
 from jaxskill.config import (RunConfig, RunConfigError, config_diff, dump_config, load_config,
                              seed_runs, to_dict)
-from jaxskill.sharding import barrier, is_writer, raise_together, writer_decides
+from jaxskill.model.checkpoint import check_checkpoint
+from jaxskill.runtime import files
+from jaxskill.runtime.sharding import barrier, is_writer, raise_together, writer_decides
 
-log = logging.getLogger("jaxskill.pipeline")
+log = logging.getLogger("jaxskill.runtime.pipeline")
 
 STAGES = ("train", "find", "verify", "report")
 # The config sections each stage's result depends on.
@@ -205,7 +205,7 @@ def manifest(config: RunConfig, stage: str, names: dict | None = None) -> dict[s
 def _trained_under(config: RunConfig) -> bool:
   """Whether the prompt in `config.run_dir` was trained under `config`'s training keys (a
   directory may hold another run's prompt: e.g. one trained before find.seeds was set)."""
-  from jaxskill.train import trained_config_path
+  from jaxskill.stages.train import trained_config_path
   path = trained_config_path(config.run_dir)
   try:
     return path is not None and stage_config(load_config(path), "train") == stage_config(
@@ -325,33 +325,33 @@ def _save_run_config(config: RunConfig) -> None:
 
 
 def _check_training_dirs(config: RunConfig) -> None:
-  from jaxskill.train import check_resume_config
+  from jaxskill.stages.train import check_resume_config
   for c in seed_runs(config):
     check_resume_config(c.run_dir, c)
 
 
 def _check_verify(config: RunConfig) -> None:
-  from jaxskill.verify import check_inputs
+  from jaxskill.stages.verify import check_inputs
   check_inputs(config)
 
 
 def _check_find(config: RunConfig) -> RunConfig:
-  from jaxskill.find_memory import fit
+  from jaxskill.runtime.memory import fit
   return fit(config)
 
 
 def _train(config: RunConfig, progress: bool) -> None:
-  from jaxskill.train import train_seeds
+  from jaxskill.stages.train import train_seeds
   train_seeds(config, progress=progress)
 
 
 def _find(config: RunConfig, progress: bool) -> None:
-  from jaxskill.discover import find
+  from jaxskill.stages.find import find
   find(config, progress=progress)
 
 
 def _verify(config: RunConfig, progress: bool) -> None:
-  from jaxskill.verify import verify
+  from jaxskill.stages.verify import verify
   verify(config, progress=progress)
 
 
@@ -392,7 +392,7 @@ def _report_key(config: RunConfig, record: dict) -> str:
 
 
 def _report(config: RunConfig, progress: bool) -> None:
-  from jaxskill.report import report
+  from jaxskill.report.page import report
   if is_writer():
     report(config.run_dir)
 

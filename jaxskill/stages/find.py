@@ -31,15 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxskill import capture, files, significance, stats
-from jaxskill import data as data_lib
-from jaxskill import metric_checks
-from jaxskill.config import seed_runs
-from jaxskill.runner import Checkpoints, Runner
-from jaxskill.selection import iou, neuron_scores, top_k, top_p_per_layer
-from jaxskill.setup import encode_rows, encoded_split, eval_plan, load_prompt, prepare
+from jaxskill.config import FindConfig, seed_runs
+from jaxskill.model import capture
+from jaxskill.runtime import files
+from jaxskill.runtime.context import encode_rows, encoded_split, eval_plan, load_prompt, prepare
+from jaxskill.runtime.runner import Checkpoints, Runner
+from jaxskill.stats import significance
+from jaxskill.stats import correlator as stats
+from jaxskill.stats import metric_checks
+from jaxskill.stats.selection import iou, neuron_scores, top_k, top_p_per_layer
+from jaxskill.tasks import encode as data_lib
 
-log = logging.getLogger("jaxskill.discover")
+log = logging.getLogger("jaxskill.stages.find")
 
 
 def load_custom_metrics(specs: tuple[str, ...]) -> dict[str, capture.MetricFn]:
@@ -76,10 +79,22 @@ def metric_names(requested: tuple[str, ...], encoded: data_lib.Encoded, kind: st
   return tuple(requested)
 
 
+@dataclasses.dataclass(frozen=True)
+class Streaming:
+  """How `correlate` streams a split: its checkpoints (in `ckpt_dir`, None: none, every
+  `checkpoint_every` batches), the batches accumulated on the device between merges into the
+  host's float64 statistics (`merge_every`), a progress bar, and the permutation null
+  (`permutations` seeded within-batch shuffles of every metric, from `permutation_seed`)."""
+  ckpt_dir: Path | None = None
+  checkpoint_every: int = 0
+  merge_every: int = 16
+  progress: bool = False
+  permutations: int = 0
+  permutation_seed: int = 0
+
+
 def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
-              runner: Runner, ckpt_dir: Path | None = None, checkpoint_every: int = 0,
-              merge_every: int = 16, progress: bool = False, permutations: int = 0,
-              permutation_seed: int = 0,
+              runner: Runner, streaming: Streaming = Streaming(),
               programs: "_StatsPrograms | None" = None) -> tuple[np.ndarray, dict]:
   """Streams `encoded` (n rows) in `runner`'s batches through `probe`; returns (r `[m, l, k, i]`,
   host float64 statistics with the shift "ref_x" `[f]`, "ref_y" `[m]`, f = l k i: the mean
@@ -93,31 +108,30 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
 
   programs: `stats_programs` of the same probe, params, runner and permutations (e.g. built once
   for the prompts of several seeds); None: built here."""
-  m = len(probe.metric_names)
+  m, s, permutations = len(probe.metric_names), streaming, streaming.permutations
   prompt = runner.replicate(prompt)
   params, _ = runner.place(params)
   whole = encoded.batch(probe.metric_names)
   if programs is None:
-    programs = stats_programs(probe, params, prompt, encoded, runner=runner,
-                              permutations=permutations, permutation_seed=permutation_seed)
+    programs = stats_programs(probe, params, prompt, encoded, runner=runner, streaming=s)
   shape = programs.shape
   f = int(np.prod(shape))
   n_batches = runner.n_batches(encoded)
   state = {"stats": stats.init(m, f, permutations or None), "ref_x": np.zeros(f, np.float32),
            "ref_y": np.zeros(m, np.float32), "next_batch": np.int64(0)}
-  ckpt = (Checkpoints(ckpt_dir, every=checkpoint_every) if ckpt_dir is not None
+  ckpt = (Checkpoints(s.ckpt_dir, every=s.checkpoint_every) if s.ckpt_dir is not None
           else contextlib.nullcontext())
   with ckpt:
-    if ckpt_dir is not None:
+    if s.ckpt_dir is not None:
       start, state = ckpt.restore(state)
       state = jax.tree.map(np.asarray, state)
       if start:
         log.info("resuming statistics at batch %d of %d", start, n_batches)
     with _Stream(programs, lambda i: (prompt, params, runner.batch(encoded, i, whole),
-                                      jnp.int32(i)), state, n_batches, merge_every) as stream:
+                                      jnp.int32(i)), state, n_batches, s.merge_every) as stream:
       state = runner.loop(stream.step, state, total=n_batches, start=int(state["next_batch"]),
-                          desc="correlate", progress=progress,
-                          checkpoints=ckpt if ckpt_dir is not None else None)
+                          desc="correlate", progress=s.progress,
+                          checkpoints=ckpt if s.ckpt_dir is not None else None)
   merged = stream.merged
   r = stats.finalize(merged).reshape(m, *shape)
   null_r = stats.finalize_null(merged).reshape(permutations, m, *shape)
@@ -126,14 +140,15 @@ def correlate(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *
 
 
 def stats_programs(probe: capture.Probe, params, prompt, encoded: data_lib.Encoded, *,
-                   runner: Runner, permutations: int = 0,
-                   permutation_seed: int = 0) -> "_StatsPrograms":
-  """The compiled programs of `correlate` for `probe` on `encoded` in `runner`'s batches: the
-  same for every prompt of one shape (the seeds of a run compile once)."""
+                   runner: Runner, streaming: Streaming = Streaming()) -> "_StatsPrograms":
+  """The compiled programs of `correlate` for `probe` on `encoded` in `runner`'s batches (and
+  `streaming`'s permutation null): the same for every prompt of one shape (the seeds of a run
+  compile once)."""
+  permutations = streaming.permutations
   params, param_shardings = runner.place(params)
   shape = jax.eval_shape(probe, prompt, params,
                          runner.batch(encoded, 0, encoded.batch(probe.metric_names)))[0].shape[1:]
-  key = jax.random.PRNGKey(permutation_seed)
+  key = jax.random.PRNGKey(streaming.permutation_seed)
 
   def step(prompt, params, batch, index):
     acts, y = probe(prompt, params, batch)
@@ -331,19 +346,33 @@ def token_texts(tokenizer, encoded: data_lib.Encoded) -> np.ndarray:
 
 # --- outputs ----------------------------------------------------------------------------------
 
-def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *,
-                  n_examples: int, top_k_n: int, top_p: float, threshold: float, fdr_q: float,
-                  extra: dict, null_r: np.ndarray | None = None) -> dict:
-  """r `[m, l, k, i]` -> correlations.npz, neurons.csv, summary.json; returns the summary.
-  With null_r `[P, m, l, k, i]` (the permutation null of one run; None for a mean over seeds,
-  whose r has no such test) also pvalues.npz `[l, k, i]` per metric and each metric's
-  "significance" (`significance.null_summary`)."""
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """What find writes for one run (a seed's, or the mean over seeds): r `[m, l, k, i]` of the
+  metrics `names` at the capture positions `positions`, each metric's number of examples with a
+  value `counts` `[m]` (of `n_examples`), and the permutation null `null_r` `[P, m, l, k, i]`
+  (None: a mean over seeds, whose r has no such test)."""
+  r: np.ndarray
+  names: tuple[str, ...]
+  positions: tuple[str, ...]
+  counts: np.ndarray
+  n_examples: int
+  null_r: np.ndarray | None = None
+
+
+def write_outputs(out_dir: Path, found: Found, ranking: FindConfig, extra: dict) -> dict:
+  """correlations.npz, neurons.csv, summary.json (with `extra`); returns the summary. With a
+  null, also pvalues.npz `[l, k, i]` per metric and each metric's "significance"
+  (`significance.null_summary`). ranking: the find section's top_k, top_p_per_layer, threshold
+  and fdr_q."""
+  r, names, position_names, counts = found.r, found.names, found.positions, found.counts
+  n_examples, null_r, threshold = found.n_examples, found.null_r, ranking.threshold
   summary = {"metrics": {}, "positions": list(position_names), **extra}
   p = None if null_r is None else significance.p_values(r, np.asarray(counts)[:len(names)])
   rows = [["rank", "layer", "position", "neuron", "metric", "r", "n"]]
   for j, name in enumerate(names):
     scores, pos = neuron_scores(r[j])
-    ranked = top_k(scores, top_k_n)
+    ranked = top_k(scores, ranking.top_k)
     for rank, (layer, neuron) in enumerate(ranked, 1):
       k = pos[layer, neuron]
       rows.append([rank, layer, position_names[k], neuron, name,
@@ -355,11 +384,11 @@ def write_outputs(out_dir: Path, r: np.ndarray, names, position_names, counts, *
           "max_abs_r": float(np.nanmax(scores)) if np.isfinite(scores).any() else None,
           "above_threshold": int(np.nansum(scores > threshold)),
           "top_k": [list(x) for x in ranked[:10]],
-          "top_p_per_layer": len(top_p_per_layer(scores, top_p)),
+          "top_p_per_layer": len(top_p_per_layer(scores, ranking.top_p_per_layer)),
       }
     if p is not None:
       summary["metrics"][name]["significance"] = significance.null_summary(
-          r[j], null_r[:, j], p[j], q=fdr_q,
+          r[j], null_r[:, j], p[j], q=ranking.fdr_q,
           thresholds=tuple(sorted({*significance.THRESHOLDS, threshold})))
   summary["threshold"] = threshold
   # correlations.npz last: the stage's record of completion is the pipeline's, but a reader of
@@ -400,8 +429,8 @@ class _Find:
     c = setup.model.config
     like = runner.replicate({"embeddings": jnp.zeros((config.prompt.length, c.hidden_size),
                                                      jnp.float32)})
-    programs = stats_programs(probe, params, like, encoded, runner=runner,
-                              permutations=fc.permutations, permutation_seed=fc.permutation_seed)
+    programs = stats_programs(probe, params, like, encoded, runner=runner, streaming=Streaming(
+        permutations=fc.permutations, permutation_seed=fc.permutation_seed))
     return cls(config, setup, runner, params, encoded, probe, programs)
 
   @property
@@ -412,11 +441,10 @@ class _Find:
   def correlate(self, run, prompt, progress: bool):
     """`correlate` of one (seed) run's prompt, checkpointed in its find_checkpoints/."""
     fc = self.config.find
-    return correlate(self.probe, self.params, prompt, self.encoded,
-                     ckpt_dir=run.run_dir / "find_checkpoints",
-                     checkpoint_every=fc.checkpoint_every, merge_every=fc.merge_every,
-                     progress=progress, runner=self.runner, permutations=fc.permutations,
-                     permutation_seed=fc.permutation_seed, programs=self.programs)
+    streaming = Streaming(run.run_dir / "find_checkpoints", fc.checkpoint_every, fc.merge_every,
+                          progress, fc.permutations, fc.permutation_seed)
+    return correlate(self.probe, self.params, prompt, self.encoded, runner=self.runner,
+                     streaming=streaming, programs=self.programs)
 
   def predictivity(self, run, prompt, st: dict) -> dict | None:
     """The 2022 baseline for a binary label (threshold: the train mean activation, from the
@@ -515,8 +543,8 @@ def find(config, *, progress: bool = True) -> dict:
     if baseline is not None:
       predictivity_summary[run.name] = baseline
   n = len(ctx.encoded)
-  common = dict(n_examples=n, top_k_n=fc.top_k, top_p=fc.top_p_per_layer,
-                threshold=fc.threshold, fdr_q=fc.fdr_q)
+  found = [Found(r, ctx.names, tuple(position_names), counts, n, null_r)
+           for _, r, counts, null_r in results]
   extra = {"split": fc.split, "examples": n, "sites": list(fc.sites),
            "seeds": list(fc.seeds or (config.train.seed,)),
            "predictivity_2022": predictivity_summary or None}
@@ -525,25 +553,24 @@ def find(config, *, progress: bool = True) -> dict:
   ctx.save_activations(r_all, {"embeddings": jnp.asarray(load_prompt(runs[0]))}, position_names)
   # Every process holds the same statistics; one writes them.
   return Runner.write("find: outputs written", lambda: _write_find_outputs(
-      config, results, r_all, ctx.names, position_names, common,
-      {**extra, **metric_checks.find_checks(config, ctx.setup.task)})) or {}
+      config, found, r_all, {**extra, **metric_checks.find_checks(config, ctx.setup.task)})) or {}
 
 
-def _write_find_outputs(config, results, mean_r, names, position_names, common, extra) -> dict:
-  """mean_r: r averaged over the seeds' runs (the one run's r for a single seed)."""
-  if len(results) == 1:
-    _, r, n, null_r = results[0]
-    return write_outputs(config.run_dir, r, names, position_names, n, **common, extra=extra,
-                         null_r=null_r)
-  for run, r, n, null_r in results:  # each seed's significance in its own directory
-    write_outputs(run.run_dir, r, names, position_names, n, **common, extra=extra, null_r=null_r)
+def _write_find_outputs(config, found: list[Found], mean_r: np.ndarray, extra: dict) -> dict:
+  """found: each seed run's (or the one run's); mean_r: r averaged over the seeds' runs (the one
+  run's r for a single seed)."""
+  fc = config.find
+  if len(found) == 1:
+    return write_outputs(config.run_dir, found[0], fc, extra)
+  for run, one in zip(seed_runs(config), found):  # each seed's significance in its own directory
+    write_outputs(run.run_dir, one, fc, extra)
   overlap, ranks = {}, {}
-  for j, name in enumerate(names):
-    scores = [neuron_scores(r[j])[0] for _, r, _, _ in results]
-    sets = [top_k(s, common["top_k_n"]) for s in scores]
+  for j, name in enumerate(found[0].names):
+    scores = [neuron_scores(one.r[j])[0] for one in found]
+    sets = [top_k(s, fc.top_k) for s in scores]
     overlap[name] = float(np.mean([iou(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]))
     ranks[name] = significance.rank_agreement(scores)
-  counts = np.min(np.stack([n for _, _, n, _ in results]), axis=0)
-  return write_outputs(config.run_dir, mean_r, names, position_names, counts, **common,
-                       extra={**extra, "seed_overlap_iou_top_k": overlap,
-                              "seed_rank_correlation": ranks})
+  counts = np.min(np.stack([one.counts for one in found]), axis=0)
+  mean = dataclasses.replace(found[0], r=mean_r, counts=counts, null_r=None)
+  return write_outputs(config.run_dir, mean, fc, {**extra, "seed_overlap_iou_top_k": overlap,
+                                                  "seed_rank_correlation": ranks})
