@@ -18,11 +18,11 @@ DEMO_PROMPTS = ("Q: What is 86 plus 53?\nA:", "Q: What is 74 minus 97?\nA:",
 
 
 def _dtype(name: str):
-  import jax.numpy as jnp
+  from jaxskill.model.checkpoint import DTYPES
   try:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    return DTYPES[name]
   except KeyError:
-    raise SystemExit(f"--dtype must be float32 or bfloat16, got {name!r}") from None
+    raise SystemExit(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
 
 
 def demo_config_path() -> Path:
@@ -164,10 +164,6 @@ def _stage_command(until: str):
   return command
 
 
-def _fmt(x, digits: int = 4) -> str:
-  return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def verify_lines(results: dict) -> list[str]:
   """The headline of verify.json: accuracy with the top-K perturbed against random-K."""
   from jaxskill.report.page import verdict_text
@@ -238,13 +234,14 @@ def cmd_report(args) -> int:
 def _print_results(run_dir: Path, until: str = "report", html: Path | None = None) -> None:
   """What the stages up to `until` found, from the files they wrote (`html`: the report's
   page, if not in the run directory)."""
-  from jaxskill.report.page import train_summaries
+  from jaxskill.report.page import number_text, train_summaries
   from jaxskill.runtime import files
   print(f"run dir: {run_dir}")
   from jaxskill.stats import learning
   for name, t in train_summaries(run_dir):
-    print(f"prompt training ({name}): dev accuracy {_fmt(t['dev_accuracy_at_init'])} at init -> "
-          f"{_fmt(t['best_dev_accuracy'])} best ({t['steps']} steps, resumed from "
+    print(f"prompt training ({name}): dev accuracy {number_text(t['dev_accuracy_at_init'])} "
+          f"at init -> {number_text(t['best_dev_accuracy'])} best ({t['steps']} steps, "
+          f"resumed from "
           f"{t['resumed_from']}, {t['seconds']:.0f}s, truncated inputs {t['truncated']})")
     if "prompt_learned" in t:
       answer = {True: "yes", False: "no", None: "not tested"}[t["prompt_learned"]]
@@ -425,14 +422,14 @@ def main(argv=None) -> int:
   _log_to_stderr()
   _maybe_init_distributed(args)
   from jaxskill.config import RunConfigError
-  from jaxskill.model import CheckpointError, ConfigError
+  from jaxskill.model import CheckpointError, ArchitectureError
   from jaxskill.runtime.checkpoints import CheckpointRestoreError
   from jaxskill.runtime.files import RunLockError
   from jaxskill.stages.train import TrainingDivergedError
   from jaxskill.tasks import TaskError
   try:
     return args.func(args)
-  except (CheckpointError, ConfigError, RunConfigError, TaskError, CheckpointRestoreError,
+  except (CheckpointError, ArchitectureError, RunConfigError, TaskError, CheckpointRestoreError,
           RunLockError, TrainingDivergedError, ValueError, OSError) as e:
     # bad input, or a file system that refuses (read-only, full): one line naming what is wrong
     print(f"jaxskill {args.command}: error: {e}", file=sys.stderr)

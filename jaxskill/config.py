@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from jaxskill.model import interventions
-from jaxskill.tasks import TaskConfig
+from jaxskill.tasks import SPLITS, TaskConfig
 
 
 class RunConfigError(ValueError):
@@ -39,8 +39,9 @@ class ModelConfig:
   remat: bool = False
 
 
-SPLITS = ("train", "dev", "test")
-_SPLIT_TEXT = "train, dev or test"
+_SPLIT_TEXT = ", ".join(SPLITS[:-1]) + f" or {SPLITS[-1]}"
+# The positions a neuron's mean is taken over (verify.mean_over; `verify.position_weights`).
+MEAN_OVER = ("inputs", "site", "all")
 # Per metric: the report keeps every example's activations of this many neurons and the
 # browser the token-level activations of as many examples per neuron; at 100000 the page was
 # 7.7 MB, so these bound it.
@@ -142,8 +143,8 @@ class FindConfig:
   # again with every position captured: the report's token-coloured examples; 0 = none
   browser_examples: int = 5
   merge_every: int = 16  # batches summed on the device (float32) per float64 host merge
-  # Significance (jaxskill.stats.significance): P seeded within-batch shuffles of every metric, taken
-  # in the same pass (each costs one [m, f] co-moment: a shuffled copy shares the metric's
+  # Significance (jaxskill.stats.significance): P seeded within-batch shuffles of every metric,
+  # taken in the same pass (each costs one [m, f] co-moment: a shuffled copy shares the metric's
   # means and M2), for the null of max |r| (FWER) and of the count above each threshold; BH at
   # fdr_q. find estimates its peak memory first (jaxskill.runtime.memory; see fit_memory).
   permutations: int = 20
@@ -211,7 +212,7 @@ class VerifyConfig:
            modes=(bool(self.modes) and all(m in interventions.MODES for m in self.modes),
                   f"a non-empty list of {', '.join(interventions.MODES)}"),
            split=(self.split in SPLITS, _SPLIT_TEXT),
-           mean_over=(self.mean_over in ("inputs", "site", "all"), "inputs, site or all"),
+           mean_over=(self.mean_over in MEAN_OVER, ", ".join(MEAN_OVER)),
            noise_scale=(self.noise_scale in ("neuron_std", "absolute"), "neuron_std or absolute"))
 
 
@@ -227,6 +228,12 @@ class DistributedConfig:
   def __post_init__(self):
     _check(self, num_processes=(self.num_processes >= 0, ">= 0"),
            process_id=(self.process_id >= -1, ">= -1 (-1: from the environment)"))
+
+
+# Per section, the keys that change how a stage logs and checkpoints, never what it computes: the
+# pipeline's fingerprints leave them out, and a training run resumes across a change of them.
+NEUTRAL_KEYS = {"train": ("log_every", "checkpoint_every", "max_to_keep", "async_checkpoint"),
+                "find": ("checkpoint_every",), "verify": ("edits_per_pass",)}
 
 
 @dataclasses.dataclass(frozen=True)

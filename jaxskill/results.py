@@ -65,8 +65,8 @@ class VerifyRow:
   k: int
   neurons: list[tuple[int, int]]
   accuracy_drop: float
-  random_drop_mean: float
-  random_drop_std: float
+  random_drop_mean: float | None
+  random_drop_std: float | None
   p_empirical: float | None
   verdict: str
   untrained_prompt: bool | None

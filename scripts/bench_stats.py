@@ -36,7 +36,7 @@ from jaxskill.model import capture
 from jaxskill.model.architecture import PRESETS
 from jaxskill.runtime.runner import Runner
 from jaxskill.runtime.sharding import make_mesh
-from jaxskill.stages import find as find_stage
+from jaxskill.stats import streaming
 from jaxskill.tasks import encode as data_lib
 from benchlib import (peak_rss_mib, random_params, reset_peak_rss, rss_mib, run_info,
                       time_calls)
@@ -69,7 +69,7 @@ def setup(preset, prompt_length=PROMPT):
 
 
 def overhead(args):
-  """Per-batch time of discovery's real loop (`find_stage.correlate`: forward, statistics, device
+  """Per-batch time of discovery's real loop (`streaming.correlate`: forward, statistics, device
   accumulation, host float64 merges every `--merge-every` batches) against the capture forward
   alone over the same batches. correlate is run over B and 2B batches, B = merge_every, and the
   difference is taken: its compile and first-batch costs cancel and exactly one host merge
@@ -84,8 +84,8 @@ def overhead(args):
   def run_correlate(n_batches):
     part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
     t0 = time.perf_counter()
-    r, st = find_stage.correlate(probe, params, prompt, part, runner=Runner(mesh, args.batch),
-                                 streaming=find_stage.Streaming(merge_every=args.merge_every))
+    r, st = streaming.correlate(probe, params, prompt, part, runner=Runner(mesh, args.batch),
+                                streaming=streaming.Streaming(merge_every=args.merge_every))
     return time.perf_counter() - t0, r
 
   probe = capture.Probe(model, "classification", verbalizer, SITES, PROMPT,
@@ -122,7 +122,7 @@ def memory_one(args):
   t0 = time.perf_counter()
   probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, PROMPT,
                         capture.BUILTIN_METRICS)
-  r, st = find_stage.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch))
+  r, st = streaming.correlate(probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch))
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(dict(examples=args.examples, peak_rss_mib=peak_mib,
                         seconds=time.perf_counter() - t0, n=int(st["n"][0]))))
@@ -151,7 +151,7 @@ def permutations_one(args):
 
 
 def permutation_run(args, p):
-  """find_stage.correlate with p permutations over 2 batches (compiles), then over B and 2B
+  """streaming.correlate with p permutations over 2 batches (compiles), then over B and 2B
   (B = merge_every; from the cache, so their difference over B is the time per batch with one
   host merge per B). Peaks after the params are built: while streaming (read as
   `stats.finalize` starts) and overall (finalize's float64 temporaries included)."""
@@ -161,7 +161,7 @@ def permutation_run(args, p):
   runner, nb = Runner(make_mesh(1), args.batch), args.merge_every
   base = rss_mib()
   reset_peak_rss()
-  stream_peaks, finalize = [], discover.stats.finalize
+  stream_peaks, finalize = [], streaming.stats.finalize
 
   def finalize_recorded(st):
     stream_peaks.append(peak_rss_mib())
@@ -170,16 +170,16 @@ def permutation_run(args, p):
   def run(n_batches):
     part = synthetic(n_batches * args.batch, args.seq, config.vocab_size)
     t0 = time.perf_counter()
-    r, st = find_stage.correlate(probe, params, prompt, part, runner=runner,
-                                 streaming=find_stage.Streaming(merge_every=nb, permutations=p))
+    r, st = streaming.correlate(probe, params, prompt, part, runner=runner,
+                                streaming=streaming.Streaming(merge_every=nb, permutations=p))
     return time.perf_counter() - t0, r.shape, st["null_r"].shape
 
-  discover.stats.finalize = finalize_recorded
+  streaming.stats.finalize = finalize_recorded
   try:
     t_warm, shape, null_shape = run(2)
     (t_short, _, _), (t_long, _, _) = run(nb), run(2 * nb)
   finally:
-    discover.stats.finalize = finalize
+    streaming.stats.finalize = finalize
   per_batch = (t_long - t_short) / nb
   print(json.dumps(dict(
       permutations=p, metrics=shape[0], features=int(np.prod(shape[1:])),
@@ -265,7 +265,7 @@ def overhead_torch(args):
 
 
 def fit_one(args):
-  """One P: find_stage.correlate over --examples with a --prompt-vector prompt and the first
+  """One P: streaming.correlate over --examples with a --prompt-vector prompt and the first
   --metrics built-in metrics; the whole process's peak resident memory (params, compiles and
   the null's float32 r included) beside `memory.peak_bytes` for the same shapes."""
   from jaxskill.runtime import memory
@@ -275,9 +275,9 @@ def fit_one(args):
   probe = capture.Probe(model, "classification", jnp.array([3, 5]), SITES, args.prompt, metrics)
   enc = synthetic(args.examples, args.seq, config.vocab_size, prompt=args.prompt)
   t0 = time.perf_counter()
-  r, st = find_stage.correlate(
+  r, st = streaming.correlate(
       probe, params, prompt, enc, runner=Runner(make_mesh(1), args.batch),
-      streaming=find_stage.Streaming(merge_every=args.merge_every, permutations=p))
+      streaming=streaming.Streaming(merge_every=args.merge_every, permutations=p))
   seconds = time.perf_counter() - t0
   features = int(np.prod(r.shape[1:]))
   need = memory.peak_bytes(

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import jaxskill
-from jaxskill.model.architecture import ModelConfig
+from jaxskill.model.architecture import Architecture
 from jaxskill.tasks import arithmetic as arith
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def main(argv=None):
   print(f"{len(train_problems)} training problems ({len(corpus)} texts), "
         f"{len(test_problems)} held out ({len(test_texts['plus2'])} 2-digit additions)")
 
-  config = ModelConfig(vocab_size=len(tokenizer), hidden_size=args.hidden,
+  config = Architecture(vocab_size=len(tokenizer), hidden_size=args.hidden,
                       intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                       num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,
                       tie_word_embeddings=True, max_position_embeddings=256,

@@ -4,20 +4,18 @@
 import os
 import tempfile
 
-# One persistent compilation cache for the whole run, made by the first process that loads this
-# file (pytest-xdist's controller, or a run without workers) and shared by the workers and the
-# subprocesses that the tests start (they inherit the environment): most of the suite's time on a
-# CPU is compiling the same few programs (the demo model's forward, training step and statistics
-# under many configs, in modules that either worker may run), which a cache keyed on the program
-# compiles once. A cache hit is the same executable. A size limit turns on the cache's file lock,
-# so that processes writing and reading one entry at once never see half of it. A cache the user
-# set up is used and left alone.
+# A persistent compilation cache per test process (an xdist worker runs whole modules), which
+# the subprocesses that the tests start share (they inherit the environment): most of the
+# suite's time on a CPU is compiling the same few programs (the demo model's forward, training
+# step and statistics under many configs), which a cache keyed on the program compiles once. A
+# cache hit is the same executable. A cache the user set up is used and left alone. (One cache
+# shared by both workers needs jax's size limit for its file lock, and with it every write scans
+# the whole cache under the lock: the suite took 2440 s instead of 2217 s, BENCHMARKS.md.)
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxskill-tests-jax-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 import jax
 
@@ -29,8 +27,15 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
-jax.config.update("jax_compilation_cache_max_size",
-                  int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+
+# Shapes in types: the array annotations (jaxtyping) of these modules are checked at every call the
+# tests make, by beartype, with their dimensions consistent within each call. Installed before
+# any test imports jaxskill.
+from jaxtyping import install_import_hook
+
+TYPE_CHECKED = ("jaxskill.stats.selection", "jaxskill.stats.densities", "jaxskill.model.forward",
+                "jaxskill.results")
+install_import_hook(list(TYPE_CHECKED), "beartype.beartype")
 
 import logging
 import shutil
@@ -39,7 +44,7 @@ import pytest
 
 
 def pytest_unconfigure(config):
-  if _OWN_CACHE:  # the run's cache goes with the process that made it (xdist's controller last)
+  if _OWN_CACHE:  # this process's cache goes with it
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 

@@ -25,6 +25,7 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
   from jaxskill.runtime.runner import Runner
   from jaxskill.runtime.sharding import make_mesh
   from jaxskill.stages import find as find_stage
+  from jaxskill.stats import streaming
   from jaxskill.tasks import encode as data_lib
   from jaxskill.tasks import arithmetic_verification
 
@@ -40,9 +41,9 @@ def main(pid: int, nproc: int, port: str, out: str, model_parallel: int = 1) -> 
                         jnp.asarray(data_lib.verbalizer_ids(tok, task.verbalizer)),
                         ("prompt", "last_input"), 4,
                         ("correct", "confidence", "meta_last_digit_only"))
-  r, st = find_stage.correlate(probe, params, prompt, encoded,
-                               runner=Runner(make_mesh(0, model_parallel), 8),
-                               streaming=find_stage.Streaming(merge_every=2))
+  r, st = streaming.correlate(probe, params, prompt, encoded,
+                              runner=Runner(make_mesh(0, model_parallel), 8),
+                              streaming=streaming.Streaming(merge_every=2))
   assert jax.device_count() == 4, jax.devices()
   if jax.process_index() == 0:
     from pathlib import Path

@@ -15,8 +15,8 @@ from jaxskill.config import TrainConfig
 from jaxskill.model import capture
 from jaxskill.runtime import sharding
 from jaxskill.runtime.runner import Runner
-from jaxskill.stages import find as find_stage
 from jaxskill.stages.train import make_optimizer, train_step
+from jaxskill.stats import streaming
 from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import arithmetic_verification
 
@@ -37,11 +37,11 @@ def trained_prompt(model, placed, shardings, prompt, encoded, verbalizer, mesh):
 
 
 def correlations(model, placed, prompt, encoded, verbalizer, mesh):
-  """`find_stage.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
+  """`streaming.correlate` of three metrics at the prompt and last-input sites, batches of 8."""
   probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
                         ("prompt", "last_input"), 4,
                         ("label", "confidence", "meta_last_digit_only"))
-  r, _ = find_stage.correlate(probe, placed, prompt, encoded, runner=Runner(mesh, 8))
+  r, _ = streaming.correlate(probe, placed, prompt, encoded, runner=Runner(mesh, 8))
   return np.asarray(r)
 
 

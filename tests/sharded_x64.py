@@ -2,7 +2,7 @@
 enabled: the demo model's logits and captured activations computed in float64 on one device
 and on a (2 data x 4 model) mesh (tensor and fsdp layouts). In float64 the split matmul sums
 of the mesh differ from one device's only at the 1e-13 level, so what is left of a difference
-is the program, not float32 rounding. The same for the correlations of `find_stage.correlate`
+is the program, not float32 rounding. The same for the correlations of `streaming.correlate`
 (float32 statistics of the float64 activations rounded to float32), and for the prompt after
 one training step. Writes the largest absolute differences to a JSON file.
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxskill
-from jaxskill.model.architecture import ModelConfig
+from jaxskill.model.architecture import Architecture
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -21,7 +21,7 @@ from bench_forward import forward_flops  # noqa: E402
 def test_forward_flops_match_xlas_count_of_the_compiled_forward():
   """XLA counts every op of the (fully unrolled) program; ours counts the matmuls, so it must
   be a little below, by the elementwise work (norms, RoPE, softmax, SwiGLU)."""
-  c = ModelConfig(2000, 256, 704, 3, 4, 2, 1e6)  # GQA: 4 query heads, 2 KV heads
+  c = Architecture(2000, 256, 704, 3, 4, 2, 1e6)  # GQA: 4 query heads, 2 KV heads
   model = jaxskill.CausalLM(c, scan_unroll=c.num_hidden_layers)  # the loop body counted once
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
   ids = jax.ShapeDtypeStruct((2, 64), jnp.int32)

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import pytest
 
 import jaxskill
-from jaxskill.model.architecture import ModelConfig
+from jaxskill.model.architecture import Architecture
 
-CONFIG = ModelConfig(128, 64, 512, 4, 4, 2, 1e4)
+CONFIG = Architecture(128, 64, 512, 4, 4, 2, 1e4)
 B, K = 2, 4
 
 

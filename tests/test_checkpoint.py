@@ -18,7 +18,7 @@ from safetensors.numpy import save_file as st_save_numpy
 from safetensors.torch import load_file as st_load_torch
 
 import jaxskill
-from jaxskill import CheckpointError, ConfigError, ModelConfig
+from jaxskill import Architecture, ArchitectureError, CheckpointError
 from jaxskill.cli import DEMO_MODEL, main
 from jaxskill.model.checkpoint import (abstract_params, name_table,
                                        read_safetensors, resolve_model_dir, write_safetensors)
@@ -122,7 +122,7 @@ def test_bad_config_is_refused(copy_ckpt, case):
   changes, fragments = CONFIG_CASES[case]
   path = copy_ckpt(**UNTIED)
   _edit_config(path, **changes)
-  with pytest.raises(ConfigError) as info:
+  with pytest.raises(ArchitectureError) as info:
     jaxskill.load_model(path)
   msg = str(info.value)
   assert str(path / "config.json") in msg, msg  # names the file
@@ -134,7 +134,7 @@ def test_bad_config_is_refused(copy_ckpt, case):
 def test_config_json_not_json(copy_ckpt):
   path = copy_ckpt(**UNTIED)
   (path / "config.json").write_text("{not json")
-  with pytest.raises(ConfigError, match="not valid JSON") as info:
+  with pytest.raises(ArchitectureError, match="not valid JSON") as info:
     jaxskill.load_model(path)
   assert str(path / "config.json") in str(info.value)
 
@@ -144,7 +144,7 @@ def test_config_json_not_json(copy_ckpt):
 def test_config_json_not_an_object(copy_ckpt, text):
   path = copy_ckpt(**UNTIED)
   (path / "config.json").write_text(text)
-  with pytest.raises(ConfigError, match="expected a JSON object") as info:
+  with pytest.raises(ArchitectureError, match="expected a JSON object") as info:
     jaxskill.load_model(path)
   assert str(path / "config.json") in str(info.value) and text in str(info.value)
 
@@ -152,7 +152,7 @@ def test_config_json_not_an_object(copy_ckpt, text):
 def test_config_json_not_utf8(copy_ckpt):
   path = copy_ckpt(**UNTIED)
   (path / "config.json").write_bytes(b'{"model_type": "qwen\xe92"}')
-  with pytest.raises(ConfigError, match="not UTF-8") as info:
+  with pytest.raises(ArchitectureError, match="not UTF-8") as info:
     jaxskill.load_model(path)
   assert str(path / "config.json") in str(info.value)
 
@@ -654,8 +654,8 @@ def test_zero_kv_heads_is_refused():
   d = {"model_type": "qwen2", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 0,
        "rope_theta": 1e4}
-  with pytest.raises(jaxskill.ConfigError, match="num_key_value_heads"):
-    jaxskill.ModelConfig.from_hf_dict(d)
+  with pytest.raises(jaxskill.ArchitectureError, match="num_key_value_heads"):
+    jaxskill.Architecture.from_hf_dict(d)
 
 
 # --- 5. the CLI -------------------------------------------------------------------------------
@@ -721,15 +721,15 @@ _BASE = dict(model_type="qwen2", vocab_size=97, hidden_size=48, intermediate_siz
 
 
 def test_rope_theta_spellings():
-  top = ModelConfig.from_hf_dict({**_BASE, "rope_theta": 5e5})
-  nested = ModelConfig.from_hf_dict(
+  top = Architecture.from_hf_dict({**_BASE, "rope_theta": 5e5})
+  nested = Architecture.from_hf_dict(
       {**_BASE, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}})
-  both = ModelConfig.from_hf_dict(
+  both = Architecture.from_hf_dict(
       {**_BASE, "rope_theta": 5e5, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}})
   assert top == nested == both
   assert top.rope_theta == 5e5 and isinstance(top.rope_theta, float)
-  with pytest.raises(ConfigError) as info:
-    ModelConfig.from_hf_dict(
+  with pytest.raises(ArchitectureError) as info:
+    Architecture.from_hf_dict(
         {**_BASE, "rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e4,
                                                          "rope_type": "default"}},
         source="some/config.json")
@@ -754,7 +754,7 @@ QWEN25_05B = {
 def test_qwen25_config_is_read():
   """use_mrope is not a field of transformers' Qwen2Config (its Qwen2 model never reads it), so
   it changes nothing there either and is accepted (test_config_fields)."""
-  c = ModelConfig.from_hf_dict(QWEN25_05B)
+  c = Architecture.from_hf_dict(QWEN25_05B)
   assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (14, 2, 64)
   assert c.tie_word_embeddings and c.intermediate_size == 4864
 
@@ -762,7 +762,7 @@ def test_qwen25_config_is_read():
 def test_from_hf_dict_defaults_match_transformers():
   """Optional fields left out read as transformers' Qwen2Config reads them (rope_theta, which
   transformers would default, is required here)."""
-  c = ModelConfig.from_hf_dict({**_BASE, "rope_theta": 1e6})
+  c = Architecture.from_hf_dict({**_BASE, "rope_theta": 1e6})
   hf = transformers.Qwen2Config(**{k: v for k, v in _BASE.items() if k != "model_type"})
   assert c.rms_norm_eps == hf.rms_norm_eps
   assert c.tie_word_embeddings == hf.tie_word_embeddings
@@ -772,11 +772,11 @@ def test_from_hf_dict_defaults_match_transformers():
 
 def test_config_round_trips_through_hf_dict(hf_checkpoint):
   hf, src = hf_checkpoint(**UNTIED)
-  c = ModelConfig.from_json_file(src / "config.json")
+  c = Architecture.from_json_file(src / "config.json")
   assert (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
           c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (97, 48, 80, 2, 6, 2, 8)
   assert c.rope_theta == 1e6 and c.tie_word_embeddings is False
-  assert ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+  assert Architecture.from_hf_dict(c.to_hf_dict()) == c
 
 
 def _count_by_hand(c):
@@ -854,7 +854,7 @@ def test_published_qwen15_config_parses_to_preset():
        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
        "torch_dtype": "bfloat16", "transformers_version": "4.37.0", "use_cache": True,
        "use_sliding_window": False, "vocab_size": 151936}
-  config = jaxskill.ModelConfig.from_hf_dict(d)
+  config = jaxskill.Architecture.from_hf_dict(d)
   preset = jaxskill.PRESETS["qwen1.5-0.5b"]
   for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
@@ -878,7 +878,7 @@ def test_directory_without_tokenizer_files_is_refused(hf_checkpoint):
     jaxskill.load_tokenizer(path)
 
 
-# --- 7. resumable stage checkpoints (jaxskill.runtime.checkpoints) ------------------------------------
+# --- 7. resumable stage checkpoints (jaxskill.runtime.checkpoints) --------------------------------
 
 def _stage_state(kind, step):
   """A training state (device arrays, async saves) or discovery's host statistics state."""

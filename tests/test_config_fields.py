@@ -1,6 +1,6 @@
 """Which config.json fields are accepted: the rule follows transformers' config class of each
-family (jaxskill/model/architecture.py). A field the class reads is handled, inert, at its default or
-refused by name; a field it does not read is accepted and named in one info line."""
+family (jaxskill/model/architecture.py). A field the class reads is handled, inert, at its
+default or refused by name; a field it does not read is accepted and named in one info line."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import jaxskill
-from jaxskill.model import config as config_lib
+from jaxskill.model import architecture as config_lib
 from tests.conftest import HF_CLASSES, make_hf_model
 
 _TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
@@ -38,8 +38,8 @@ def test_save_pretrained_config_loads(tmp_path, caplog, family):
   d = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**d, **_CONVERTER_KEYS}))
   with caplog.at_level(logging.INFO, logger="jaxskill"):
-    ours = jaxskill.ModelConfig.from_json_file(tmp_path / "config.json")
-  assert ours == jaxskill.ModelConfig.from_hf_dict(d)  # the extra keys change nothing
+    ours = jaxskill.Architecture.from_json_file(tmp_path / "config.json")
+  assert ours == jaxskill.Architecture.from_hf_dict(d)  # the extra keys change nothing
   notes = [r.getMessage() for r in caplog.records if "not read by" in r.getMessage()]
   assert len(notes) == 1 and all(repr(k) in notes[0] for k in _CONVERTER_KEYS), notes
   assert str(tmp_path / "config.json") in notes[0] and HF_CLASSES[family][0] in notes[0]
@@ -58,9 +58,9 @@ def test_a_field_the_class_reads_is_refused_unless_at_its_default(monkeypatch):
   real = config_lib.hf_fields
   monkeypatch.setattr(config_lib, "hf_fields", lambda f: {**real(f), "new_knob": 0})
   d = {"model_type": "llama", **_TINY, "rope_theta": 1e4}
-  jaxskill.ModelConfig.from_hf_dict({**d, "new_knob": 0})
-  with pytest.raises(jaxskill.ConfigError) as info:
-    jaxskill.ModelConfig.from_hf_dict({**d, "new_knob": 2}, source="m/config.json")
+  jaxskill.Architecture.from_hf_dict({**d, "new_knob": 0})
+  with pytest.raises(jaxskill.ArchitectureError) as info:
+    jaxskill.Architecture.from_hf_dict({**d, "new_knob": 2}, source="m/config.json")
   msg = str(info.value)
   for fragment in ("m/config.json: ", "['new_knob']", "LlamaConfig", "new_knob=2"):
     assert fragment in msg, (fragment, msg)
@@ -75,7 +75,8 @@ def test_unread_fields_change_nothing():
   for family, extra in cases.items():
     d = {"model_type": family, **_TINY, "rope_theta": 1e4}
     assert not set(extra) & set(config_lib.hf_fields(family)), family  # premise
-    assert jaxskill.ModelConfig.from_hf_dict({**d, **extra}) == jaxskill.ModelConfig.from_hf_dict(d)
+    assert (jaxskill.Architecture.from_hf_dict({**d, **extra})
+            == jaxskill.Architecture.from_hf_dict(d))
 
 
 # Values far from each inert field's default.

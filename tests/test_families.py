@@ -196,7 +196,7 @@ def test_missing_fields_read_as_transformers_reads_them(family):
   for Qwen3)."""
   import transformers
   from tests.conftest import HF_CLASSES
-  ours = jaxskill.ModelConfig.from_hf_dict({"model_type": family, **_MINIMAL})
+  ours = jaxskill.Architecture.from_hf_dict({"model_type": family, **_MINIMAL})
   hf = getattr(transformers, HF_CLASSES[family][0])(**_MINIMAL)
   assert ours.head_dim == (getattr(hf, "head_dim", None) or 128 // 32)
   assert ours.num_key_value_heads == hf.num_key_value_heads
@@ -215,7 +215,7 @@ def test_published_configs_parse(hub):
   import transformers
   from tests.family_like import HUB_CONFIGS
   d = HUB_CONFIGS[hub]
-  ours = jaxskill.ModelConfig.from_hf_dict(d, source=hub)
+  ours = jaxskill.Architecture.from_hf_dict(d, source=hub)
   hf = transformers.AutoConfig.for_model(d["model_type"], **{
       k: v for k, v in d.items() if k not in ("model_type", "architectures")})
   assert (ours.num_hidden_layers, ours.intermediate_size, ours.hidden_size) == (
@@ -262,8 +262,8 @@ def test_published_configs_parse(hub):
      ["num_attention_heads=6", "num_key_value_heads=32"]),  # transformers' default, not 6
 ])
 def test_family_fields_are_refused_by_name(change, fragments):
-  with pytest.raises(jaxskill.ConfigError) as info:
-    jaxskill.ModelConfig.from_hf_dict({**_MINIMAL, **change}, source="x/config.json")
+  with pytest.raises(jaxskill.ArchitectureError) as info:
+    jaxskill.Architecture.from_hf_dict({**_MINIMAL, **change}, source="x/config.json")
   msg = str(info.value)
   assert msg.startswith("x/config.json: ")
   for fragment in fragments:
@@ -277,9 +277,9 @@ def test_config_round_trips_and_transformers_reads_it(hf_checkpoint, case):
   transformers reads it as the family's model with the same RoPE and window."""
   import transformers
   hf, path = hf_checkpoint(**CASES[case])
-  c = jaxskill.ModelConfig.from_json_file(path / "config.json")
+  c = jaxskill.Architecture.from_json_file(path / "config.json")
   d = c.to_hf_dict()
-  assert jaxskill.ModelConfig.from_hf_dict(d) == c
+  assert jaxskill.Architecture.from_hf_dict(d) == c
   back = transformers.AutoConfig.for_model(d["model_type"], **{
       k: v for k, v in d.items() if k not in ("model_type", "architectures")})
   assert back.rope_parameters == hf.config.rope_parameters

@@ -16,6 +16,7 @@ from jaxskill.runtime.pipeline import run
 from jaxskill.runtime.runner import Runner
 from jaxskill.runtime.sharding import make_mesh
 from jaxskill.stages import find as find_stage
+from jaxskill.stats import streaming
 from jaxskill.stats import selection
 from jaxskill.stats import correlator as stats
 from jaxskill.tasks import encode as data_lib
@@ -77,8 +78,8 @@ def _correlate(planted, names, **kw):
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0), (4, H))}
   probe = capture.Probe(model, "classification", jnp.asarray(verbalizer),
                         kw.pop("sites", ("last_input",)), 4, names)
-  return find_stage.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 16),
-                              streaming=find_stage.Streaming(**kw))
+  return streaming.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 16),
+                             streaming=streaming.Streaming(**kw))
 
 
 def _float64(planted):
@@ -285,7 +286,7 @@ def test_predictivity_finds_the_planted_neuron_and_matches_numpy(planted):
     probe = capture.Probe(model, "classification", jnp.asarray(verbalizer), ("last_input",), 4,
                           ("label",))
     acc, n = find_stage.predictivity(probe, params, prompt, encoded, baseline.astype(np.float32),
-                                   runner=Runner(make_mesh(1), 16))
+                                     runner=Runner(make_mesh(1), 16))
     assert n == len(encoded) and acc.shape == (L, 1, I)
     # numpy reference from the captured activations themselves
     acts, _ = probe(prompt, params, jax.tree.map(jnp.asarray, encoded.batch()))

@@ -17,14 +17,14 @@ def test_the_count_by_hand():
   #       4 x 6 x 20 (the fetched float32 accumulator) = 480, 4 x 3 x 20 x 2 seeds' null r = 480
   # device: 3 accumulators x 4 x 6 x 20 = 1440, params 100, batch 4 x 4 x 4 x 10 = 640
   need = memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=2,
-                                param_bytes=100, batch_size=4)
-  assert need.host == 1280 + 480 + 480 + find_memory.PROCESS_BYTES
+                           param_bytes=100, batch_size=4)
+  assert need.host == 1280 + 480 + 480 + memory.PROCESS_BYTES
   assert need.device == 1440 + 100 + 640
   # Each permutation costs 8 + 4 + 4 (host) + 12 (device) bytes per (metric, feature) per seed
   more = memory.peak_bytes(metrics=2, features=10, permutations=4, seeds=1,
-                                param_bytes=100, batch_size=4)
+                           param_bytes=100, batch_size=4)
   less = memory.peak_bytes(metrics=2, features=10, permutations=3, seeds=1,
-                                param_bytes=100, batch_size=4)
+                           param_bytes=100, batch_size=4)
   assert more.total() - less.total() == (8 + 4 + 4 + 12) * 20
 
 
@@ -81,7 +81,7 @@ def test_the_largest_fitting_permutations_is_the_one_a_linear_search_finds():
   # The peak of `peak_bytes` grows with P; bisection must land where counting down does.
   def need(p):
     return memory.peak_bytes(metrics=3, features=2048, permutations=p, seeds=1,
-                                  param_bytes=10_000, batch_size=16)
+                             param_bytes=10_000, batch_size=16)
   total = lambda p: need(p).total()  # noqa: E731
   for room in (total(0) - 1, total(0), total(7), total(7) + 1, total(50) - 1, total(200)):
     linear = next((p for p in range(100, -1, -1) if memory.fits(need(p), room, None)), None)

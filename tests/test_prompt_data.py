@@ -174,8 +174,8 @@ def test_encode_only_some_rows(tokenizer):
   with pytest.raises(RuntimeError, match=r"rows \[0, 5\] were not encoded"):
     part.check_rows(np.array([0, 1, 5]))
   with pytest.raises(RuntimeError, match="not encoded"):
-    next(data_lib.eval_batches(part, 2))  # rows 0 and 1: row 0 is another process's
-  got = [b.input_ids for b in data_lib.eval_batches(part, 3, local=np.array([1]))]
+    data_lib.eval_batch(part, 2, 0)  # rows 0 and 1: row 0 is another process's
+  got = [data_lib.eval_batch(part, 3, i, local=np.array([1])).input_ids for i in range(2)]
   np.testing.assert_array_equal(np.concatenate(got), whole.input_ids[[1, 4]])
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from jaxskill.config import load_config
 from jaxskill.model import capture
-from jaxskill.model import ModelConfig
+from jaxskill.model import Architecture
 from jaxskill.model.checkpoint import resolve_model_dir
 from jaxskill.tasks import build_task
 from tests.real_models import RUN_ON_REAL
@@ -91,7 +91,7 @@ def test_family_configs_run_the_arithmetic_experiment(name):
   changed, and its hub id's published config.json is of the family it says."""
   import yaml
   from jaxskill.config import to_dict
-  from jaxskill.model import ModelConfig
+  from jaxskill.model import Architecture
   from tests.family_like import HUB_CONFIGS
   path = ROOT / "configs" / name
   hub, family = FAMILY_CONFIGS[name]
@@ -107,7 +107,7 @@ def test_family_configs_run_the_arithmetic_experiment(name):
       k: v for k, v in base.items() if k not in ("name", "model")}
   size = path.stem.removeprefix("arithmetic_")
   assert config.model.path == hub and config.name == f"{path.parent.name}-{size}-arithmetic"
-  assert ModelConfig.from_hf_dict(HUB_CONFIGS[hub]).model_type == family
+  assert Architecture.from_hf_dict(HUB_CONFIGS[hub]).model_type == family
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def _check_outputs(config, own) -> None:
     if own.find.metrics:
       assert sorted(corr.files) == sorted(own.find.metrics)
     positions = len(capture.site_positions(config.find.sites, PROMPT, config.prompt.placement))
-    model = ModelConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json")
+    model = Architecture.from_json_file(resolve_model_dir(config.model.path) / "config.json")
     for name in corr.files:
       assert corr[name].shape == (model.num_hidden_layers, positions,
                                   model.intermediate_size), name

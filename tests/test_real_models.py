@@ -52,7 +52,7 @@ def test_converted_config_loads_and_names_the_unread_fields(real, caplog):
   d = json.loads((path / "config.json").read_text())
   assert "quantization_config" not in d
   with caplog.at_level(logging.INFO, logger="jaxskill"):
-    c = jaxskill.ModelConfig.from_json_file(path / "config.json")
+    c = jaxskill.Architecture.from_json_file(path / "config.json")
   assert (c.num_hidden_layers, c.num_key_value_heads) == (hf.config.num_hidden_layers,
                                                           hf.config.num_key_value_heads)
   unread = [r.getMessage() for r in caplog.records if "not read by" in r.getMessage()]

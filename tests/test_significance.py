@@ -14,7 +14,7 @@ import jaxskill
 from jaxskill.model import capture
 from jaxskill.runtime.runner import Runner
 from jaxskill.runtime.sharding import make_mesh
-from jaxskill.stages import find as find_stage
+from jaxskill.stats import streaming
 from jaxskill.stats import significance
 from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import arithmetic_verification
@@ -92,8 +92,8 @@ def random_labels():
                         ("last_input", "answer"), 4, names)
   prompt = {"embeddings": 0.05 * jax.random.normal(jax.random.PRNGKey(0),
                                                     (4, model.config.hidden_size))}
-  r, st = find_stage.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 32),
-                               streaming=find_stage.Streaming(permutations=20))
+  r, st = streaming.correlate(probe, params, prompt, encoded, runner=Runner(make_mesh(1), 32),
+                              streaming=streaming.Streaming(permutations=20))
   return r, st, len(encoded)
 
 

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ArchitectureError(ValueError):
   """A checkpoint config that jaxskill cannot represent faithfully."""
 
 
@@ -77,14 +77,15 @@ class RopeScaling:
                  "original_max_position_embeddings"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"field 'rope_scaling.{name}' must be a positive number, got {value!r}")
+        raise ArchitectureError(
+            f"field 'rope_scaling.{name}' must be a positive number, got {value!r}")
     if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
-      raise ConfigError(f"rope_scaling: high_freq_factor={self.high_freq_factor} must exceed "
-                        f"low_freq_factor={self.low_freq_factor}")
+      raise ArchitectureError(f"rope_scaling: high_freq_factor={self.high_freq_factor} must exceed "
+                              f"low_freq_factor={self.low_freq_factor}")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class Architecture:
   """The architecture of a dense checkpoint of one of `FAMILIES` (HF field names, plus the
   family's switches: `qkv_bias`, `o_bias`, `qk_norm`, `rope_scaling`, `sliding_window`)."""
   vocab_size: int
@@ -113,23 +114,23 @@ class ModelConfig:
                  "num_attention_heads", "num_key_value_heads"):
       _positive_int(self, name)
     if self.model_type not in FAMILIES:
-      raise ConfigError(f"field 'model_type' must be one of {sorted(FAMILIES)}, got "
-                        f"{self.model_type!r}")
+      raise ArchitectureError(f"field 'model_type' must be one of {sorted(FAMILIES)}, got "
+                              f"{self.model_type!r}")
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ConfigError(
+      raise ArchitectureError(
           f"num_attention_heads={self.num_attention_heads} is not a multiple of "
           f"num_key_value_heads={self.num_key_value_heads}")
     if self.head_dim_override is None and self.hidden_size % self.num_attention_heads:
-      raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by "
-                        f"num_attention_heads={self.num_attention_heads}")
+      raise ArchitectureError(f"hidden_size={self.hidden_size} is not divisible by "
+                              f"num_attention_heads={self.num_attention_heads}")
     if self.head_dim_override is not None:
       _positive_int(self, "head_dim_override", "head_dim")
     if self.head_dim % 2:
-      raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+      raise ArchitectureError(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if not self.rope_theta > 0:
-      raise ConfigError(f"field 'rope_theta' must be positive, got {self.rope_theta!r}")
+      raise ArchitectureError(f"field 'rope_theta' must be positive, got {self.rope_theta!r}")
     if not self.rms_norm_eps > 0:
-      raise ConfigError(f"field 'rms_norm_eps' must be positive, got {self.rms_norm_eps!r}")
+      raise ArchitectureError(f"field 'rms_norm_eps' must be positive, got {self.rms_norm_eps!r}")
     if self.sliding_window is not None:
       _positive_int(self, "sliding_window")
 
@@ -161,7 +162,7 @@ class ModelConfig:
 
   @classmethod
   def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json", *,
-                   log_unread: bool = True) -> "ModelConfig":
+                   log_unread: bool = True) -> "Architecture":
     """Validates an HF config dict of one of `FAMILIES`; `source` names the file in errors.
     `log_unread`: name the fields transformers' class does not read in an info line (off where
     the same file was checked and named already)."""
@@ -194,26 +195,26 @@ class ModelConfig:
           qk_norm=family == "qwen3", rope_scaling=scaling,
           sliding_window=d.get("sliding_window") if family == "mistral" else None,
       )
-    except (ConfigError, TypeError, ValueError) as e:
+    except (ArchitectureError, TypeError, ValueError) as e:
       _fail(source, str(e))
 
   @classmethod
-  def from_json_file(cls, path: str | Path, *, log_unread: bool = True) -> "ModelConfig":
+  def from_json_file(cls, path: str | Path, *, log_unread: bool = True) -> "Architecture":
     """Reads and validates an HF `config.json`; errors name the file."""
     path = Path(path)
     try:
       d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-      raise ConfigError(f"{path}: file not found") from None
+      raise ArchitectureError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
-      raise ConfigError(f"{path}: not valid JSON ({e})") from None
+      raise ArchitectureError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-      raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+      raise ArchitectureError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-      raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+      raise ArchitectureError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(d, dict):
-      raise ConfigError(f"{path}: expected a JSON object ({{...}}) at the top level, got "
-                        f"{json.dumps(d)[:80]}")
+      raise ArchitectureError(f"{path}: expected a JSON object ({{...}}) at the top level, got "
+                              f"{json.dumps(d)[:80]}")
     return cls.from_hf_dict(d, source=str(path), log_unread=log_unread)
 
   def to_hf_dict(self) -> dict[str, Any]:
@@ -253,10 +254,10 @@ class ModelConfig:
     return d
 
 
-def _positive_int(config: ModelConfig, name: str, field: str | None = None) -> None:
+def _positive_int(config: Architecture, name: str, field: str | None = None) -> None:
   value = getattr(config, name)
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(f"field '{field or name}' must be a positive integer, got {value!r}")
+    raise ArchitectureError(f"field '{field or name}' must be a positive integer, got {value!r}")
 
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -302,8 +303,8 @@ _REFUSED = {
 
 
 def _fail(source: str, msg: str) -> NoReturn:
-  """Raises a ConfigError that names the config file."""
-  raise ConfigError(f"{source}: {msg}")
+  """Raises a ArchitectureError that names the config file."""
+  raise ArchitectureError(f"{source}: {msg}")
 
 
 def _check_supported(d: dict[str, Any], source: str, log_unread: bool = True) -> str:
@@ -392,27 +393,27 @@ def _rope(d: dict[str, Any], source: str) -> tuple[Any, RopeScaling | None]:
           f"got {sorted(spec)}")
   try:
     return theta, RopeScaling(rope_type, **spec)
-  except ConfigError as e:
+  except ArchitectureError as e:
     _fail(source, str(e))
 
 
 # Named presets of the published Qwen1.5 sizes (from their config.json files on the hub), used for
 # shape checks with `jax.eval_shape` and for benchmarks with random weights.
-PRESETS: dict[str, ModelConfig] = {
-    "qwen1.5-0.5b": ModelConfig(151936, 1024, 2816, 24, 16, 16, 1e6, tie_word_embeddings=True),
-    "qwen1.5-1.8b": ModelConfig(151936, 2048, 5504, 24, 16, 16, 1e6),
-    "qwen1.5-4b": ModelConfig(151936, 2560, 6912, 40, 20, 20, 5e6),
-    "qwen1.5-7b": ModelConfig(151936, 4096, 11008, 32, 32, 32, 1e6),
-    "qwen1.5-14b": ModelConfig(152064, 5120, 13696, 40, 40, 40, 1e6),
-    "qwen1.5-32b": ModelConfig(152064, 5120, 27392, 64, 40, 8, 1e6),
-    "qwen1.5-72b": ModelConfig(152064, 8192, 24576, 80, 64, 64, 1e6),
+PRESETS: dict[str, Architecture] = {
+    "qwen1.5-0.5b": Architecture(151936, 1024, 2816, 24, 16, 16, 1e6, tie_word_embeddings=True),
+    "qwen1.5-1.8b": Architecture(151936, 2048, 5504, 24, 16, 16, 1e6),
+    "qwen1.5-4b": Architecture(151936, 2560, 6912, 40, 20, 20, 5e6),
+    "qwen1.5-7b": Architecture(151936, 4096, 11008, 32, 32, 32, 1e6),
+    "qwen1.5-14b": Architecture(152064, 5120, 13696, 40, 40, 40, 1e6),
+    "qwen1.5-32b": Architecture(152064, 5120, 27392, 64, 40, 8, 1e6),
+    "qwen1.5-72b": Architecture(152064, 8192, 24576, 80, 64, 64, 1e6),
     # The other families' small sizes, from the same published files.
-    "qwen2.5-0.5b": ModelConfig(151936, 896, 4864, 24, 14, 2, 1e6, tie_word_embeddings=True),
-    "qwen3-0.6b": ModelConfig(151936, 1024, 3072, 28, 16, 8, 1e6, tie_word_embeddings=True,
-                              head_dim_override=128, model_type="qwen3", qkv_bias=False,
-                              qk_norm=True),
-    "llama-3.2-1b": ModelConfig(128256, 2048, 8192, 16, 32, 8, 5e5, 1e-5,
-                                tie_word_embeddings=True, max_position_embeddings=131072,
-                                head_dim_override=64, model_type="llama", qkv_bias=False,
-                                rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)),
+    "qwen2.5-0.5b": Architecture(151936, 896, 4864, 24, 14, 2, 1e6, tie_word_embeddings=True),
+    "qwen3-0.6b": Architecture(151936, 1024, 3072, 28, 16, 8, 1e6, tie_word_embeddings=True,
+                               head_dim_override=128, model_type="qwen3", qkv_bias=False,
+                               qk_norm=True),
+    "llama-3.2-1b": Architecture(128256, 2048, 8192, 16, 32, 8, 5e5, 1e-5,
+                                 tie_word_embeddings=True, max_position_embeddings=131072,
+                                 head_dim_override=64, model_type="llama", qkv_bias=False,
+                                 rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)),
 }

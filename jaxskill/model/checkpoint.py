@@ -25,8 +25,9 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
-from jaxskill.model.architecture import ModelConfig
+from jaxskill.model.architecture import Architecture
 from jaxskill.model.modules import CausalLM
+from jaxskill.runtime.files import atomic_write
 
 log = logging.getLogger("jaxskill.checkpoint")
 
@@ -45,6 +46,8 @@ _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 # The small checkpoint shipped with the package; "demo" names it wherever a model path is asked.
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+# The dtypes a model is read in, by the names configs and the command line use.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "generation_config.json",
@@ -114,9 +117,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
   for name, array in arrays.items():
     if array.dtype not in _ST_NAMES:
       raise TypeError(f"cannot write tensor '{name}' of dtype {array.dtype} to safetensors")
-  tmp = Path(str(path) + ".tmp")
-  safetensors.numpy.save_file(arrays, tmp, metadata={"format": "pt"})
-  os.replace(tmp, path)  # a reader never sees a half-written file
+  # A reader never sees a half-written file.
+  atomic_write(path, lambda tmp: safetensors.numpy.save_file(
+      arrays, tmp, metadata={"format": "pt"}), "path")
 
 
 def _hf_tensors(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
@@ -182,7 +185,7 @@ _TOP_TABLE = {
 }
 
 
-def name_table(config: ModelConfig, expected: dict | None = None) -> tuple[dict, dict]:
+def name_table(config: Architecture, expected: dict | None = None) -> tuple[dict, dict]:
   """(top-level, per-layer) HF name -> (param path, transpose) for the tensors `config`'s model
   has: the q/k/v and o_proj biases, q/k norms and LM head only where its family has them.
   `expected`: the config's `abstract_params`, when the caller has them already (a trace)."""
@@ -200,7 +203,7 @@ def _has(tree: dict, path: str) -> bool:
   return True
 
 
-def abstract_params(config: ModelConfig, dtype=jnp.float32) -> dict:
+def abstract_params(config: Architecture, dtype=jnp.float32) -> dict:
   """The param tree as ShapeDtypeStructs of `dtype` (layer params stacked `[l, ...]`); no memory
   is allocated."""
   model = CausalLM(config, dtype=dtype, param_dtype=dtype)
@@ -237,7 +240,7 @@ class LazyParam:
     return self._read(index)
 
 
-def lazy_params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float32) -> dict:
+def lazy_params_from_hf(hf_dir: str | Path, config: Architecture, dtype=jnp.float32) -> dict:
   """Validates the HF tensors of `hf_dir` (names, shapes) and returns the jaxskill param tree
   with `LazyParam` leaves; nothing but the headers is read yet.
 
@@ -271,7 +274,7 @@ def _where(files: dict[str, Path], name: str) -> str:
   return f"{files[name]}: tensor '{name}'"
 
 
-def _check_names(tensors: dict[str, np.ndarray], files: dict[str, Path], config: ModelConfig,
+def _check_names(tensors: dict[str, np.ndarray], files: dict[str, Path], config: Architecture,
                  layer: dict) -> None:
   """Raises for a tensor that is not in the config's `layer` table (or the top-level one), or
   is for a layer past num_hidden_layers."""
@@ -338,13 +341,13 @@ def _sliced_shape(shape, idx) -> tuple[int, ...]:
   return tuple(len(range(*s.indices(n))) for s, n in zip(idx, shape))
 
 
-def params_from_hf(hf_dir: str | Path, config: ModelConfig, dtype=jnp.float32) -> dict:
+def params_from_hf(hf_dir: str | Path, config: Architecture, dtype=jnp.float32) -> dict:
   """Reads and validates the HF tensors of `hf_dir` into the jaxskill param tree (numpy arrays
   of `dtype`, shaped as in `lazy_params_from_hf`)."""
   return jax.tree.map(lambda p: p.read(), lazy_params_from_hf(hf_dir, config, dtype))
 
 
-def sharded_params_from_hf(hf_dir: str | Path, config: ModelConfig, shardings,
+def sharded_params_from_hf(hf_dir: str | Path, config: Architecture, shardings,
                            dtype=jnp.float32) -> dict:
   """The params straight into `shardings` (a tree of `jax.sharding.Sharding`): each device's
   shard is read from disk on its own, and a process reads only the shards of its devices; the
@@ -355,7 +358,7 @@ def sharded_params_from_hf(hf_dir: str | Path, config: ModelConfig, shardings,
                       shardings)
 
 
-def params_to_hf_tensors(params: dict, config: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
+def params_to_hf_tensors(params: dict, config: Architecture, dtype=None) -> dict[str, np.ndarray]:
   """The inverse of `params_from_hf`: HF tensor names -> numpy arrays (torch layout).
 
   Stacked layer params `[l, ...]` become one tensor per layer; Dense kernels `[in, out]` become
@@ -411,7 +414,7 @@ def is_converted(model_dir: Path) -> bool:
   return (model_dir / "jaxskill.json").exists()
 
 
-def save_converted(out_dir: str | Path, params: dict, config: ModelConfig,
+def save_converted(out_dir: str | Path, params: dict, config: Architecture,
                    tokenizer_dir: str | Path | None = None) -> Path:
   """Writes params with orbax plus config and tokenizer files, for a fast reload."""
   import orbax.checkpoint as ocp
@@ -431,7 +434,7 @@ def save_converted(out_dir: str | Path, params: dict, config: ModelConfig,
   return out_dir
 
 
-def load_converted(model_dir: Path, config: ModelConfig, dtype, shardings=None) -> dict:
+def load_converted(model_dir: Path, config: Architecture, dtype, shardings=None) -> dict:
   """The orbax params of a converted dir; with `shardings`, restored straight into them (orbax
   reads each shard's chunks only)."""
   import orbax.checkpoint as ocp
@@ -490,7 +493,7 @@ def _damaged(path: Path, error: BaseException | None) -> CheckpointError:
                          "convert the model again")
 
 
-def export_hf(out_dir: str | Path, params: dict, config: ModelConfig,
+def export_hf(out_dir: str | Path, params: dict, config: Architecture,
               tokenizer_dir: str | Path | None = None, dtype=None) -> Path:
   """Writes an HF directory (`config.json`, `model.safetensors`) that transformers loads."""
   out_dir = Path(out_dir)
@@ -520,12 +523,12 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   `dtype` is both the param and the compute dtype (float32 or bfloat16). With a `mesh`, the
   params are read straight into their `layout` on it (see `jaxskill.runtime.sharding`): each device
   reads its own shard, never the whole model on one host. `log_unread`: see
-  `ModelConfig.from_hf_dict`.
+  `Architecture.from_hf_dict`.
   """
   model_dir = resolve_model_dir(path)
   if not (model_dir / "config.json").exists():
     raise CheckpointError(f"{model_dir}: no config.json")
-  config = ModelConfig.from_json_file(model_dir / "config.json", log_unread=log_unread)
+  config = Architecture.from_json_file(model_dir / "config.json", log_unread=log_unread)
   shardings = None
   if mesh is not None:
     from jaxskill.runtime.sharding import param_shardings
@@ -539,14 +542,14 @@ def load_model(path: str | os.PathLike, dtype=jnp.float32, *, remat: bool = Fals
   return CausalLM(config, dtype=dtype, param_dtype=dtype, remat=remat), params
 
 
-def check_checkpoint(path: str | os.PathLike) -> ModelConfig:
+def check_checkpoint(path: str | os.PathLike) -> Architecture:
   """The config of the checkpoint at `path`, validated without reading weights: its directory,
   config.json, tokenizer files and weight files; raises what `load_model` / `load_tokenizer`
   would, so that a run refuses it before it creates anything."""
   model_dir = resolve_model_dir(path)
   if not (model_dir / "config.json").exists():
     raise CheckpointError(f"{model_dir}: no config.json")
-  config = ModelConfig.from_json_file(model_dir / "config.json")
+  config = Architecture.from_json_file(model_dir / "config.json")
   if not (is_converted(model_dir) or any(model_dir.glob("*.safetensors"))):
     raise CheckpointError(f"{model_dir}: no *.safetensors weights (nor converted params)")
   _require_tokenizer(model_dir)

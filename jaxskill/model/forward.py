@@ -17,11 +17,13 @@ k captured positions per row, i neurons per layer.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from jaxskill.model import prompt as prompt_lib
 from jaxskill.model import CausalLM, layer_range, neuron_activations
@@ -42,20 +44,21 @@ METRICS = ("label", "confidence", "max_prob", "margin", "loss", "correct", "entr
 
 class Output(NamedTuple):
   """What `prompted_apply` returns."""
-  logits: jax.Array | None  # `[b, v]` (classification) or `[b, q, v]` (generation, see `batch`)
-  activations: jax.Array | None  # `[b, l, k, i]` at the `capture` positions, or None
+  logits: Float[Array, "b *q v"] | None  # `[b, v]` (classification), `[b, q, v]` (generation)
+  activations: Float[Array, "b l k i"] | None  # at the `capture` positions, or None
   batch: Batch  # the batch the logits line up with: for generation the answer's window
   # `[b, q]` (or the columns from `input_cols` on, `[b, t - input_cols]`, when q is unknown)
 
 
-def prompted_embeds(model: CausalLM, params, prompt, batch: Batch) -> jax.Array:
+def prompted_embeds(model: CausalLM, params, prompt, batch: Batch) -> Float[Array, "b t h"]:
   """The model's input `[b, t, h]`: the batch's token embeddings with the prompt vectors in
   their slots (`prompt_index`)."""
   embeds = model.apply({"params": params}, batch.input_ids, method=model.embed)
   return prompt_lib.insert_prompt(embeds, prompt, batch.prompt_index)
 
 
-def residual_at(model: CausalLM, params, prompt, batch: Batch, layer: int) -> jax.Array:
+def residual_at(model: CausalLM, params, prompt, batch: Batch,
+                layer: int) -> Float[Array, "b t h"]:
   """The residual stream `[b, t, h]` entering `layer` (0: the prompted embeddings), with no
   intervention: what every edit that leaves layers [0, layer) alone shares, and
   `prompted_apply(..., start=(layer, it))` continues from."""
@@ -67,8 +70,8 @@ def residual_at(model: CausalLM, params, prompt, batch: Batch, layer: int) -> ja
 
 
 def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str | None,
-                   capture: jax.Array | None = None, edit: Callable | None = None,
-                   start: int | tuple[int, jax.Array] = 0) -> Output:
+                   capture: Int[ArrayLike, "b k"] | None = None, edit: Callable | None = None,
+                   start: int | tuple[int, Float[Array, "b t h"]] = 0) -> Output:
   """The model on `batch` with `prompt` inserted.
 
   prompt: {"embeddings": `[p, h]`}; batch: `[b, t]` rows (see `jaxskill.model.batch`).
@@ -121,7 +124,8 @@ def prompted_apply(model: CausalLM, params, prompt, batch: Batch, *, kind: str |
   return Output(values, acts, window)
 
 
-def metrics(logits: jax.Array, batch: Batch, kind: str, verbalizer: jax.Array) -> dict:
+def metrics(logits: Float[ArrayLike, "b *q v"], batch: Batch, kind: str,
+            verbalizer: Int[ArrayLike, "c"]) -> dict[str, Float[Array, "b"]]:
   """name -> `[b]` float32 for each of METRICS. logits: `[b, v]` at answer_pos
   (classification) or `[b, t', v]` lined up with `batch`'s columns (generation: `Output`'s
   logits and batch)."""

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxskill.model.architecture import ModelConfig
+from jaxskill.model.architecture import Architecture
 
 Array = jax.Array
 Dtype = Any
@@ -54,7 +54,7 @@ class RMSNorm(nn.Module):
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def rope_inv_freq(config: ModelConfig) -> Array:
+def rope_inv_freq(config: Architecture) -> Array:
   """The `[d/2]` RoPE frequencies theta^(-2j/d) in float32 (as HF computes them), after the
   config's `rope_scaling` (see `RopeScaling`)."""
   d, scaling = config.head_dim, config.rope_scaling
@@ -73,7 +73,7 @@ def rope_inv_freq(config: ModelConfig) -> Array:
   return jnp.where(medium, smoothed, low)
 
 
-def rope_cos_sin(position_ids: Array, config: ModelConfig, dtype: Dtype):
+def rope_cos_sin(position_ids: Array, config: Architecture, dtype: Dtype):
   """position_ids int `[b, t]` -> cos, sin `[b, t, d]` in `dtype` for half-split RoPE;
   frequencies in float32 as in HF."""
   freqs = position_ids[..., None].astype(jnp.float32) * rope_inv_freq(config)  # [b, t, d/2]
@@ -117,7 +117,7 @@ class Attention(nn.Module):
   """Causal self-attention with RoPE and grouped key/value heads (HF `self_attn`): projection
   biases as the config says (Qwen2: q, k, v), per-head q/k RMSNorm with `qk_norm` (Qwen3);
   scores and softmax in `wide(dtype)`."""
-  config: ModelConfig
+  config: Architecture
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -159,7 +159,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
   """The SwiGLU MLP, `down_proj(silu(gate_proj(x)) * up_proj(x))`, whose intermediate activations
   are the neurons (i = intermediate_size) that interventions edit and captures sow."""
-  config: ModelConfig
+  config: Architecture
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -191,7 +191,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
   """One pre-norm block (module docstring): x `[b, t, h]` -> (`[b, t, h]`, this layer's own
   keys and values `[b, t, r, d]`), scanned over the layers by `CausalLM`."""
-  config: ModelConfig
+  config: Architecture
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -219,7 +219,7 @@ class CausalLM(nn.Module):
     scan_unroll: layers per scan iteration (1 keeps compile time flat in depth; more removes
       the per-layer loop overhead at the price of compile time).
   """
-  config: ModelConfig
+  config: Architecture
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False

@@ -39,7 +39,7 @@ def feature_id(layer: int, position: str, neuron: int) -> str:
   return f"L{layer}-N{neuron}-{position}"
 
 
-def _num(x, digits: int | None = None, sig: int | None = None):
+def _rounded(x, digits: int | None = None, sig: int | None = None):
   """A finite float rounded (to `digits` decimals or `sig` significant digits), or None."""
   if x is None or not math.isfinite(float(x)):
     return None
@@ -94,8 +94,8 @@ def _neuron_rows(table, correlations, positions, pvalues, fdr, summary, results)
     level = ((summary.get("metrics", {}).get(name) or {}).get("significance") or {}).get(
         "null_max_abs_r_95")
     out.append({
-        "id": feature_id(layer, row["position"], neuron), **row, "r": _num(r, 6),
-        "p": None if pvalues is None else _num(pvalues[name][layer, k, neuron], sig=3),
+        "id": feature_id(layer, row["position"], neuron), **row, "r": _rounded(r, 6),
+        "p": None if pvalues is None else _rounded(pvalues[name][layer, k, neuron], sig=3),
         "fdr": None if fdr is None else bool(fdr[name][layer, k, neuron]),
         "fwer": None if level is None else bool(abs(r) > level),
         "verification": verified.get((layer, neuron), [])})
@@ -115,9 +115,9 @@ def _verified_sets(results: dict | None) -> dict[tuple[int, int], list[dict]]:
       for mode, per_k in per_sel["modes"].items():
         row = per_k[str(k)]
         out.setdefault((int(layer), int(neuron)), []).append({
-            "selection": sel, "mode": mode, "k": k, "drop": _num(row["accuracy_drop"], 4),
-            "random_drop": _num(row["random_accuracy_drop_mean"], 4),
-            "p": _num(row.get("p_empirical"), 4), "verdict": row.get("verdict")})
+            "selection": sel, "mode": mode, "k": k, "drop": _rounded(row["accuracy_drop"], 4),
+            "random_drop": _rounded(row["random_accuracy_drop_mean"], 4),
+            "p": _rounded(row.get("p_empirical"), 4), "verdict": row.get("verdict")})
   return out
 
 
@@ -152,7 +152,7 @@ def _panels(activations: dict, tokens: dict, correlations: dict, rows: list[dict
     token_values = [v for side in shown.values() for ex in side for v in ex["tokens"]]
     panels[fid] = {
         "layer": int(layer), "position": position_names[pos], "neuron": int(neuron),
-        "r": {name: _num(r[layer, pos, neuron], 6) for name, r in correlations.items()},
+        "r": {name: _rounded(r[layer, pos, neuron], 6) for name, r in correlations.items()},
         "density": [_density(a, activations["metrics"][:, names.index(m)], m)
                     for m in ranked_by.get(fid, []) if m in names],
         **shown, "max_abs": max((abs(v) for v in token_values), default=0.0)}
@@ -163,7 +163,7 @@ def _shown(example: int, j: int, a: np.ndarray, tokens: dict, row_of: dict) -> d
   """One example of a panel: its activation at the site and every unmasked token's."""
   i = row_of[example]
   kept = tokens["attention_mask"][i] > 0
-  return {"example": str(example), "activation": _num(a[example], TOKEN_DECIMALS),
+  return {"example": str(example), "activation": _rounded(a[example], TOKEN_DECIMALS),
           "tokens": [round(float(v), TOKEN_DECIMALS)
                      for v in tokens["activations"][i, kept, j]]}
 
@@ -178,8 +178,8 @@ def _density(a: np.ndarray, values: np.ndarray, metric: str) -> dict:
       density = kde(a[mask], grid)
       density[density < 1e-4 * density.max()] = 0.0  # below a pixel of the plot
       groups.append({"label": label, "n": int(mask.sum()),
-                     "density": [_num(v, sig=4) for v in density]})
-  return {"metric": metric, "grid": [_num(v, sig=5) for v in grid], "groups": groups}
+                     "density": [_rounded(v, sig=4) for v in density]})
+  return {"metric": metric, "grid": [_rounded(v, sig=5) for v in grid], "groups": groups}
 
 
 def _examples(activations: dict, tokens: dict, names: list[str]) -> dict:
@@ -195,7 +195,8 @@ def _examples(activations: dict, tokens: dict, names: list[str]) -> dict:
         "tokens": [str(t) for t in tokens["tokens"][i, kept]],
         "prompt": [bool(p >= 0) for p in tokens["prompt_index"][i, kept]],
         "sites": {name: int(index[col]) for name, col in zip(position_names, tokens["sites"][i])},
-        "metrics": {name: _num(v, 6) for name, v in zip(names, activations["metrics"][example])}}
+        "metrics": {name: _rounded(v, 6)
+                    for name, v in zip(names, activations["metrics"][example])}}
   return out
 
 

@@ -22,6 +22,7 @@ autoescape on, so text from the run's files (inputs, metric names, config) canno
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import io
 import json
@@ -32,7 +33,7 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from jaxskill.config import load_config
+from jaxskill.config import load_config, seed_runs
 from jaxskill.report import browser
 from jaxskill.runtime import files
 from jaxskill.stats import learning, metric_checks
@@ -237,7 +238,8 @@ def _table(header: list, rows: list[list]) -> dict:
   return {"header": [str(h) for h in header], "rows": [[str(c) for c in row] for row in rows]}
 
 
-def _num(x, digits: int = 4) -> str:
+def number_text(x, digits: int = 4) -> str:
+  """`x` with `digits` decimals, or "n/a" for None (the page's and the command line's)."""
   return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -249,9 +251,11 @@ def train_summaries(run_dir: Path) -> list[tuple[str, dict]]:
   """(run name, train_summary.json) of the prompt(s) of a run directory: its own, or with
   find.seeds one per seed run `<name>-seed<s>` beside it (config.yaml says which)."""
   saved = run_dir / "config.yaml"
-  seeds = load_config(saved).find.seeds if saved.exists() else ()
-  # Beside this directory, wherever it was moved (the seed_runs naming).
-  dirs = [run_dir.parent / f"{run_dir.name}-seed{s}" for s in seeds] or [run_dir]
+  if not saved.exists():
+    dirs = [run_dir]
+  else:  # beside this directory, wherever it was moved
+    here = dataclasses.replace(load_config(saved), out_dir=str(run_dir.parent), name=run_dir.name)
+    dirs = [c.run_dir for c in seed_runs(here)]
   return [(d.name, files.read_json(d / "train_summary.json")) for d in dirs
           if (d / "train_summary.json").exists()]
 
@@ -297,8 +301,9 @@ def _training_table(trained: list[tuple[str, dict]]) -> dict | None:
   return _table(
       ["run", "steps", "dev accuracy at init", "best dev accuracy", "prompt learned?",
        "train examples", "seconds"],
-      [[name, t["steps"], _num(t.get("dev_accuracy_at_init")), _num(t.get("best_dev_accuracy")),
-        _learned_cell(t), t.get("n_train"), f"{t.get('seconds', 0):.1f}"]
+      [[name, t["steps"], number_text(t.get("dev_accuracy_at_init")),
+        number_text(t.get("best_dev_accuracy")), _learned_cell(t), t.get("n_train"),
+        f"{t.get('seconds', 0):.1f}"]
        for name, t in trained])
 
 
@@ -350,7 +355,8 @@ def _verification(results: dict | None) -> dict | None:
            f"{row['accuracy_drop']:+.4f}",
            f"{row['random_accuracy_drop_mean']:+.4f} +- {row['random_accuracy_drop_std']:.4f}",
            "n/a" if row["drop_ratio"] is None else f"{row['drop_ratio']:.2f}",
-           _num(row.get("drop_z"), 1), *_verdict_cells(row)] for sel, mode, row in _cells(results)]
+           number_text(row.get("drop_z"), 1), *_verdict_cells(row)]
+          for sel, mode, row in _cells(results)]
   table = _table(["selected by", "mode", "accuracy", f"top-{k} perturbed", "drop",
                   f"random-{k} drop (mean +- std, {results['random_draws']} draws)",
                   "drop / mean random drop", "(drop - mean random drop) / random std",
@@ -401,8 +407,8 @@ def _shortcut(summary: dict) -> dict | None:
   verdict = summary.get("shortcut")
   if not verdict:
     return None
-  rows = [[r["layer"], r["position"], r["neuron"], _num(r["auc_last_digit_wrong"], 3),
-           _num(r["auc_elsewhere_wrong"], 3), r["shortcut"], r["whole_answer"]]
+  rows = [[r["layer"], r["position"], r["neuron"], number_text(r["auc_last_digit_wrong"], 3),
+           number_text(r["auc_elsewhere_wrong"], 3), r["shortcut"], r["whole_answer"]]
           for r in verdict["neurons"][:8]]
   table = _table(["layer", "position", "neuron", "AUC correct vs last-digit-wrong",
                   "AUC correct vs elsewhere-wrong", "shortcut candidate (selection split)",
@@ -449,7 +455,8 @@ def _seed_overlap(summary: dict) -> dict | None:
   ranks = summary.get("seed_rank_correlation") or {}
   return {"seeds": str(summary.get("seeds")),
           "table": _table(["metric", "IoU of the top-K sets", "rank correlation of all neurons"],
-                          [[m, f"{v:.3f}", _num(ranks.get(m), 3)] for m, v in overlap.items()])}
+                          [[m, f"{v:.3f}", number_text(ranks.get(m), 3)]
+                           for m, v in overlap.items()])}
 
 
 def report_data(run_dir: str | Path) -> dict:

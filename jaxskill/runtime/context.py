@@ -10,12 +10,12 @@ import logging
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxskill.config import RunConfig
 from jaxskill.model import CausalLM, load_model, load_tokenizer
+from jaxskill.model.checkpoint import DTYPES
 from jaxskill.runtime import files, sharding
 from jaxskill.tasks import encode as data_lib
 from jaxskill.tasks import Task, TaskError, build_task
@@ -84,8 +84,8 @@ def eval_plan(mesh: Mesh, batch_size: int) -> RowPlan | None:
 
 
 def model_dtype(config: RunConfig):
-  """The jnp dtype that model.dtype names."""
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+  """The dtype that model.dtype names (`checkpoint.DTYPES`)."""
+  return DTYPES[config.model.dtype]
 
 
 def prepare(config: RunConfig, rows: RowPlan | None = None, mesh: Mesh | None = None) -> Setup:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -33,16 +34,27 @@ class RunLockError(RuntimeError):
 # --- writing ------------------------------------------------------------------------------------
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-  """Calls `write(f)` on a temporary file in `path`'s directory, then renames it to `path`."""
+  """Calls `write(f)` on a temporary file in `path`'s directory, then renames it to `path`.
+  mode "path": `write(the temporary file's path)`, for a library that writes a file by name."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
     os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())  # the rename must not land before the data
+    if mode == "path":
+      os.close(fd)
+      write(Path(tmp))
+      os.chmod(tmp, 0o666 & ~_umask())  # a library may have made the file anew
+      fd = os.open(tmp, os.O_RDONLY)
+      try:
+        os.fsync(fd)  # the rename must not land before the data
+      finally:
+        os.close(fd)
+    else:
+      with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
@@ -52,6 +64,36 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
       raise OSError(e.errno, f"{e.strerror} (writing {path})") from None
     raise
   return path
+
+
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+  """Appends one JSON line per record (a line cut short by a kill is dropped by `read_jsonl`)."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write("".join(json.dumps(record) + "\n" for record in records))
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, Any]]:
+  """(line, its JSON value, or None for a line that is not JSON: one cut short by a kill) of
+  every line of a JSON-lines file; [] when there is none."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    try:
+      out.append((line, json.loads(line)))
+    except json.JSONDecodeError:
+      out.append((line, None))
+  return out
+
+
+def digest(*parts) -> str:
+  """16 hex digits of the SHA-256 of `parts` in order (bytes as they are, anything else as
+  sorted-key JSON): the fingerprints of stage records and of verify's progress log."""
+  h = hashlib.sha256()
+  for part in parts:
+    h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
+  return h.hexdigest()[:16]
 
 
 def _umask() -> int:

@@ -139,11 +139,11 @@ def estimate(config) -> tuple[Callable[[int], Need], int]:
   """(P -> `peak_bytes` of `config`'s find with P permutations, its f features). Reads only
   config.json and the task."""
   from jaxskill.model import capture
-  from jaxskill.model.architecture import ModelConfig
+  from jaxskill.model.architecture import Architecture
   from jaxskill.model.checkpoint import abstract_params, resolve_model_dir
   from jaxskill.runtime.context import model_dtype
   fc = config.find
-  model = ModelConfig.from_json_file(resolve_model_dir(config.model.path) / "config.json",
+  model = Architecture.from_json_file(resolve_model_dir(config.model.path) / "config.json",
                                      log_unread=False)
   positions = capture.site_positions(fc.sites, config.prompt.length, config.prompt.placement)
   features = len(positions) * model.num_neurons  # l k i

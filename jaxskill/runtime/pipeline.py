@@ -29,8 +29,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from jaxskill.config import (RunConfig, RunConfigError, config_diff, dump_config, load_config,
-                             seed_runs, to_dict)
+from jaxskill.config import (NEUTRAL_KEYS, RunConfig, RunConfigError, config_diff, dump_config,
+                             load_config, seed_runs, to_dict)
 from jaxskill.model.checkpoint import check_checkpoint
 from jaxskill.runtime import files
 from jaxskill.runtime.sharding import barrier, is_writer, raise_together, writer_decides
@@ -44,9 +44,6 @@ STAGE_SECTIONS = {
     "find": ("model", "prompt", "task", "data", "train", "find"),
     "verify": ("model", "prompt", "task", "data", "train", "find", "verify"),
 }
-# Keys that change how a stage logs and checkpoints, never what it computes.
-NEUTRAL_KEYS = {"train": ("log_every", "checkpoint_every", "max_to_keep", "async_checkpoint"),
-                "find": ("checkpoint_every",), "verify": ("edits_per_pass",)}
 # What each stage writes into the run directory (with seeds, train also writes the seed dirs).
 OUTPUTS = {
     "train": ("train_config.yaml", "metrics.jsonl", "checkpoints", "prompt_final.npy",
@@ -54,8 +51,7 @@ OUTPUTS = {
     "find": ("correlations.npz", "pvalues.npz", "summary.json", "neurons.csv",
              "activations.npz", "activations_heldout.npz", "token_activations.npz",
              "predictivity.npz", "find_checkpoints"),
-    "verify": ("verify.json", "verify_progress.jsonl", "neuron_stats.npz",
-               "neuron_mean.npy"),  # neuron_mean.npy: older versions' (removed with the rest)
+    "verify": ("verify.json", "verify_progress.jsonl", "neuron_stats.npz"),
     "report": ("report.html", "neurons.json"),
 }
 # Outputs that only let a stage resume (logs and checkpoints): not part of its result.
@@ -79,28 +75,17 @@ def stage_config(config: RunConfig, stage: str) -> dict:
 
 def fingerprint(config: RunConfig, stage: str) -> str:
   """A 16-hex-digit hash of `stage_config`: what stages.json records a stage's result under."""
-  return _hash(stage_config(config, stage))
-
-
-def _hash(tree: dict) -> str:
-  return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+  return files.digest(stage_config(config, stage))
 
 
 def _matches(rec: dict | None, config: RunConfig, stage: str) -> bool:
-  """Whether a stage record was made under `config`'s keys for that stage. Records of older
-  versions (no "config" kept) hashed whole sections, neutral keys included."""
-  if rec is None:
-    return False
-  if rec["fingerprint"] == fingerprint(config, stage):
-    return True
-  d = to_dict(config)
-  return "config" not in rec and rec["fingerprint"] == _hash(
-      {s: d[s] for s in STAGE_SECTIONS[stage]})
+  """Whether a stage record was made under `config`'s keys for that stage."""
+  return rec is not None and rec["fingerprint"] == fingerprint(config, stage)
 
 
 def read_record(run_dir: Path) -> dict[str, dict]:
-  """stages.json as {stage: {"fingerprint", "state": "running" | "done", "config"}}; records of
-  older versions (a bare fingerprint) read as done with unknown keys."""
+  """stages.json as {stage: {"fingerprint", "state": "running" | "done", "config", "outputs"}};
+  a record not of that form (edited by hand, not ours) reads as not done."""
   path = run_dir / "stages.json"
   if not path.exists():
     return {}
@@ -114,10 +99,8 @@ def read_record(run_dir: Path) -> dict[str, dict]:
     return {}
   record = {}
   for stage, rec in raw.items():
-    if isinstance(rec, str):
-      rec = {"fingerprint": rec, "state": "done"}
     if (stage in STAGES and isinstance(rec, dict) and isinstance(rec.get("fingerprint"), str)
-        and isinstance(rec.get("config", {}), dict)):
+        and (stage == "report" or isinstance(rec.get("config"), dict))):
       record[stage] = rec
     else:  # edited by hand or not ours: that stage counts as not done
       log.warning("%s: the record of %r is not understood; that stage is treated as not done",
@@ -134,8 +117,6 @@ def _why_stale(stage: str, rec: dict | None, config: RunConfig) -> str:
   if rec is None:
     return "not run yet"
   if not _matches(rec, config, stage):
-    if "config" not in rec:
-      return "config changed (recorded by an older jaxskill, which kept no keys)"
     return "config changed: " + "; ".join(config_diff(rec["config"],
                                                       stage_config(config, stage)))
   if rec.get("state") != "done":
@@ -147,23 +128,9 @@ def _why_stale(stage: str, rec: dict | None, config: RunConfig) -> str:
 
 
 def _outputs_ok(config: RunConfig, stage: str, rec: dict) -> bool:
-  """Whether `stage`'s outputs are whole: those recorded at its end, by size and hash (records
-  of older versions, which kept none: the files every later stage needs, read back)."""
-  if "outputs" in rec:
-    return (not changed_outputs(config, stage, rec)
-            and (stage != "train" or all(_trained_under(c) for c in seed_runs(config))))
-  d = config.run_dir
-  if stage == "train":
-    return all(files.readable(c.run_dir / "prompt_best.npy", files.load_npy)
-               and files.readable(c.run_dir / "train_summary.json", files.read_json)
-               and _trained_under(c) for c in seed_runs(config))
-  if stage == "find":
-    return (files.readable(d / "correlations.npz", files.load_npz)
-            and files.readable(d / "summary.json", files.read_json)
-            and (d / "neurons.csv").exists())
-  if stage == "verify":
-    return files.readable(d / "verify.json", files.read_json)
-  raise ValueError(stage)
+  """Whether `stage`'s outputs are whole: those recorded at its end, by size and hash."""
+  return ("outputs" in rec and not changed_outputs(config, stage, rec)
+          and (stage != "train" or all(_trained_under(c) for c in seed_runs(config))))
 
 
 def _stage_dirs(config: RunConfig, stage: str) -> list[Path]:
@@ -388,7 +355,7 @@ def _report_key(config: RunConfig, record: dict) -> str:
     if path.is_file() and path.suffix in (".py", ".j2", ".js", ".css", ".html"):
       code.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
   parts["code"] = code.hexdigest()
-  return _hash(parts)
+  return files.digest(parts)
 
 
 def _report(config: RunConfig, progress: bool) -> None:

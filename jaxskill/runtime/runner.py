@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -186,16 +185,14 @@ class JsonlLog:
   def restore(self) -> dict:
     """{key: result} of the steps already done under this fingerprint. Process 0 rewrites the
     file without a line cut short, so that the next record starts cleanly."""
-    lines = (self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-             if self.path.exists() else [])
+    lines = files.read_jsonl(self.path)
     results, keep = {}, []
-    for line in lines:
+    for line, record in lines:
       try:
-        record = json.loads(line)
         if record.get("fingerprint") == self.fingerprint:
           results[record["key"]] = record["result"]
           self.recorded.add(record["key"])
-      except (json.JSONDecodeError, AttributeError, KeyError):
+      except (AttributeError, KeyError):
         continue  # a line cut short by an interruption: that step runs again
       keep.append(line)
     Runner.write(f"{self.path.name} read", lambda: files.write_text(
@@ -211,6 +208,5 @@ class JsonlLog:
     new = [key for key in self.keys[done - 1] if key not in self.recorded]
     self.recorded.update(new)
     if new and sharding.is_writer():
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps({"key": key, "fingerprint": self.fingerprint,
-                                    "result": state[key]}) + "\n" for key in new))
+      files.append_jsonl(self.path, [{"key": key, "fingerprint": self.fingerprint,
+                                      "result": state[key]} for key in new])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxskill.config import (PromptConfig, RunConfig, RunConfigError, TrainConfig, config_diff,
-                             dump_config, load_config, seed_runs, to_dict)
+from jaxskill.config import (NEUTRAL_KEYS, PromptConfig, RunConfig, RunConfigError, TrainConfig,
+                             config_diff, dump_config, load_config, seed_runs, to_dict)
 from jaxskill.model import forward
 from jaxskill.model import prompt as prompt_lib
 from jaxskill.model.batch import Batch
@@ -118,17 +117,14 @@ def init_prompt(cfg: PromptConfig, key, embedding, tokenizer) -> prompt_lib.Prom
 
 # Keys a re-run may change and still continue the same run: how it logs and checkpoints, and
 # (under a constant learning rate, where the schedule does not depend on it) its length.
-_RESUMABLE_CHANGES = {"train.log_every", "train.checkpoint_every", "train.max_to_keep",
-                      "train.async_checkpoint"}
+_RESUMABLE_CHANGES = {f"train.{key}" for key in NEUTRAL_KEYS["train"]}
 
 
 def trained_config_path(run_dir: Path) -> Path | None:
-  """The config a run directory's prompt was trained under: train_config.yaml (config.yaml in
-  directories of older versions, where it was the same file), or None if it trained nothing."""
-  for name in ("train_config.yaml", "config.yaml"):
-    if (run_dir / name).exists():
-      return run_dir / name
-  return None
+  """The config a run directory's prompt was trained under (train_config.yaml), or None if it
+  trained nothing."""
+  path = run_dir / "train_config.yaml"
+  return path if path.exists() else None
 
 
 def check_resume_config(run_dir: Path, config: RunConfig) -> None:
@@ -175,10 +171,8 @@ def _count_truncated(encoded: data_lib.Encoded) -> int:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-  if not sharding.is_writer():
-    return
-  with open(path, "a", encoding="utf-8") as f:  # a line cut by a kill is dropped on resume
-    f.write(json.dumps(record) + "\n")
+  if sharding.is_writer():  # a line cut by a kill is dropped on resume (`_truncate_log`)
+    files.append_jsonl(path, [record])
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -187,11 +181,10 @@ def _truncate_log(path: Path, step: int) -> None:
   if not path.exists() or not sharding.is_writer():
     return
   keep = []
-  for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+  for line, record in files.read_jsonl(path):
     try:
-      record = json.loads(line)
       record_step = int(record["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
       log.warning("%s: dropping an incomplete line %r", path, line[:80])
       continue
     if step > 0 and record_step <= step:
@@ -243,7 +236,7 @@ def _write_outputs(run_dir: Path, state: dict, setup: Setup, **facts) -> dict:
   def write() -> dict:
     files.save_npy(run_dir / "prompt_final.npy", final)
     files.save_npy(run_dir / "prompt_best.npy", best)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for _, r in files.read_jsonl(run_dir / "metrics.jsonl") if r is not None]
     out = dict(summary, dev_accuracy_at_init=next(
         (r["accuracy"] for r in records if r["split"] == "dev" and r["step"] == 0), None))
     files.write_json(run_dir / "train_summary.json", out)

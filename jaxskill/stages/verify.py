@@ -15,7 +15,6 @@ where it stopped.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -34,7 +33,8 @@ from jaxskill.stats.selection import neuron_scores, random_matched, top_k
 
 log = logging.getLogger("jaxskill.stages.verify")
 
-METRICS = ("correct", "confidence", "loss", "margin")  # per example, from forward.metrics
+# The metrics every verification result reports, per example (a subset of forward.METRICS).
+RESULT_METRICS = ("correct", "confidence", "loss", "margin")
 PER_EXAMPLE = "correct_per_example"  # an evaluation's correctness `[n]`, in the progress log
 
 
@@ -45,25 +45,22 @@ def batch_edit(edit, batch_index):
 
 
 def example_metrics(prompt, params, batch, edit, *, model, kind, verbalizer, start=0):
-  """`[b, len(METRICS)]` for one batch with `edit` applied (None: no intervention; `batch_edit`
-  gives each batch its own noise). start: (layer, residual) to run the layers from `layer` on
-  alone (see `forward.prompted_apply`)."""
+  """`[b, len(RESULT_METRICS)]` for one batch with `edit` applied (None: no intervention;
+  `batch_edit` gives each batch its own noise). start: (layer, residual) to run the layers from
+  `layer` on alone (see `forward.prompted_apply`)."""
   out = forward.prompted_apply(model, params, prompt, batch, kind=kind, edit=edit, start=start)
   values = forward.metrics(out.logits, out.batch, kind, verbalizer)
-  return jnp.stack([values[m] for m in METRICS], axis=1)
+  return jnp.stack([values[m] for m in RESULT_METRICS], axis=1)
 
 
 def edits_metrics(prompt, params, batch, residual, edits, batch_index, *, layer: int, **kw):
-  """`[e, b, len(METRICS)]`: `example_metrics` under each of the stacked `edits` (leading axis
-  e, `interventions.stack`) in one call, all leaving the layers below `layer` alone: each runs
+  """`[e, b, len(RESULT_METRICS)]`: `example_metrics` under each of the stacked `edits` (leading
+  axis e, `interventions.stack`) in one call, all leaving the layers below `layer` alone: each runs
   layers [layer, l) from `residual` (`forward.residual_at`, computed once for all of them)."""
   def one(edit):
     return example_metrics(prompt, params, batch, batch_edit(edit, batch_index),
                            start=(layer, residual), **kw)
   return jax.vmap(one)(edits)
-
-
-MEAN_OVER = ("inputs", "site", "all")
 
 
 def position_weights(batch, mean_over: str, sites: tuple[str, ...], prompt_length: int):
@@ -107,21 +104,14 @@ def group_keys(metadata: dict[str, np.ndarray], columns: tuple[str, ...], n: int
 
 
 def summarize(values: np.ndarray, groups: np.ndarray | None) -> dict:
-  """values `[n, len(METRICS)]` -> means, with accuracy per group. NaN rows (undefined
+  """values `[n, len(RESULT_METRICS)]` -> means, with accuracy per group. NaN rows (undefined
   metrics) are left out of their metric's mean."""
   out = {("accuracy" if m == "correct" else m): float(np.nanmean(values[:, j]))
-         for j, m in enumerate(METRICS)}
+         for j, m in enumerate(RESULT_METRICS)}
   if groups is not None:
     out["group_accuracy"] = {g: float(values[groups == g, 0].mean())
                              for g in sorted(set(groups.tolist()))}
   return out
-
-
-def _fingerprint(*parts) -> str:
-  h = hashlib.sha256()
-  for part in parts:
-    h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
-  return h.hexdigest()[:16]
 
 
 def _control(results: list[dict], baseline: dict) -> dict:
@@ -226,7 +216,7 @@ def verify(config, *, progress: bool = True) -> dict:
   widths = pass_widths(plan)
   how = {k: v for k, v in to_dict(vc).items() if k != "edits_per_pass"}  # same results for any
   job_log = JsonlLog(config.run_dir / "verify_progress.jsonl", [keys for _, keys in plan],
-                     _fingerprint(np.asarray(prompt["embeddings"]).tobytes(),
+                     files.digest(np.asarray(prompt["embeddings"]).tobytes(),
                                   corr_path.read_bytes(), how, to_dict(config.task)))
 
   def make_edit(spec):
@@ -317,7 +307,7 @@ def evaluator(model, kind: str, verbalizer, runner: Runner, encoded, prompt, par
   residuals: dict[int, list] = {}
 
   def rows_under(edits: list, layer: int | None, width: int | None) -> np.ndarray:
-    """`[e, n, len(METRICS)]` over the real rows of every batch."""
+    """`[e, n, len(RESULT_METRICS)]` over the real rows of every batch."""
     if layer is None:
       (edit,) = edits
       edit = None if edit is None else runner.replicate(edit)
@@ -389,7 +379,7 @@ def _results(vc, results_by_key: dict, ranked_by: dict, random_sets: dict, skipp
   ks = sorted(set(vc.k_list) | {vc.k})
   baseline = _public(results_by_key["baseline"])
   results = {"split": vc.split, "n": n, "prompt": str(prompt),
-             "metrics": [("accuracy" if m == "correct" else m) for m in METRICS],
+             "metrics": [("accuracy" if m == "correct" else m) for m in RESULT_METRICS],
              "modes": list(vc.modes), "sigma": vc.sigma, "mean_over": vc.mean_over,
              "noise_scale": vc.noise_scale, "k": vc.k, "k_list": ks,
              "random_draws": vc.random_draws, "group_by": list(vc.group_by),

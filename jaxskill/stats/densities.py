@@ -1,12 +1,16 @@
 """Activation densities per group of examples: what the report's figures and the neuron browser
-draw for a neuron (one curve per label value or metric tertile)."""
+draw for a neuron (one curve per label value or metric tertile).
+
+Shapes: n examples, points: the grid's."""
 
 from __future__ import annotations
 
 import numpy as np
+from jaxtyping import Bool, Float, Real
 
 
-def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def kde(samples: Real[np.ndarray, "..."], grid: Float[np.ndarray, "points"]
+        ) -> Float[np.ndarray, "points"]:
   """Gaussian kernel density of `samples` (any shape; non-finite values dropped) on the 1-D
   `grid`: float64, `grid`'s shape. Silverman's bandwidth 0.9 * min(std, IQR / 1.34) * n^(-1/5)
   (a point mass gets a small floor width)."""
@@ -22,7 +26,8 @@ def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
   return np.exp(-0.5 * z * z).sum(1) / (x.size * h * np.sqrt(2 * np.pi))
 
 
-def metric_groups(values: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
+def metric_groups(values: Real[np.ndarray, "n"], name: str
+                  ) -> list[tuple[str, Bool[np.ndarray, "n"]]]:
   """(label, mask bool `[n]`) groups of examples for a metric's values `[n]` (non-finite ones in
   no group): one per value when it takes at most 5 values (labels, 0/1 metadata), else tertiles."""
   finite = np.isfinite(values)

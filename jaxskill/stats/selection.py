@@ -6,10 +6,14 @@ Shapes: l layers, k captured positions, i neurons per layer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+from jaxtyping import Float, Int
 
 
-def neuron_scores(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def neuron_scores(r: Float[np.ndarray, "l k i"]
+                  ) -> tuple[Float[np.ndarray, "l i"], Int[np.ndarray, "l i"]]:
   """r `[l, k, i]` -> (max |r| over positions `[l, i]`, NaN if all undefined; the argmax
   position `[l, i]`)."""
   a = np.abs(r)
@@ -19,7 +23,7 @@ def neuron_scores(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.where(best < 0, np.nan, best), pos
 
 
-def top_k(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
+def top_k(scores: Float[np.ndarray, "l i"], k: int) -> list[tuple[int, int]]:
   """(layer, neuron) of the k largest scores `[l, i]`, NaN never ranked."""
   flat = np.where(np.isnan(scores), -np.inf, scores).ravel()
   order = np.argsort(-flat, kind="stable")[:k]
@@ -27,7 +31,7 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
           if np.isfinite(flat[j])]
 
 
-def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
+def top_p_per_layer(scores: Float[np.ndarray, "l i"], p: float) -> list[tuple[int, int]]:
   """(layer, neuron) of the largest scores `[l, i]` in each layer: the top ceil(p * i) (at least
   one) of every layer, NaN never ranked."""
   per_layer = max(1, int(np.ceil(p * scores.shape[1])))
@@ -39,7 +43,7 @@ def top_p_per_layer(scores: np.ndarray, p: float) -> list[tuple[int, int]]:
   return chosen
 
 
-def iou(a, b) -> float:
+def iou(a: Iterable[tuple[int, int]], b: Iterable[tuple[int, int]]) -> float:
   """Intersection over union of two collections of (layer, neuron); NaN if both are empty."""
   a, b = set(a), set(b)
   return len(a & b) / len(a | b) if a | b else float("nan")

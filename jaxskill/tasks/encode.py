@@ -18,7 +18,6 @@ the next-token loss on them only (`loss_mask`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 
@@ -292,7 +291,7 @@ def train_rows(n: int, batch_size: int, steps: int, seed: int, local: np.ndarray
 
 
 def eval_rows(n: int, batch_size: int, local: np.ndarray) -> np.ndarray:
-  """The examples one process feeds when a split is streamed in order (`eval_batches`) in global
+  """The examples one process feeds when a split is streamed in order (`eval_batch`) in global
   batches of `batch_size`, holding the batch rows `local`."""
   idx = (np.arange(0, n, batch_size)[:, None] + np.asarray(local)[None]).ravel()
   return np.unique(np.minimum(idx, n - 1))
@@ -300,25 +299,17 @@ def eval_rows(n: int, batch_size: int, local: np.ndarray) -> np.ndarray:
 
 def eval_batch(encoded: Encoded, batch_size: int, i: int, whole: Batch | None = None,
                local: np.ndarray | None = None) -> Batch:
-  """Batch `i` of `eval_batches` (same arguments): rows i * batch_size + local, the last
-  batch padded by repeating the last example with `valid` = 0."""
+  """Batch `i` of a split streamed in order in fixed-size batches (`Runner.batches` runs them):
+  rows i * batch_size + local, the last batch padded by repeating the last example with
+  `valid` = 0. `whole` replaces `encoded.batch()` (e.g. with metadata columns). `local`: only
+  these rows of the global batch (the ones this process feeds; `eval_rows` gives the examples
+  they cover); `valid` then covers those rows, and `global_valid` gives the whole batch's."""
   whole = encoded.batch() if whole is None else whole
   n = len(encoded)
   idx = i * batch_size + (np.arange(batch_size) if local is None else np.asarray(local))
   rows = np.minimum(idx, n - 1)
   encoded.check_rows(rows)
   return whole.rows(rows).replace(valid=(idx < n).astype(np.float32))
-
-
-def eval_batches(encoded: Encoded, batch_size: int, whole: Batch | None = None,
-                 local: np.ndarray | None = None) -> Iterator[Batch]:
-  """Fixed-size batches over a split in order; the last is padded with `valid` = 0 rows.
-  `whole` replaces `encoded.batch()` (e.g. with metadata columns). `local`: yield only
-  these rows of each global batch (the ones this process feeds; `eval_rows` gives the examples
-  they cover); `valid` then covers those rows, and `global_valid` gives the whole batch's."""
-  whole = encoded.batch() if whole is None else whole
-  for i in range(-(-len(encoded) // batch_size)):
-    yield eval_batch(encoded, batch_size, i, whole, local)
 
 
 def global_valid(n: int, batch_size: int, start: int) -> np.ndarray:
