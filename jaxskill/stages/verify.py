@@ -15,7 +15,6 @@ where it stopped.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
