@@ -335,8 +335,9 @@ class _Loop:
     loop of a run that differs only in train.seed (a seed run), whose compiled steps (and
     placed params, for the same setup) are this one's."""
     if like is not None:
-      params = like.params if setup is like.setup else runner.place(
-          setup.params, config.train.param_sharding)[0]
+      if setup is like.setup:
+        return dataclasses.replace(like, config=config, pending=[])
+      params = runner.place(setup.params, config.train.param_sharding)[0]
       return dataclasses.replace(like, config=config, setup=setup, params=params,
                                  whole=setup.train.batch(), pending=[])
     cfg, replicated, sharded = config.train, runner.replicated, runner.sharded

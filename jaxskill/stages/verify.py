@@ -253,8 +253,8 @@ def auto_edits_per_pass() -> int:
 def passes(jobs: list, per_pass: int) -> list[tuple[int | None, list[str]]]:
   """The jobs in passes over the split: [(layer, job keys)]. layer None: one job, the whole
   forward (the baseline; every job when per_pass is 1, the reference path). Otherwise up to
-  `per_pass` jobs whose lowest perturbed layer is `layer` (of every mode: `uniform` gives their
-  edits one structure), sizes balanced; ordered by layer, so that the residuals cached per
+  `per_pass` jobs whose lowest perturbed layer is `layer` (of every mode:
+  `interventions.stack_uniform` gives their edits one structure), sizes balanced; ordered by layer, so that the residuals cached per
   layer are needed one layer at a time."""
   if per_pass == 1:
     return [(None, [key]) for key, _ in jobs]
